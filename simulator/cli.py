@@ -1,0 +1,154 @@
+"""The ``kvsim`` command line.
+
+    kvsim run SCENARIO [--set path=value ...] [--out DIR] [--exact-steps]
+    kvsim validate SCENARIO [--set ...]
+    kvsim schema
+    kvsim trace stats FILE [--format F]
+
+A user mistake prints one line (``kvsim: error: …``) and exits with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import KvsimError
+
+EXAMPLES = """examples:
+  kvsim run scenarios/quickstart.yaml
+  kvsim run scenarios/mooncake_conversation.yaml --set cluster.replicas=4 --out runs/mc4
+  kvsim run scenarios/quickstart.yaml --set cache.eviction=lfu --set workload.rate=20
+  kvsim validate scenarios/mooncake_conversation.yaml
+  kvsim trace stats ../shared/traces/mooncake_conversation.jsonl
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kvsim",
+        description="Simulate an LLM serving cluster and its KV-cache policies on a request trace.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    overrides = argparse.ArgumentParser(add_help=False)
+    overrides.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a scenario field, e.g. --set cluster.replicas=4 (repeatable)",
+    )
+
+    run = sub.add_parser("run", parents=[overrides], help="run a scenario, print its summary")
+    run.add_argument("scenario", help="scenario YAML file")
+    run.add_argument("--out", metavar="DIR", help="results folder (default: runs/<scenario name>)")
+    run.add_argument(
+        "--exact-steps",
+        action="store_true",
+        help="price every decode iteration alone instead of fast-forwarding (same results, slower)",
+    )
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--json", action="store_true", help="print summary.json instead of the table")
+
+    val = sub.add_parser("validate", parents=[overrides], help="check a scenario and exit")
+    val.add_argument("scenario")
+
+    sub.add_parser("schema", help="print the scenario JSON schema (for editors)")
+
+    trace = sub.add_parser("trace", help="work with request traces")
+    tsub = trace.add_subparsers(dest="trace_command", metavar="SUBCOMMAND")
+    tsub.required = True
+    stats = tsub.add_parser("stats", help="requests, rate, lengths, prefix-hit ratio of a trace")
+    stats.add_argument("file")
+    stats.add_argument("--format", choices=["mooncake", "azure", "burstgpt", "kvsim"])
+    return p
+
+
+def _run(args) -> int:
+    from .cluster import expected_requests, simulate
+    from .output import summary_json, write_results
+    from .progress import ProgressBar
+    from .scenario import load_scenario
+
+    scenario = load_scenario(args.scenario, args.overrides)
+    if args.exact_steps:
+        scenario.simulation.exact_steps = True
+    out = Path(args.out) if args.out else Path("runs") / scenario.name
+    bar = ProgressBar(
+        expected_requests(scenario), enabled=not args.no_progress and sys.stderr.isatty()
+    )
+    results = simulate(scenario, on_done=bar.update)
+    wall = bar.close()
+    write_results(out, scenario, results)
+    if args.json:
+        sys.stdout.write(summary_json(results))
+        return 0
+    n = results.summary["requests"]
+    print(
+        f"kvsim: {scenario.name}: {n} requests simulated in {wall:.1f} s wall "
+        f"({n / wall if wall > 0 else 0:,.0f} requests/s)"
+    )
+    print(results.table())
+    print(f"results: {out}/ (summary.json, requests.csv, scenario.resolved.yaml)")
+    return 0
+
+
+def _validate(args) -> int:
+    from .cluster import kv_capacity_blocks
+    from .scenario import load_scenario
+
+    s = load_scenario(args.scenario, args.overrides)
+    from .catalog import get_gpu, get_model
+
+    blocks = kv_capacity_blocks(s, get_model(s.model, s.base_dir), get_gpu(s.hardware))
+    print(
+        f"{args.scenario}: valid ({s.model} on {s.cluster.replicas}× {s.hardware} "
+        f"TP{s.cluster.tensor_parallel}, {blocks} KV blocks of {s.cache.block_size} tokens "
+        f"per replica)"
+    )
+    return 0
+
+
+def _schema(args) -> int:
+    from .scenario import Scenario
+
+    print(json.dumps(Scenario.model_json_schema(), indent=2))
+    return 0
+
+
+def _trace_stats(args) -> int:
+    from kvsim.traces import TraceError, read_trace, trace_stats
+    from kvsim.traces.readers import guess_format
+
+    try:
+        fmt = args.format or guess_format(args.file)
+        stats = trace_stats(read_trace(args.file, fmt))
+    except TraceError as e:
+        raise KvsimError(str(e)) from None
+    print(f"{args.file} ({fmt})")
+    for k, v in stats.rows():
+        print(f"  {k:38} {v}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {"run": _run, "validate": _validate, "schema": _schema, "trace": _trace_stats}
+    try:
+        return handlers[args.command](args)
+    except KvsimError as e:
+        print(f"kvsim: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kvsim: interrupted; no results written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""The op vocabulary: everything that costs GPU time, with its FLOP and byte counts.
+
+Kernels implement ops, calibration measures ops, latency models price ops, the simulator emits ops
+(DESIGN §2). This module is the only place that says how much work an op is; a latency model turns
+that work into seconds. Feature names are the ones calibration profiles are fitted over.
+
+All counts are per GPU (a tensor-parallel rank): callers pass per-rank dimensions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from ..catalog import ModelSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """Base of all ops. ``kind`` is the vocabulary name; ``features()`` the numeric inputs."""
+
+    dtype_bytes: int = 2
+
+    kind = "op"
+
+    def flops(self) -> float:
+        return 0.0
+
+    def bytes(self) -> float:
+        return 0.0
+
+    def features(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "dtype_bytes"}
+
+
+@dataclass(frozen=True, slots=True)
+class Gemm(Op):
+    """tokens × in_dim times in_dim × out_dim (cuBLAS through torch.matmul)."""
+
+    tokens: int = 0
+    in_dim: int = 0
+    out_dim: int = 0
+    kind = "gemm"
+
+    def flops(self) -> float:
+        return 2.0 * self.tokens * self.in_dim * self.out_dim
+
+    def bytes(self) -> float:
+        t, i, o = self.tokens, self.in_dim, self.out_dim
+        return float(t * i + i * o + t * o) * self.dtype_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Attention(Op):
+    """One batched attention launch (the MSA kernel) over a batch's sequences, one layer.
+
+    ``qk_pairs`` is Σ over sequences of attended (query, key) pairs (causal part counted once),
+    ``kv_tokens`` Σ of KV tokens read, ``segments`` Σ of contiguous KV segments read.
+    """
+
+    q_tokens: int = 0
+    kv_tokens: int = 0
+    qk_pairs: int = 0
+    seqs: int = 0
+    segments: int = 0
+    heads: int = 0
+    kv_heads: int = 0
+    head_dim: int = 0
+    kind = "attention"
+
+    def flops(self) -> float:
+        # QK^T and PV: 2 matmuls of 2 flops per multiply-add.
+        return 4.0 * self.heads * self.head_dim * self.qk_pairs
+
+    def bytes(self) -> float:
+        kv = 2.0 * self.kv_tokens * self.kv_heads * self.head_dim
+        qo = 2.0 * self.q_tokens * self.heads * self.head_dim
+        return (kv + qo) * self.dtype_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SsmScan(Op):
+    """Chunked linear-recurrence scan over a prefill of recurrent layers (state in fp32)."""
+
+    tokens: int = 0
+    heads: int = 0
+    head_dim: int = 0
+    state_dim: int = 0
+    kind = "ssm_scan"
+
+    def flops(self) -> float:
+        return 6.0 * self.tokens * self.heads * self.head_dim * self.state_dim
+
+    def bytes(self) -> float:
+        io = self.tokens * self.heads * (2 * self.head_dim + 2 * self.state_dim) * self.dtype_bytes
+        return float(io + 2 * 4 * self.heads * self.head_dim * self.state_dim)
+
+
+@dataclass(frozen=True, slots=True)
+class SsmStep(Op):
+    """One decode token's recurrent update for a batch (reads and writes the fp32 state)."""
+
+    batch: int = 0
+    heads: int = 0
+    head_dim: int = 0
+    state_dim: int = 0
+    kind = "ssm_step"
+
+    def flops(self) -> float:
+        return 4.0 * self.batch * self.heads * self.head_dim * self.state_dim
+
+    def bytes(self) -> float:
+        return 2.0 * 4 * self.batch * self.heads * self.head_dim * self.state_dim
+
+
+@dataclass(frozen=True, slots=True)
+class ScdEncode(Op):
+    """Producer side of SCD: de-RoPE'd K/V (tokens × kv_dim) times an encoder → codes."""
+
+    tokens: int = 0
+    kv_dim: int = 0
+    rank: int = 0
+    kind = "scd_encode"
+
+    def flops(self) -> float:
+        return 2.0 * self.tokens * self.kv_dim * self.rank
+
+    def bytes(self) -> float:
+        t, d, r = self.tokens, self.kv_dim, self.rank
+        return float(t * d + d * r + t * r) * self.dtype_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ScdReuse(Op):
+    """Consumer side of SCD Reuse: codes × decoder → K/V, re-RoPE, paged write."""
+
+    tokens: int = 0
+    rank: int = 0
+    kv_dim: int = 0
+    kind = "scd_reuse"
+
+    def flops(self) -> float:
+        return 2.0 * self.tokens * self.rank * self.kv_dim
+
+    def bytes(self) -> float:
+        t, r, d = self.tokens, self.rank, self.kv_dim
+        return float(t * r + r * d + t * d) * self.dtype_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ScdPatch(Op):
+    """Consumer side of SCD Patch: aligner (rank → hidden) then K/V projection (hidden → kv_dim)."""
+
+    tokens: int = 0
+    rank: int = 0
+    hidden: int = 0
+    kv_dim: int = 0
+    kind = "scd_patch"
+
+    def flops(self) -> float:
+        return 2.0 * self.tokens * (self.rank * self.hidden + self.hidden * self.kv_dim)
+
+    def bytes(self) -> float:
+        t, r, h, d = self.tokens, self.rank, self.hidden, self.kv_dim
+        return float(t * r + r * h + h * d + t * d) * self.dtype_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class KvQuant(Op):
+    """Group-wise KV quantization to ``bits``: reads 16-bit KV, writes packed codes and scales."""
+
+    tokens: int = 0
+    kv_dim: int = 0
+    bits: int = 8
+    kind = "kv_quant"
+
+    def flops(self) -> float:
+        return 4.0 * self.tokens * self.kv_dim
+
+    def bytes(self) -> float:
+        return self.tokens * self.kv_dim * (self.dtype_bytes + self.bits / 8.0)
+
+
+@dataclass(frozen=True, slots=True)
+class KvDequant(KvQuant):
+    kind = "kv_dequant"
+
+
+@dataclass(frozen=True, slots=True)
+class Copy(Op):
+    """A copy of ``nbytes`` along ``path``: d2d (HBM read+write), d2h or h2d (PCIe)."""
+
+    nbytes: int = 0
+    path: str = "d2d"
+    kind = "copy"
+
+    def bytes(self) -> float:
+        return float(self.nbytes)
+
+    def features(self) -> dict[str, float]:
+        return {"nbytes": self.nbytes}
+
+
+@dataclass(frozen=True, slots=True)
+class AllReduce(Op):
+    """NCCL all-reduce of ``nbytes`` across ``ranks`` tensor-parallel GPUs."""
+
+    nbytes: int = 0
+    ranks: int = 1
+    kind = "allreduce"
+
+    def bytes(self) -> float:
+        return float(self.nbytes)
+
+
+@dataclass(frozen=True, slots=True)
+class StepOverhead(Op):
+    """CPU-side scheduling, input preparation and launch time of one engine iteration."""
+
+    batch_size: int = 0
+    kind = "step_overhead"
+
+
+OP_KINDS = {
+    cls.kind: cls
+    for cls in (
+        Gemm,
+        Attention,
+        SsmScan,
+        SsmStep,
+        ScdEncode,
+        ScdReuse,
+        ScdPatch,
+        KvQuant,
+        KvDequant,
+        Copy,
+        AllReduce,
+        StepOverhead,
+    )
+}
+
+
+def dense_layer_ops(model: ModelSpec, tp: int, tokens: int) -> list[Op]:
+    """The token-parallel ops of one transformer layer (projections, MLP, TP all-reduces)."""
+    hd, b = model.head_dim, model.dtype_bytes
+    q_heads = model.heads // tp
+    kv_heads = max(1, model.kv_heads // tp)
+    ops: list[Op] = [
+        Gemm(b, tokens, model.hidden, (q_heads + 2 * kv_heads) * hd),  # QKV projection
+        Gemm(b, tokens, q_heads * hd, model.hidden),  # output projection
+        Gemm(b, tokens, model.hidden, 2 * model.intermediate // tp),  # gate + up
+        Gemm(b, tokens, model.intermediate // tp, model.hidden),  # down
+    ]
+    if tp > 1:
+        ops += [AllReduce(b, tokens * model.hidden * b, tp)] * 2
+    return ops
+
+
+def attention_op(
+    model: ModelSpec,
+    tp: int,
+    q_tokens: int,
+    kv_tokens: int,
+    qk_pairs: int,
+    seqs: int,
+    segments: int,
+) -> Attention:
+    """The batched attention op of one layer on one rank."""
+    return Attention(
+        model.dtype_bytes,
+        q_tokens,
+        kv_tokens,
+        qk_pairs,
+        seqs,
+        segments,
+        model.heads // tp,
+        max(1, model.kv_heads // tp),
+        model.head_dim,
+    )
+
+
+def lm_head_op(model: ModelSpec, tp: int, logits: int) -> Gemm:
+    """The vocabulary projection for the sequences that sample a token this iteration."""
+    return Gemm(model.dtype_bytes, logits, model.hidden, model.vocab // tp)

@@ -1,0 +1,58 @@
+"""Routing policies: which replica a new request goes to.
+
+A policy ranks replicas: ``key(request, replica)`` returns a sort key and the replica with the
+smallest key wins (ties go to the lowest index, so routing is deterministic). Replicas expose
+``index``, ``routed`` (requests sent there so far), ``queued_tokens`` (prompt tokens not yet prefilled), ``num_running``, ``num_waiting`` and
+``cached_prefix_tokens(request)``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .registry import Registry
+
+ROUTING = Registry("routing")
+
+
+class RoutingPolicy(Protocol):
+    def key(self, request, replica) -> tuple: ...
+
+
+@ROUTING.register("round_robin")
+class RoundRobin:
+    """Replicas in turn, whatever their load: fewest requests routed so far, lowest index first."""
+
+    def key(self, request, replica) -> tuple:
+        return (replica.routed,)
+
+
+@ROUTING.register("least_loaded")
+class LeastLoaded:
+    """Fewest prompt tokens waiting to be prefilled, then fewest requests in flight."""
+
+    def key(self, request, replica) -> tuple:
+        return (replica.queued_tokens, replica.num_running + replica.num_waiting)
+
+
+@ROUTING.register("prefix_aware")
+class PrefixAware:
+    """Least expected prefill work: queued tokens plus the part of this prompt not cached there.
+
+    A long cached prefix attracts the request, a long queue repels it, so the policy is
+    load-balanced without a threshold to tune (cf. SGLang's cache-aware router).
+    """
+
+    def key(self, request, replica) -> tuple:
+        uncached = request.prompt_tokens - replica.cached_prefix_tokens(request)
+        return (replica.queued_tokens + uncached, replica.num_running + replica.num_waiting)
+
+
+def choose(policy, request, replicas) -> int:
+    """Index of the replica ``policy`` ranks first."""
+    best, best_key = 0, None
+    for r in replicas:
+        k = policy.key(request, r)
+        if best_key is None or k < best_key:
+            best, best_key = r.index, k
+    return best

@@ -1,0 +1,158 @@
+"""A serving replica's engine loop on the SimPy clock (the only SimPy code besides arrivals).
+
+One pending timeout per replica: the end of the iteration, or of a fast-forwarded run of
+pure-decode iterations, in flight. At that boundary the effects are applied and the next batch is
+formed. Simulated time is integer nanoseconds.
+
+Decode fast-forward (DESIGN §4): when a batch holds only decodes and no waiting request can be
+admitted, the batch cannot change before the next completion, except by a new arrival. The next
+iterations are priced one by one (same integers as exact stepping) and one timeout covers them all.
+NOTE: cancellation is lazy: a request that reaches this replica mid-run bumps ``_version`` and
+schedules a new boundary at the first iteration end at or after its arrival; the old timeout
+fires later and is ignored. Arrivals are URGENT events, so at equal times they precede boundaries
+in both modes, and block allocations of a run are applied for exactly the iterations that started
+before ``now`` whenever someone looks (``sync``). Hence fast-forward and ``exact_steps`` agree.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+
+import numpy as np
+
+from .scheduler import Batch, Scheduler, Seq
+
+
+class Replica:
+    """A unified (prefill + decode) replica: scheduler, KV cache, pricer, engine loop."""
+
+    def __init__(self, env, index: int, scheduler: Scheduler, pricer, exact_steps: bool):
+        self.env = env
+        self.index = index
+        self.scheduler = scheduler
+        self.pricer = pricer
+        self.exact_steps = exact_steps
+        self.routed = 0
+        self.iterations = 0
+        self.busy_ns = 0
+        self._version = 0
+        self._busy = False
+        # The run in flight: batch, first iteration index, iteration end times.
+        self._batch: Batch | None = None
+        self._it0 = 0
+        self._start_ns = 0
+        self._ends: list[int] = []
+        self._k = 0
+
+    # ---- what routers see ----------------------------------------------------------------------
+    @property
+    def queued_tokens(self) -> int:
+        return self.scheduler.queued_tokens
+
+    @property
+    def num_running(self) -> int:
+        return self.scheduler.num_running
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    def cached_prefix_tokens(self, request) -> int:
+        if not request.blocks:
+            return 0
+        return sum(n.tokens for n in self.scheduler.cache.tree.match(request.blocks))
+
+    # ---- arrivals ------------------------------------------------------------------------------
+    def submit(self, seq: Seq) -> None:
+        """A request reaches this replica now."""
+        now = self.env.now
+        self.routed += 1
+        self.scheduler.add(seq)
+        if not self._busy:
+            self._busy = True
+            self._schedule_boundary(now)
+        elif self._k > 1:
+            # Stop the run at the first iteration end at or after now.
+            j = bisect_left(self._ends, now)
+            if j < self._k - 1:
+                self._k = j + 1
+                self._schedule_boundary(self._ends[j])
+
+    def sync(self, now: int) -> None:
+        """Apply the block allocations of run iterations that started before ``now``."""
+        if self._k > 1:
+            started = bisect_left(self._ends, now) + 1  # iteration i starts at ends[i-1]
+            self.scheduler_allocate(min(started, self._k))
+
+    def scheduler_allocate(self, iterations: int) -> None:
+        """Allocate the decode blocks of the run's first ``iterations`` iterations.
+
+        NOTE: one allocation of the summed need evicts exactly the victims that one allocation per
+        iteration would (same policy order, nothing accessed in between)."""
+        s = self.scheduler
+        target = self._it0 + iterations
+        if s.alloc_it < target:
+            s.cache.allocate(s.decode_blocks_between(s.alloc_it, target))
+            s.alloc_it = target
+
+    # ---- the engine loop -----------------------------------------------------------------------
+    def _schedule_boundary(self, at_ns: int) -> None:
+        self._version += 1
+        version = self._version
+        ev = self.env.timeout(at_ns - self.env.now)
+        ev.callbacks.append(lambda _ev: self._on_boundary(version))
+
+    def _on_boundary(self, version: int) -> None:
+        if version != self._version:
+            return  # superseded by a truncated run
+        now = self.env.now
+        if self._batch is not None:
+            self.scheduler_allocate(self._k)
+            self.scheduler.complete(self._batch, self._k, now)
+            self.iterations += self._k
+            self.busy_ns += now - self._start_ns
+        self._start(now)
+
+    def _start(self, now: int) -> None:
+        s = self.scheduler
+        s.now_ns = now
+        batch = s.schedule()
+        if batch is None:
+            self._busy = False
+            self._batch = None
+            self._k = 0
+            return
+        self._batch = batch
+        self._it0 = s.it
+        self._start_ns = now
+        if batch.prefills:
+            self._k = 1
+            self._ends = [
+                now
+                + self.pricer.iteration_ns(
+                    batch.tokens,
+                    batch.logits,
+                    batch.seqs,
+                    batch.kv_tokens,
+                    batch.qk_pairs,
+                    batch.seqs,
+                )
+            ]
+        else:
+            self._plan_decode_run(batch, now)
+        self._schedule_boundary(self._ends[self._k - 1])
+
+    def _plan_decode_run(self, batch: Batch, now: int) -> None:
+        """Price the pure-decode iterations until the next completion or block shortage."""
+        s = self.scheduler
+        n = batch.decodes
+        it0 = s.it
+        if self.exact_steps:
+            k = 1
+        else:
+            # Iteration it0's blocks are allocated; later ones must fit without preemption.
+            k_max = s.next_finish_it() - it0 + 1
+            k = 1 + s.decode_iterations_affordable(it0 + 1, k_max - 1, s.cache.available())
+        ends = now + np.cumsum(self.pricer.decode_run_ns(n, s.dec_sum + n, k))
+        self._k = k
+        self._ends = ends.tolist()

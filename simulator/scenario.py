@@ -1,0 +1,352 @@
+"""The scenario: one typed, validated description of a simulation, parsed from YAML.
+
+Field names follow vLLM's engine arguments where they mean the same thing (``block_size``,
+``max_num_seqs``, ``max_num_batched_tokens``, ``gpu_memory_utilization``,
+``enable_chunked_prefill``). Polymorphic parts carry a ``type:`` discriminator. Unknown keys are
+errors with a "did you mean"; every error is one line naming the file, the field, the bad value and
+what is allowed. ``--set a.b=c`` overrides edit the raw document before validation, so they are
+checked by the same schema.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .catalog import get_gpu, get_model
+from .errors import KvsimError
+from .policies import EVICTION, ROUTING
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _policy_ref(value: Any) -> Any:
+    return {"type": value} if isinstance(value, str) else value
+
+
+class PolicyRef(BaseModel):
+    """A policy by registered name or dotted import path; other keys are its parameters."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+Policy = Annotated[PolicyRef, BeforeValidator(_policy_ref)]
+
+
+class CacheConfig(_Strict):
+    block_size: int = Field(16, ge=1, le=1024, description="tokens per KV block (vLLM)")
+    num_gpu_blocks: int | Literal["auto"] = Field(
+        "auto", description="KV blocks per replica; auto sizes them from GPU memory as vLLM does"
+    )
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    enable_prefix_caching: bool = True
+    eviction: Policy = Field(default_factory=lambda: PolicyRef(type="lru"))
+
+    @field_validator("num_gpu_blocks")
+    @classmethod
+    def _positive(cls, v):
+        if v != "auto" and v < 1:
+            raise ValueError("must be a positive integer or 'auto'")
+        return v
+
+    @field_validator("eviction")
+    @classmethod
+    def _known_eviction(cls, v: PolicyRef):
+        EVICTION.resolve(v.type)
+        return v
+
+
+class SchedulerConfig(_Strict):
+    max_num_batched_tokens: int = Field(8192, ge=1)
+    max_num_seqs: int = Field(256, ge=1)
+    enable_chunked_prefill: bool = True
+    chunk_tokens: int | None = Field(
+        None, ge=1, description="per-request prefill chunk cap (default: the token budget)"
+    )
+
+    @model_validator(mode="after")
+    def _budget_holds_decodes(self):
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "
+                f"max_num_seqs ({self.max_num_seqs})"
+            )
+        return self
+
+
+class ClusterConfig(_Strict):
+    replicas: int = Field(1, ge=1, le=4096)
+    tensor_parallel: Literal[1, 2, 4, 8] = 1
+
+
+class FixedLength(_Strict):
+    type: Literal["fixed"]
+    value: int = Field(ge=1)
+
+
+class UniformLength(_Strict):
+    type: Literal["uniform"]
+    low: int = Field(ge=1)
+    high: int = Field(ge=1)
+
+
+class LognormalLength(_Strict):
+    type: Literal["lognormal"]
+    median: float = Field(gt=0)
+    sigma: float = Field(0.5, ge=0)
+    min: int = Field(1, ge=1)
+    max: int = Field(131072, ge=1)
+
+
+LengthSpec = Annotated[FixedLength | UniformLength | LognormalLength, Field(discriminator="type")]
+
+
+class SharedPrefix(_Strict):
+    prefixes: int = Field(ge=1, description="number of distinct shared prefixes (system prompts)")
+    tokens: int = Field(ge=1, description="tokens of each shared prefix (rounded down to units)")
+    zipf: float = Field(1.0, ge=0, description="popularity skew across prefixes")
+
+
+class _WorkloadBase(_Strict):
+    rate_scale: float = Field(1.0, gt=0, description="multiply the arrival rate by this")
+    max_requests: int | None = Field(None, ge=1)
+
+
+class TraceWorkload(_WorkloadBase):
+    type: Literal["trace"]
+    path: str = Field(description="trace file, relative to the scenario file")
+    format: Literal["mooncake", "azure", "burstgpt", "kvsim"]
+
+
+class SyntheticWorkload(_WorkloadBase):
+    type: Literal["synthetic"]
+    requests: int = Field(ge=1)
+    rate: float = Field(gt=0, description="mean arrivals per second")
+    arrival: Literal["poisson", "gamma"] = "poisson"
+    cv: float = Field(1.0, gt=0, description="coefficient of variation of gaps (gamma)")
+    prompt_tokens: LengthSpec
+    output_tokens: LengthSpec
+    shared_prefix: SharedPrefix | None = None
+    unit_tokens: int = Field(256, ge=1, description="tokens per content unit (prefix-cache id)")
+
+
+Workload = Annotated[TraceWorkload | SyntheticWorkload, Field(discriminator="type")]
+
+
+class SLO(_Strict):
+    ttft_s: float = Field(2.0, gt=0)
+    tpot_s: float = Field(0.1, gt=0)
+
+
+class LatencyConfig(_Strict):
+    type: Literal["roofline"] = "roofline"
+
+
+class SimulationConfig(_Strict):
+    exact_steps: bool = Field(
+        False, description="price every decode iteration alone (no fast-forward)"
+    )
+
+
+class Scenario(_Strict):
+    """Everything one simulation run needs."""
+
+    name: str = "scenario"
+    description: str = ""
+    seed: int = 0
+    model: str = Field(description="catalog name or path to a Hugging Face config.json")
+    hardware: str = Field(description="GPU catalog name")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    routing: Policy = Field(default_factory=lambda: PolicyRef(type="least_loaded"))
+    workload: Workload
+    slo: SLO = Field(default_factory=SLO)
+    latency: LatencyConfig = Field(default_factory=LatencyConfig)
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @field_validator("routing")
+    @classmethod
+    def _known_routing(cls, v: PolicyRef):
+        ROUTING.resolve(v.type)
+        return v
+
+    @field_validator("hardware")
+    @classmethod
+    def _known_gpu(cls, v: str):
+        get_gpu(v)
+        return v.lower()
+
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir
+
+    def trace_path(self) -> Path:
+        assert isinstance(self.workload, TraceWorkload)
+        p = Path(self.workload.path)
+        return p if p.is_absolute() else self._base_dir / p
+
+    def resolved_yaml(self) -> str:
+        """The scenario with every default filled in, as YAML."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _all_field_names() -> set[str]:
+    names: set[str] = set()
+    stack: list[type[BaseModel]] = [Scenario]
+    seen = set()
+    while stack:
+        m = stack.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        for name, f in m.model_fields.items():
+            names.add(name)
+            for sub in _models_in(f.annotation):
+                stack.append(sub)
+    return names
+
+
+def _models_in(annotation) -> list[type[BaseModel]]:
+    out = []
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        out.append(annotation)
+    for arg in get_args(annotation):  # unions, Optional, Annotated (origin first)
+        out.extend(_models_in(arg))
+    return out
+
+
+def _one_line(e: ValidationError, source: str) -> str:
+    errors = e.errors()
+    err = errors[0]
+    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+    # Discriminated unions put the tag in the path (workload.trace.path); keep it readable.
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        key = str(err["loc"][-1])
+        hint = difflib.get_close_matches(key, _all_field_names(), n=1)
+        msg = f"unknown key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+        line = f"{source}: {loc}: {msg}"
+    elif err["type"] == "missing":
+        line = f"{source}: {loc}: required field is missing"
+    else:
+        msg = msg.removeprefix("Value error, ")
+        line = f"{source}: {loc}: {err['input']!r} is not allowed: {msg}"
+    more = len(errors) - 1
+    return line + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+
+
+def apply_overrides(doc: dict, overrides: list[str], source: str) -> dict:
+    """Apply ``path=value`` overrides (value parsed as YAML) to a raw scenario document."""
+    for item in overrides:
+        if "=" not in item:
+            raise KvsimError(f"--set {item!r}: expected path=value, e.g. cluster.replicas=4")
+        path, _, raw = item.partition("=")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        keys = path.strip().split(".")
+        node = doc
+        for k in keys[:-1]:
+            child = node.get(k)
+            if isinstance(child, str):  # a policy given by name: turn it into a mapping
+                child = {"type": child}
+            if child is None:
+                child = {}
+            if not isinstance(child, dict):
+                raise KvsimError(f"--set {path}: {k!r} is not a section of the scenario")
+            node[k] = child
+            node = child
+        node[keys[-1]] = value
+    return doc
+
+
+def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
+    """Read, override and validate a scenario file; raises :class:`KvsimError` on bad input."""
+    path = Path(path)
+    if not path.is_file():
+        raise KvsimError(f"{path}: scenario file not found")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise KvsimError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(doc, dict):
+        raise KvsimError(f"{path}: a scenario is a YAML mapping (model:, hardware:, workload: …)")
+    return scenario_from_dict(doc, source=str(path), base_dir=path.parent, overrides=overrides)
+
+
+def scenario_from_dict(
+    doc: dict,
+    source: str = "<scenario>",
+    base_dir: Path | None = None,
+    overrides: list[str] | None = None,
+) -> Scenario:
+    """Validate a scenario given as a dict (as parsed from YAML)."""
+    doc = apply_overrides(dict(doc), overrides or [], source)
+    try:
+        s = Scenario.model_validate(doc)
+    except ValidationError as e:
+        raise KvsimError(_one_line(e, source)) from None
+    except KvsimError as e:
+        raise KvsimError(f"{source}: {e}") from None
+    s._base_dir = (base_dir or Path.cwd()).resolve()
+    _check_semantics(s, source)
+    return s
+
+
+def _check_semantics(s: Scenario, source: str) -> None:
+    """Cross-field checks that need the catalogs or the file system."""
+    try:
+        model = get_model(s.model, s.base_dir)
+    except KvsimError as e:
+        raise KvsimError(f"{source}: model: {e}") from None
+    if model.heads % s.cluster.tensor_parallel:
+        raise KvsimError(
+            f"{source}: cluster.tensor_parallel: {s.cluster.tensor_parallel} does not divide "
+            f"the model's {model.heads} attention heads"
+        )
+    w = s.workload
+    if isinstance(w, TraceWorkload):
+        if not s.trace_path().is_file():
+            raise KvsimError(f"{source}: workload.path: trace file {s.trace_path()} not found")
+        unit = 512 if w.format == "mooncake" else None
+    else:
+        unit = w.unit_tokens
+        if (
+            isinstance(w.prompt_tokens, UniformLength)
+            and w.prompt_tokens.low > w.prompt_tokens.high
+        ):
+            raise KvsimError(f"{source}: workload.prompt_tokens: low > high")
+        if not math.isfinite(w.rate):
+            raise KvsimError(f"{source}: workload.rate: {w.rate!r} is not a finite number")
+    if unit is not None and unit % s.cache.block_size:
+        raise KvsimError(
+            f"{source}: cache.block_size: {s.cache.block_size} must divide the workload's "
+            f"content unit of {unit} tokens"
+        )

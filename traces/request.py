@@ -1,0 +1,35 @@
+"""The request record that every trace reader and workload generator produces.
+
+A request's prompt is described by ``blocks``: one content id per *content unit* of ``unit_tokens``
+tokens (512 in Mooncake traces). Ids are chain ids: two requests with the same id at position i
+share an identical prefix up to the end of unit i, which is what makes prefix caching decidable
+from a trace without the text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class TraceError(ValueError):
+    """A trace file or generator setting a user must fix; the message is one line with the place."""
+
+
+@dataclass(slots=True, frozen=True)
+class Request:
+    """One LLM call as a trace records it."""
+
+    id: int
+    arrival_s: float
+    prompt_tokens: int
+    output_tokens: int
+    blocks: tuple[int, ...] = ()
+    unit_tokens: int = 512
+    output_blocks: tuple[int, ...] = ()
+    session: int | None = None
+    job: int | None = None
+    turn: int = 0
+
+    def unit_token_count(self, index: int) -> int:
+        """Tokens of the prompt that content unit ``index`` covers (the last one is often partial)."""
+        return min(self.unit_tokens, self.prompt_tokens - index * self.unit_tokens)
