@@ -6,7 +6,8 @@ or log-normal, clipped to [min, max]. Optional shared prefixes model system prom
 starts with one of ``prefixes`` shared prefixes (chosen with Zipf-like popularity), whose content
 units carry the same chain ids, so a prefix cache can reuse them.
 
-Requests are produced in chunks of numpy draws, so a 200k-request workload streams in constant memory.
+Requests are produced in chunks of numpy draws, so a 200k-request workload streams
+in constant memory.
 """
 
 from __future__ import annotations

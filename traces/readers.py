@@ -198,8 +198,10 @@ def read_kvsim(path: Path) -> Iterator[Request]:
             session, job = row.get("session"), row.get("job")
             turn = _int_field(row, "turn", where) if "turn" in row else 0
 
-            def make(i, t, p=prompt, o=output, b=blocks, u=unit, ob=out_blocks, s=session, j=job):
-                return Request(i, t, p, o, b, u, ob, s, j, turn)
+            fields = (prompt, output, blocks, unit, out_blocks, session, job, turn)
+
+            def make(i, t, fields=fields):
+                return Request(i, t, *fields)
 
             yield where, t, make
 

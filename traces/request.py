@@ -31,5 +31,5 @@ class Request:
     turn: int = 0
 
     def unit_token_count(self, index: int) -> int:
-        """Tokens of the prompt that content unit ``index`` covers (the last one is often partial)."""
+        """Prompt tokens that content unit ``index`` covers (the last one is often partial)."""
         return min(self.unit_tokens, self.prompt_tokens - index * self.unit_tokens)

@@ -2,8 +2,8 @@
 
 A policy ranks replicas: ``key(request, replica)`` returns a sort key and the replica with the
 smallest key wins (ties go to the lowest index, so routing is deterministic). Replicas expose
-``index``, ``routed`` (requests sent there so far), ``queued_tokens`` (prompt tokens not yet prefilled), ``num_running``, ``num_waiting`` and
-``cached_prefix_tokens(request)``.
+``index``, ``routed`` (requests sent there so far), ``queued_tokens`` (prompt tokens not yet
+prefilled), ``num_running``, ``num_waiting`` and ``cached_prefix_tokens(request)``.
 """
 
 from __future__ import annotations
