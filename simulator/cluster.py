@@ -169,6 +169,7 @@ class Cluster:
                 )
             )
         self.router = ROUTING.create(scenario.routing.type, **scenario.routing.params)
+        self._router_reads_cache = getattr(self.router, "reads_cache", False)
         self._stream = workload_requests(scenario)
         self._scale = 1e9 / scenario.workload.rate_scale
 
@@ -205,8 +206,9 @@ class Cluster:
             self.recorder.drop(req, now, reason)
             self._on_done(len(self.recorder))
         else:
-            for r in self.replicas:
-                r.sync(now)
+            if self._router_reads_cache:
+                for r in self.replicas:
+                    r.sync(now)
             idx = choose(self.router, req, self.replicas)
             self.replicas[idx].submit(Seq(req, now))
         self._next_arrival()

@@ -5,8 +5,11 @@ pure-decode iterations, in flight. At that boundary the effects are applied and 
 formed. Simulated time is integer nanoseconds.
 
 Decode fast-forward (DESIGN §4): when a batch holds only decodes and no waiting request can be
-admitted, the batch cannot change before the next completion, except by a new arrival. The next
-iterations are priced one by one (same integers as exact stepping) and one timeout covers them all.
+admitted, the batch cannot change before the next completion, except by a new arrival, as long as
+no block shortage forces a preemption and, while requests wait, no eviction changes what fits
+(the run is cut before either), and the batch did not just preempt (admission reopens after).
+The next iterations are priced one by one (same integers as exact stepping) and one timeout
+covers them all.
 NOTE: cancellation is lazy: a request that reaches this replica mid-run bumps ``_version`` and
 schedules a new boundary at the first iteration end at or after its arrival; the old timeout
 fires later and is ignored. Arrivals are URGENT events, so at equal times they precede boundaries
@@ -17,8 +20,7 @@ before ``now`` whenever someone looks (``sync``). Hence fast-forward and ``exact
 from __future__ import annotations
 
 from bisect import bisect_left
-
-import numpy as np
+from itertools import accumulate
 
 from .scheduler import Batch, Scheduler, Seq
 
@@ -60,7 +62,10 @@ class Replica:
     def cached_prefix_tokens(self, request) -> int:
         if not request.blocks:
             return 0
-        return sum(n.tokens for n in self.scheduler.cache.tree.match(request.blocks))
+        nodes = self.scheduler.cache.tree.match(
+            request.blocks, request.prompt_tokens, request.unit_tokens
+        )
+        return sum(n.tokens for n in nodes)
 
     # ---- arrivals ------------------------------------------------------------------------------
     def submit(self, seq: Seq) -> None:
@@ -147,12 +152,17 @@ class Replica:
         s = self.scheduler
         n = batch.decodes
         it0 = s.it
-        if self.exact_steps:
+        if self.exact_steps or batch.preempted:
+            # After a preemption admission reopens at the next boundary: no fast-forward.
             k = 1
         else:
-            # Iteration it0's blocks are allocated; later ones must fit without preemption.
+            # Iteration it0's blocks are allocated; later ones must fit without preemption. While
+            # requests wait, the run may not evict: an eviction can free more than it needs and
+            # make the head of the queue admissible, which would change the batch.
             k_max = s.next_finish_it() - it0 + 1
-            k = 1 + s.decode_iterations_affordable(it0 + 1, k_max - 1, s.cache.available())
-        ends = now + np.cumsum(self.pricer.decode_run_ns(n, s.dec_sum + n, k))
+            room = s.cache.free if s.waiting else s.cache.available()
+            k = 1 + s.decode_iterations_affordable(it0 + 1, k_max - 1, room)
         self._k = k
-        self._ends = ends.tolist()
+        self._ends = list(accumulate(self.pricer.decode_run_ns(n, s.dec_sum + n, k), initial=now))[
+            1:
+        ]

@@ -110,6 +110,12 @@ class UniformLength(_Strict):
     low: int = Field(ge=1)
     high: int = Field(ge=1)
 
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+        return self
+
 
 class LognormalLength(_Strict):
     type: Literal["lognormal"]
@@ -117,6 +123,12 @@ class LognormalLength(_Strict):
     sigma: float = Field(0.5, ge=0)
     min: int = Field(1, ge=1)
     max: int = Field(131072, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
+        return self
 
 
 LengthSpec = Annotated[FixedLength | UniformLength | LognormalLength, Field(discriminator="type")]
@@ -338,11 +350,6 @@ def _check_semantics(s: Scenario, source: str) -> None:
         unit = 512 if w.format == "mooncake" else None
     else:
         unit = w.unit_tokens
-        if (
-            isinstance(w.prompt_tokens, UniformLength)
-            and w.prompt_tokens.low > w.prompt_tokens.high
-        ):
-            raise KvsimError(f"{source}: workload.prompt_tokens: low > high")
         if not math.isfinite(w.rate):
             raise KvsimError(f"{source}: workload.rate: {w.rate!r} is not a finite number")
     if unit is not None and unit % s.cache.block_size:

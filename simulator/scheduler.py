@@ -83,6 +83,7 @@ class Batch:
     logits: int
     kv_tokens: int
     qk_pairs: int
+    preempted: bool = False
 
     @property
     def seqs(self) -> int:
@@ -120,6 +121,7 @@ class Scheduler:
         self.finish_heap: list[tuple[int, int, Seq]] = []
         self.queued_tokens = 0  # prompt tokens still to prefill (waiting + prefilling)
         self.preemptions = 0
+        self.now_ns = 0
         self._order = 0
 
     # ---- state seen from outside -------------------------------------------------------------
@@ -293,12 +295,15 @@ class Scheduler:
             qk += n * c + n * (n + 1) // 2
             if c + n == s.num_tokens:
                 logits += 1
-        return Batch(n_dec, prefills, tokens, logits, kv, qk)
+        return Batch(n_dec, prefills, tokens, logits, kv, qk, preempted)
 
     def _admit(self, s: Seq, budget: int) -> int:
         """Admit the head of the queue with a first chunk; return its tokens, or 0 if it waits."""
         cache = self.cache
-        nodes = cache.tree.match(s.req.blocks) if s.req.blocks else []
+        req = s.req
+        nodes = (
+            cache.tree.match(req.blocks, req.prompt_tokens, req.unit_tokens) if req.blocks else []
+        )
         raw_units = len(nodes)
         hit = sum(n.tokens for n in nodes)
         while nodes and hit >= s.num_tokens:  # at least one token must be computed for logits
@@ -372,6 +377,8 @@ class Scheduler:
             if s.computed < end or (end - u * unit < unit and s.computed != end):
                 break
             node, freed = self.cache.insert_or_share(ids[u], u, end - u * unit, now_ns)
+            if node is None:
+                break  # conflicting partial unit: later units stay private too
             s.nodes.append(node)
             s.node_tokens += node.tokens
             s.priv_blocks -= freed
@@ -382,4 +389,28 @@ class Scheduler:
         s.phase = DONE
         self.on_finish(s, now_ns)
 
-    now_ns = 0
+    def check_invariants(self) -> None:
+        """Raise AssertionError unless blocks are conserved and reference counts are exact."""
+        cache = self.cache
+        holders = list(self.prefilling) + list(self.decoding.values())
+        private = sum(s.priv_blocks for s in self.prefilling)
+        for s in self.decoding.values():
+            held = s.base_c + (self.alloc_it - s.base_it)
+            private += cache.blocks_for(held - s.node_tokens)
+        nodes = list(cache.tree.nodes.values())
+        node_blocks = sum(n.blocks for n in nodes)
+        assert cache.free >= 0, f"negative free blocks {cache.free}"
+        assert cache.free + node_blocks + private == cache.capacity, (
+            f"blocks not conserved: free {cache.free} + nodes {node_blocks} + private {private} "
+            f"!= capacity {cache.capacity}"
+        )
+        refs: dict[int, int] = {}
+        for s in holders:
+            for n in s.nodes:
+                refs[id(n)] = refs.get(id(n), 0) + 1
+        for n in nodes:
+            assert n.refs == refs.get(id(n), 0) >= 0, f"{n} has refs {n.refs}, expected {refs}"
+        evictable = sum(n.blocks for n in nodes if n.refs == 0)
+        assert cache.tree.evictable_blocks == evictable, "evictable block count drifted"
+        queued = sum(s.num_tokens - s.computed for s in list(self.waiting) + self.prefilling)
+        assert queued == self.queued_tokens, f"queued tokens {self.queued_tokens} != {queued}"

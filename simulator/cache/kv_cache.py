@@ -52,12 +52,15 @@ class KVCache:
 
     def insert_or_share(
         self, node_id: int, depth: int, tokens: int, now_ns: int
-    ) -> tuple[Node, int]:
+    ) -> tuple[Node | None, int]:
         """Make unit ``node_id`` a node a request holds. Returns the node and the private blocks the
         request gives up: its own blocks become the node, or are freed if another request inserted
-        the same unit meanwhile."""
+        the same unit meanwhile. Returns (None, 0) if a node of that id holds a different number
+        of tokens (a partial unit of a shorter prompt): the request keeps its blocks private."""
         blocks = self.blocks_for(tokens)
         node = self.tree.nodes.get(node_id)
+        if node is not None and node.tokens != tokens:
+            return None, 0
         if node is None:
             node = self.tree.insert(node_id, depth, tokens, blocks, now_ns)
             self.tree.acquire(node, now_ns)

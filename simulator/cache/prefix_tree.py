@@ -58,15 +58,20 @@ class PrefixTree:
     def __len__(self) -> int:
         return len(self.nodes)
 
-    def match(self, ids: tuple[int, ...]) -> list[Node]:
-        """The resident nodes of the longest cached prefix of ``ids``."""
+    def match(self, ids: tuple[int, ...], prompt_tokens: int, unit_tokens: int) -> list[Node]:
+        """The resident nodes of the longest cached prefix of a prompt's unit ids.
+
+        A node matches only if it holds as many tokens as the prompt's unit at that position: a
+        partial last unit cached by a shorter prompt is not reused by a longer one."""
         out = []
         get = self.nodes.get
+        rest = prompt_tokens
         for i in ids:
             node = get(i)
-            if node is None:
+            if node is None or node.tokens != (unit_tokens if rest > unit_tokens else rest):
                 break
             out.append(node)
+            rest -= unit_tokens
         return out
 
     def insert(self, node_id: int, depth: int, tokens: int, blocks: int, now_ns: int) -> Node:

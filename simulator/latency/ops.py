@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from ..catalog import ModelSpec
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Op:
     """Base of all ops. ``kind`` is the vocabulary name; ``features()`` the numeric inputs."""
 
@@ -32,7 +32,7 @@ class Op:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "dtype_bytes"}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Gemm(Op):
     """tokens × in_dim times in_dim × out_dim (cuBLAS through torch.matmul)."""
 
@@ -49,7 +49,7 @@ class Gemm(Op):
         return float(t * i + i * o + t * o) * self.dtype_bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Attention(Op):
     """One batched attention launch (the MSA kernel) over a batch's sequences, one layer.
 
@@ -77,7 +77,7 @@ class Attention(Op):
         return (kv + qo) * self.dtype_bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SsmScan(Op):
     """Chunked linear-recurrence scan over a prefill of recurrent layers (state in fp32)."""
 
@@ -95,7 +95,7 @@ class SsmScan(Op):
         return float(io + 2 * 4 * self.heads * self.head_dim * self.state_dim)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SsmStep(Op):
     """One decode token's recurrent update for a batch (reads and writes the fp32 state)."""
 
@@ -112,7 +112,7 @@ class SsmStep(Op):
         return 2.0 * 4 * self.batch * self.heads * self.head_dim * self.state_dim
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ScdEncode(Op):
     """Producer side of SCD: de-RoPE'd K/V (tokens × kv_dim) times an encoder → codes."""
 
@@ -129,7 +129,7 @@ class ScdEncode(Op):
         return float(t * d + d * r + t * r) * self.dtype_bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ScdReuse(Op):
     """Consumer side of SCD Reuse: codes × decoder → K/V, re-RoPE, paged write."""
 
@@ -146,7 +146,7 @@ class ScdReuse(Op):
         return float(t * r + r * d + t * d) * self.dtype_bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ScdPatch(Op):
     """Consumer side of SCD Patch: aligner (rank → hidden) then K/V projection (hidden → kv_dim)."""
 
@@ -164,7 +164,7 @@ class ScdPatch(Op):
         return float(t * r + r * h + h * d + t * d) * self.dtype_bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class KvQuant(Op):
     """Group-wise KV quantization to ``bits``: reads 16-bit KV, writes packed codes and scales."""
 
@@ -180,12 +180,12 @@ class KvQuant(Op):
         return self.tokens * self.kv_dim * (self.dtype_bytes + self.bits / 8.0)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class KvDequant(KvQuant):
     kind = "kv_dequant"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Copy(Op):
     """A copy of ``nbytes`` along ``path``: d2d (HBM read+write), d2h or h2d (PCIe)."""
 
@@ -200,7 +200,7 @@ class Copy(Op):
         return {"nbytes": self.nbytes}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AllReduce(Op):
     """NCCL all-reduce of ``nbytes`` across ``ranks`` tensor-parallel GPUs."""
 
@@ -212,7 +212,7 @@ class AllReduce(Op):
         return float(self.nbytes)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StepOverhead(Op):
     """CPU-side scheduling, input preparation and launch time of one engine iteration."""
 

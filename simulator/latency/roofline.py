@@ -27,23 +27,35 @@ class RooflineModel:
         self.bytes_per_s = gpu.hbm_tbps * 1e12 * gpu.bandwidth_efficiency
         self.nvlink_bytes_per_s = gpu.nvlink_gbps * 1e9 * gpu.bandwidth_efficiency
         self.pcie_bytes_per_s = gpu.pcie_gbps * 1e9 * gpu.bandwidth_efficiency
+        # Ops that are not compute/memory kernels, by vocabulary name.
+        self._special = {
+            "step_overhead": self._step_overhead,
+            "allreduce": self._allreduce,
+            "copy": self._copy,
+        }
 
     def price(self, op: Op) -> float:
         """Seconds one op takes on one GPU."""
-        if isinstance(op, StepOverhead):
-            return self.gpu.step_overhead_s + self.gpu.step_overhead_per_seq_s * op.batch_size
-        if isinstance(op, AllReduce):
-            if op.ranks <= 1:
-                return 0.0
-            traffic = 2.0 * (op.ranks - 1) / op.ranks * op.nbytes
-            return self.gpu.allreduce_latency_s + traffic / self.nvlink_bytes_per_s
-        if isinstance(op, Copy):
-            if op.path == "d2d":
-                return 2.0 * op.nbytes / self.bytes_per_s + self.gpu.launch_s
-            return op.nbytes / self.pcie_bytes_per_s + self.gpu.launch_s
+        special = self._special.get(op.kind)
+        if special is not None:
+            return special(op)
         compute = op.flops() / self.flops_per_s
         memory = op.bytes() / self.bytes_per_s
         return (compute if compute > memory else memory) + self.gpu.launch_s
+
+    def _step_overhead(self, op: StepOverhead) -> float:
+        return self.gpu.step_overhead_s + self.gpu.step_overhead_per_seq_s * op.batch_size
+
+    def _allreduce(self, op: AllReduce) -> float:
+        if op.ranks <= 1:
+            return 0.0
+        traffic = 2.0 * (op.ranks - 1) / op.ranks * op.nbytes
+        return self.gpu.allreduce_latency_s + traffic / self.nvlink_bytes_per_s
+
+    def _copy(self, op: Copy) -> float:
+        if op.path == "d2d":
+            return 2.0 * op.nbytes / self.bytes_per_s + self.gpu.launch_s
+        return op.nbytes / self.pcie_bytes_per_s + self.gpu.launch_s
 
     def price_many(self, op: Op) -> np.ndarray:
         """Seconds of a compute/memory op whose features are numpy arrays (elementwise).

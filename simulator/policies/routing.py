@@ -3,7 +3,8 @@
 A policy ranks replicas: ``key(request, replica)`` returns a sort key and the replica with the
 smallest key wins (ties go to the lowest index, so routing is deterministic). Replicas expose
 ``index``, ``routed`` (requests sent there so far), ``queued_tokens`` (prompt tokens not yet
-prefilled), ``num_running``, ``num_waiting`` and ``cached_prefix_tokens(request)``.
+prefilled), ``num_running``, ``num_waiting`` and ``cached_prefix_tokens(request)``; a policy
+that calls the latter sets ``reads_cache = True``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class PrefixAware:
     A long cached prefix attracts the request, a long queue repels it, so the policy is
     load-balanced without a threshold to tune (cf. SGLang's cache-aware router).
     """
+
+    reads_cache = True  # the cluster brings every replica's cache up to date before asking
 
     def key(self, request, replica) -> tuple:
         uncached = request.prompt_tokens - replica.cached_prefix_tokens(request)

@@ -1,0 +1,44 @@
+"""Helpers for tests: the shared public traces and small scenario builders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_TRACES = ROOT.parent / "shared" / "traces"
+
+
+def shared_trace(name: str) -> Path:
+    """A public trace from ../shared/traces; skip with a reason where that folder is absent."""
+    path = SHARED_TRACES / name
+    if not path.is_file():
+        pytest.skip(f"{path} not present (public traces live in ../shared/traces)")
+    return path
+
+
+def write_kvsim_trace(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def scenario_doc(trace: Path | str, fmt: str = "kvsim", **overrides) -> dict:
+    """A one-replica Llama-3.1-8B / H100 scenario over a trace file, with overrides by section."""
+    doc = {
+        "name": "test",
+        "model": "llama-3.1-8b",
+        "hardware": "h100-sxm",
+        "cluster": {"replicas": 1, "tensor_parallel": 1},
+        "cache": {"block_size": 16, "num_gpu_blocks": 4096},
+        "scheduler": {"max_num_batched_tokens": 512, "max_num_seqs": 16},
+        "routing": "least_loaded",
+        "workload": {"type": "trace", "path": str(trace), "format": fmt},
+    }
+    for section, value in overrides.items():
+        if isinstance(value, dict) and isinstance(doc.get(section), dict):
+            doc[section] = {**doc[section], **value}
+        else:
+            doc[section] = value
+    return doc
