@@ -39,7 +39,6 @@ class KVCache:
             self.evictions += 1
             self.evicted_blocks += victim.blocks
         self.free -= blocks
-        self.tree.compact()
 
     def release(self, blocks: int) -> None:
         self.free += blocks

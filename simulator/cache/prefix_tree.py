@@ -3,9 +3,14 @@
 Nodes are content units keyed by chain id (equal ids ⇒ identical prefix up to that unit, DESIGN §3),
 so the tree is a dict from id to node: walking a request's ids from the start finds its cached
 prefix. A node spans ceil(tokens / block_tokens) pool blocks. A node with no referencing request is
-an eviction candidate; candidates sit in a heap keyed by the eviction policy, with lazy deletion:
-NOTE: a candidate that gets referenced again is not removed from the heap; its entry goes stale
-(version mismatch) and is skipped when popped. The heap is rebuilt when stale entries dominate.
+an eviction candidate, ranked by the eviction policy's key (smallest first).
+
+NOTE (hot path): candidates sit in a heap with at most one entry per node, and entries are
+re-keyed lazily. Acquiring a node does not touch the heap; when an entry surfaces, a node that is
+referenced again is dropped from the heap (it is pushed again on release), and a node whose key has
+grown since its entry was pushed is pushed again with its current key. This is exact because a
+policy's key never decreases when a node is accessed (LRU, LFU, FIFO and AsymCache keys all grow
+with the access time or count), and it avoids a stale entry per hit on hot prefixes.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ class Node:
         "hits",
         "last_access_ns",
         "created_ns",
-        "version",
+        "in_heap",
+        "counted",
     )
 
     def __init__(self, node_id: int, depth: int, tokens: int, blocks: int, now_ns: int):
@@ -37,7 +43,8 @@ class Node:
         self.hits = 0
         self.last_access_ns = now_ns
         self.created_ns = now_ns
-        self.version = 0
+        self.in_heap = False  # has an entry in the candidate heap
+        self.counted = False  # its blocks are in evictable_blocks (unreferenced and resident)
 
     def __repr__(self) -> str:
         return f"Node(id={self.id}, depth={self.depth}, tokens={self.tokens}, refs={self.refs})"
@@ -51,7 +58,6 @@ class PrefixTree:
         self.nodes: dict[int, Node] = {}
         self.evictable_blocks = 0
         self._heap: list[tuple] = []
-        self._stale = 0
         self._seq = 0
         self._on_access = getattr(policy, "on_access", None)
 
@@ -81,42 +87,47 @@ class PrefixTree:
 
     def acquire(self, node: Node, now_ns: int) -> None:
         """A request starts to use ``node`` (a hit or its own insert)."""
-        if node.refs == 0 and node.version > 0:
+        if node.counted:
             self.evictable_blocks -= node.blocks
-            node.version += 1  # its heap entry is now stale
-            self._stale += 1
+            node.counted = False
         node.refs += 1
         node.hits += 1
         node.last_access_ns = now_ns
         if self._on_access is not None:
             self._on_access(node, now_ns)
 
+    def _push(self, node: Node, key: tuple) -> None:
+        self._seq += 1
+        # NOTE: a flat entry (key fields, seq, node) compares faster than a nested one.
+        heapq.heappush(self._heap, (*key, self._seq, node))
+        node.in_heap = True
+
     def release(self, node: Node) -> None:
         """A request stops using ``node``; unreferenced nodes become eviction candidates."""
         node.refs -= 1
         if node.refs == 0:
-            node.version += 1
-            self._seq += 1
-            heapq.heappush(self._heap, (self.policy.key(node), self._seq, node.version, node))
             self.evictable_blocks += node.blocks
+            node.counted = True
+            if not node.in_heap:
+                self._push(node, self.policy.key(node))
 
     def pop_victim(self) -> Node | None:
         """Remove and return the unreferenced node the policy ranks first."""
         heap = self._heap
+        key_of = self.policy.key
         while heap:
-            _, _, version, node = heapq.heappop(heap)
-            if version != node.version or node.refs:
-                self._stale -= 1
+            entry = heapq.heappop(heap)
+            node = entry[-1]
+            if node.refs:
+                node.in_heap = False  # referenced again; pushed anew when released
                 continue
+            key = key_of(node)
+            if key != entry[:-2]:
+                self._push(node, key)  # accessed since it was pushed: its key grew
+                continue
+            node.in_heap = False
+            node.counted = False
             del self.nodes[node.id]
             self.evictable_blocks -= node.blocks
-            node.version = -1
             return node
         return None
-
-    def compact(self) -> None:
-        """Drop stale heap entries once they outnumber live ones (keeps the heap O(candidates))."""
-        if self._stale > 1024 and self._stale > len(self._heap) // 2:
-            self._heap = [e for e in self._heap if e[2] == e[3].version and e[3].refs == 0]
-            heapq.heapify(self._heap)
-            self._stale = 0

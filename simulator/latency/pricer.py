@@ -72,13 +72,15 @@ class IterationPricer:
         (tokens read by attention) is ``kv_first`` in the first and grows by ``batch`` each."""
         if k <= 8:
             # NOTE: for short runs numpy's call overhead dominates; the scalar path performs the
-            # same IEEE operations in the same order, so it returns the same integers.
+            # same IEEE operations in the same order, so it returns the same integers. One op
+            # object is reused and only its context features change.
             dense = self.dense_s(batch, batch, batch)
+            op = attention_op(self.model, self.tp, batch, 0, 0, batch, batch)
+            price, layers = self.latency.price, self.model.layers
             out = []
             for i in range(k):
-                x = kv_first + batch * i
-                s = dense + self.attention_s(batch, x, x, batch, batch)
-                out.append(max(1, round(s * NS_PER_S)))
+                op.kv_tokens = op.qk_pairs = kv_first + batch * i
+                out.append(max(1, round((dense + layers * price(op)) * NS_PER_S)))
             return out
         kv = kv_first + batch * np.arange(k, dtype=np.int64)
         op = attention_op(self.model, self.tp, batch, kv, kv, batch, batch)

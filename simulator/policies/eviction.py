@@ -2,7 +2,8 @@
 
 A policy only ranks (SGLang's eviction strategies are the model): ``key(node)`` returns a sort key,
 and the node with the smallest key is evicted. Keys must not change while a node sits unreferenced
-(they may read fields set on access), so the tree can keep candidates in a heap: O(log n) a victim.
+and must never decrease when it is accessed (they may read fields set on access), so the tree can
+keep candidates in a lazily re-keyed heap: O(log n) a victim.
 Optional hook ``on_access(node, now_ns)`` lets a policy learn from accesses.
 """
 
