@@ -1,0 +1,206 @@
+"""MSA against gather-then-attend in float64: segments, holes, GQA, prefill and decode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kvsim.kernels.msa import gather_segments, msa_decode, msa_prefill, msa_reference
+
+TOL = {torch.float16: 2e-3, torch.float32: 2e-5, torch.bfloat16: 2e-2}
+
+
+def _layout(gen, ctx, n_segs, hole, page, lengths=None):
+    """Split positions [0, ctx) into pieces, drop a hole (front/middle/end/none), and place each
+    kept piece at a random slot range of a shuffled block table. Returns segments and the number
+    of slots used."""
+    if lengths is None:
+        cuts = sorted(torch.randperm(ctx - 1, generator=gen)[: n_segs - 1].add(1).tolist())
+        bounds = [0, *cuts, ctx]
+        pieces = [(bounds[i], bounds[i + 1] - bounds[i]) for i in range(n_segs)]
+    else:
+        starts = [sum(lengths[:i]) for i in range(len(lengths))]
+        pieces = list(zip(starts, lengths, strict=True))
+    if hole == "front":
+        pieces = pieces[1:] if len(pieces) > 1 else pieces
+    elif hole == "middle" and len(pieces) > 2:
+        pieces = pieces[:1] + pieces[2:]
+    elif hole == "end" and len(pieces) > 1:
+        pieces = pieces[:-1]
+    order = torch.randperm(len(pieces), generator=gen).tolist()
+    segs, slot = [None] * len(pieces), 0
+    for i in order:  # slots in shuffled order: slot ≠ position
+        pos, length = pieces[i]
+        segs[i] = (slot, length, pos)
+        slot += length
+    return segs, slot
+
+
+def _paged(gen, batch_segs, slots_needed, kv_heads, d, page, dtype, device):
+    blocks_per = [-(-n // page) + 1 for n in slots_needed]
+    num_blocks = sum(blocks_per) + 3
+    perm = torch.randperm(num_blocks, generator=gen)
+    table = torch.zeros(len(batch_segs), max(blocks_per), dtype=torch.int32)
+    used = 0
+    for b, nb in enumerate(blocks_per):
+        table[b, :nb] = perm[used : used + nb].to(torch.int32)
+        used += nb
+    k = torch.randn(num_blocks, page, kv_heads, d, generator=gen).to(dtype)
+    v = torch.randn(num_blocks, page, kv_heads, d, generator=gen).to(dtype)
+    max_s = max(len(s) for s in batch_segs)
+    seg = torch.zeros(len(batch_segs), max_s, 3, dtype=torch.int32)
+    for b, segs in enumerate(batch_segs):
+        if segs:
+            seg[b, : len(segs)] = torch.tensor(segs, dtype=torch.int32)
+    n = torch.tensor([len(s) for s in batch_segs], dtype=torch.int32)
+    return [t.to(device) for t in (k, v, table, seg, n)]
+
+
+def _check(out, lse, ref_out, ref_lse, dtype):
+    ref_out = ref_out.to(out.device)
+    ref_lse = ref_lse.to(out.device)
+    assert not torch.isnan(out).any(), "an output row was not written"
+    err = (out.double() - ref_out).abs().max().item()
+    scale = max(1.0, ref_out.abs().max().item())
+    assert err <= TOL[dtype] * scale * 4, f"max abs error {err}"
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), finite)
+    assert torch.allclose(lse[finite].double(), ref_lse[finite], atol=TOL[dtype] * 4, rtol=0)
+
+
+CASES = [
+    # (n_segs, hole, heads, kv_heads, page, d)
+    (1, "none", 4, 4, 16, 32),
+    (2, "front", 4, 1, 16, 32),
+    (3, "middle", 8, 2, 8, 32),
+    (4, "end", 8, 1, 16, 32),
+    (5, "middle", 4, 4, 4, 16),
+    (8, "front", 8, 1, 16, 32),
+    (8, "none", 4, 2, 32, 64),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("n_segs, hole, heads, kv_heads, page, d", CASES)
+def test_prefill_matches_reference(gen, device, dtype, n_segs, hole, heads, kv_heads, page, d):
+    batch_segs, slots, q_lens, ctxs = [], [], [], []
+    for b in range(3):
+        ctx = int(torch.randint(40, 120, (1,), generator=gen)) + 10 * b
+        segs, used = _layout(gen, ctx, n_segs, hole, page)
+        batch_segs.append(segs)
+        slots.append(used)
+        ctxs.append(ctx)
+        q_lens.append([1, 17, 33][b])
+    k, v, table, seg, n = _paged(gen, batch_segs, slots, kv_heads, d, page, dtype, device)
+    heads_q = torch.randn(sum(q_lens), heads, d, generator=gen).to(dtype).to(device)
+    cu = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
+    pos = torch.cat([torch.arange(c - ql, c) for c, ql in zip(ctxs, q_lens, strict=True)])
+    out = torch.full_like(heads_q, float("nan"))
+    got, lse = msa_prefill(
+        heads_q, cu.to(device), pos.to(torch.int32).to(device), k, v, table, seg, n, out=out
+    )
+    assert got.data_ptr() == out.data_ptr()
+    for b in range(3):
+        rk, rv, rp = gather_segments(k, v, table[b], batch_segs[b])
+        rows = slice(int(cu[b]), int(cu[b + 1]))
+        ro, rl = msa_reference(heads_q[rows], pos[rows], rk, rv, rp)
+        _check(got[rows], lse[rows], ro, rl, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("n_segs, hole, heads, kv_heads, page, d", CASES)
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_decode_matches_reference(
+    gen, device, dtype, n_segs, hole, heads, kv_heads, page, d, num_splits
+):
+    batch_segs, slots, ctxs = [], [], []
+    for _ in range(3):
+        ctx = int(torch.randint(30, 150, (1,), generator=gen))
+        segs, used = _layout(gen, ctx, n_segs, hole, page)
+        batch_segs.append(segs)
+        slots.append(used)
+        ctxs.append(ctx)
+    k, v, table, seg, n = _paged(gen, batch_segs, slots, kv_heads, d, page, dtype, device)
+    q = torch.randn(3, heads, d, generator=gen).to(dtype).to(device)
+    pos = torch.tensor(ctxs, dtype=torch.int32) - 1
+    out = torch.full_like(q, float("nan"))
+    got, lse = msa_decode(q, pos.to(device), k, v, table, seg, n, num_splits=num_splits, out=out)
+    for b in range(3):
+        rk, rv, rp = gather_segments(k, v, table[b], batch_segs[b])
+        ro, rl = msa_reference(q[b : b + 1], pos[b : b + 1], rk, rv, rp)
+        _check(got[b : b + 1], lse[b : b + 1], ro, rl, dtype)
+
+
+@pytest.mark.parametrize("mode", ["prefill", "decode"])
+def test_empty_and_single_token_segments(gen, device, mode):
+    """Segments of length 0 and 1 among longer ones; a sequence whose only segment is empty."""
+    dtype, page, d = torch.float32, 8, 32
+    lens = [[5, 0, 1, 20, 0, 1], [0], [1]]
+    batch_segs, slots = [], []
+    for ls in lens:
+        segs, used = _layout(gen, sum(ls), len(ls), "none", page, lengths=ls)
+        batch_segs.append(segs)
+        slots.append(used)
+    k, v, table, seg, n = _paged(gen, batch_segs, slots, 2, d, page, dtype, device)
+    ends = [sum(ls) for ls in lens]
+    if mode == "decode":
+        q = torch.randn(3, 4, d, generator=gen).to(device)
+        pos = torch.tensor([e - 1 if e else 0 for e in ends], dtype=torch.int32)
+        got, lse = msa_decode(q, pos.to(device), k, v, table, seg, n, num_splits=2)
+        rows = [slice(b, b + 1) for b in range(3)]
+    else:
+        q_lens = [3, 1, 1]
+        q = torch.randn(sum(q_lens), 4, d, generator=gen).to(device)
+        cu = torch.tensor([0, 3, 4, 5], dtype=torch.int32)
+        pos = torch.tensor([max(ends[0] - 3, 0), ends[0] - 2, ends[0] - 1, 0, 0], dtype=torch.int32)
+        got, lse = msa_prefill(q, cu.to(device), pos.to(device), k, v, table, seg, n)
+        rows = [slice(0, 3), slice(3, 4), slice(4, 5)]
+    for b in range(3):
+        rk, rv, rp = gather_segments(k, v, table[b], batch_segs[b])
+        ro, rl = msa_reference(q[rows[b]], pos[rows[b]], rk, rv, rp)
+        _check(got[rows[b]], lse[rows[b]], ro, rl, dtype)
+    # The sequence with no keys at all: zeros and lse = -inf.
+    assert torch.all(got[rows[1]] == 0) and torch.all(torch.isinf(lse[rows[1]]))
+
+
+def test_segments_are_equivalent_to_one_contiguous_segment(gen, device):
+    """Splitting a contiguous context into 6 segments changes nothing (the no-hole identity)."""
+    dtype, page, d, ctx = torch.float32, 16, 32, 96
+    one, used1 = [(0, ctx, 0)], ctx
+    k, v, table, seg1, n1 = _paged(gen, [one], [used1], 2, d, page, dtype, device)
+    six = [(i * 16, 16, i * 16) for i in range(6)]
+    seg6 = torch.tensor([six], dtype=torch.int32).to(device)
+    n6 = torch.tensor([6], dtype=torch.int32).to(device)
+    q = torch.randn(8, 4, d, generator=gen).to(device)
+    cu = torch.tensor([0, 8], dtype=torch.int32).to(device)
+    pos = torch.arange(ctx - 8, ctx, dtype=torch.int32).to(device)
+    a, la = msa_prefill(q, cu, pos, k, v, table, seg1, n1)
+    b, lb = msa_prefill(q, cu, pos, k, v, table, seg6, n6)
+    assert torch.allclose(a, b, atol=1e-5) and torch.allclose(la, lb, atol=1e-5)
+
+
+def test_wrapper_rejects_bad_inputs(device):
+    k = torch.zeros(4, 16, 2, 32, device=device)
+    table = torch.zeros(1, 4, dtype=torch.int32, device=device)
+    seg = torch.zeros(1, 1, 3, dtype=torch.int32, device=device)
+    n = torch.ones(1, dtype=torch.int32, device=device)
+    q = torch.zeros(1, 4, 32, device=device)
+    pos = torch.zeros(1, dtype=torch.int32, device=device)
+    with pytest.raises(ValueError, match="block_table must be int32"):
+        msa_decode(q, pos, k, k, table.long(), seg, n)
+    with pytest.raises(ValueError, match="share one of fp16/bf16/fp32"):
+        msa_decode(q.half(), pos, k, k, table, seg, n)
+    with pytest.raises(ValueError, match="multiple of kv_heads"):
+        msa_decode(torch.zeros(1, 3, 32, device=device), pos, k, k, table, seg, n)
+    with pytest.raises(ValueError, match=r"\[num_blocks, page, kv_heads, head_dim\]"):
+        msa_decode(q, pos, k[0], k[0], table, seg, n)
+    with pytest.raises(ValueError, match="q_pos must have one entry per query row"):
+        msa_prefill(
+            q,
+            torch.tensor([0, 1], dtype=torch.int32, device=device),
+            torch.zeros(2, dtype=torch.int32, device=device),
+            k,
+            k,
+            table,
+            seg,
+            n,
+        )
