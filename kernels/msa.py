@@ -37,6 +37,52 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0", "false", "False")
 
 
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    """A matrix product; IEEE fp32 arithmetic for fp32 inputs (Triton defaults to tf32)."""
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a, b)
+
+
+@triton.jit
+def _attend_tile(
+    q, qp, acc, m_i, l_i, K, V, blk, off, cols, col_mask, kpos, kvh, d, qk_scale,
+    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+    MASK: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    """Fold one tile of keys into the online-softmax state (FlashAttention-2 update, base 2).
+
+    NOTE: tiles wholly below the causal diagonal and inside their segment take MASK=False: no
+    position compare, no -inf guard, no predicated loads (the FlashAttention split of
+    off-diagonal and diagonal tiles)."""
+    kv_off = blk[:, None] * stride_kb + off[:, None] * stride_ks + kvh * stride_kh + d[None, :]
+    if MASK:
+        k = tl.load(K + kv_off, mask=col_mask[:, None], other=0.0)
+    else:
+        k = tl.load(K + kv_off)
+    qk = _dot(q, tl.trans(k), IEEE) * qk_scale
+    if MASK:
+        valid = col_mask[None, :] & (kpos[None, :] <= qp[:, None])
+        qk = tl.where(valid, qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    if MASK:
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_safe = m_new
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(qk - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v_off = blk[:, None] * stride_vb + off[:, None] * stride_vs + kvh * stride_vh + d[None, :]
+    if MASK:
+        v = tl.load(V + v_off, mask=col_mask[:, None], other=0.0)
+    else:
+        v = tl.load(V + v_off)
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
+    return acc, m_new, l_i
+
+
 # ---------------------------------------------------------------------------------------------
 # Prefill: a chunk of queries per sequence.
 # ---------------------------------------------------------------------------------------------
@@ -51,9 +97,11 @@ def _msa_prefill_kernel(
     stride_ot, stride_oh,
     stride_bt, stride_sb,
     GROUP: tl.constexpr, PAGE: tl.constexpr, D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
-    pid_m = tl.program_id(0)
+    # NOTE: query tiles are taken last-first: under a causal mask later tiles see more keys, so
+    # the heaviest programs start first and the tail of the grid is short.
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     b = tl.program_id(1)
     h = tl.program_id(2)
     q_start = tl.load(cu_q + b)
@@ -71,6 +119,7 @@ def _msa_prefill_kernel(
     )
     qp = tl.load(q_pos + q_start + rows, mask=row_mask, other=-1)
     q_max = tl.max(qp, 0)
+    q_min = tl.min(tl.where(row_mask, qp, 2147483647), 0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -88,35 +137,19 @@ def _msa_prefill_kernel(
                 slots = slot0 + cols
                 blk = tl.load(block_table + b * stride_bt + slots // PAGE, mask=col_mask, other=0)
                 off = slots % PAGE
-                k = tl.load(
-                    K
-                    + blk[None, :] * stride_kb
-                    + off[None, :] * stride_ks
-                    + kvh * stride_kh
-                    + d[:, None],
-                    mask=col_mask[None, :],
-                    other=0.0,
-                )
-                qk = tl.dot(q, k) * qk_scale
                 kpos = pos0 + cols
-                valid = col_mask[None, :] & (kpos[None, :] <= qp[:, None])
-                qk = tl.where(valid, qk, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(qk, 1))
-                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-                alpha = tl.exp2(m_i - m_safe)
-                p = tl.exp2(qk - m_safe[:, None])
-                l_i = l_i * alpha + tl.sum(p, 1)
-                v = tl.load(
-                    V
-                    + blk[:, None] * stride_vb
-                    + off[:, None] * stride_vs
-                    + kvh * stride_vh
-                    + d[None, :],
-                    mask=col_mask[:, None],
-                    other=0.0,
-                )
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-                m_i = m_new
+                if (start + BLOCK_N <= length) & (pos0 + start + BLOCK_N - 1 <= q_min):
+                    acc, m_i, l_i = _attend_tile(
+                        q, qp, acc, m_i, l_i, K, V, blk, off, cols, col_mask, kpos, kvh, d,
+                        qk_scale, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs,
+                        stride_vh, False, IEEE,
+                    )  # fmt: skip
+                else:
+                    acc, m_i, l_i = _attend_tile(
+                        q, qp, acc, m_i, l_i, K, V, blk, off, cols, col_mask, kpos, kvh, d,
+                        qk_scale, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs,
+                        stride_vh, True, IEEE,
+                    )  # fmt: skip
     has = l_i > 0
     out = acc / tl.where(has, l_i, 1.0)[:, None]
     tl.store(
@@ -143,7 +176,7 @@ def _msa_decode_split_kernel(
     stride_vb, stride_vs, stride_vh,
     stride_bt, stride_sb,
     NUM_SPLITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
-    PAGE: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
+    PAGE: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -158,7 +191,8 @@ def _msa_decode_split_kernel(
         mask=g_mask[:, None],
         other=0.0,
     )
-    qp = tl.load(q_pos + b)
+    qp_s = tl.load(q_pos + b)
+    qp = tl.zeros([BLOCK_G], tl.int32) + qp_s
     total = tl.load(kv_total + b)
     per_split = tl.cdiv(tl.cdiv(total, NUM_SPLITS), BLOCK_N) * BLOCK_N
     lo = split * per_split
@@ -182,34 +216,17 @@ def _msa_decode_split_kernel(
             slots = slot0 + rel
             blk = tl.load(block_table + b * stride_bt + slots // PAGE, mask=col_mask, other=0)
             off = slots % PAGE
-            k = tl.load(
-                K
-                + blk[None, :] * stride_kb
-                + off[None, :] * stride_ks
-                + kvh * stride_kh
-                + d[:, None],
-                mask=col_mask[None, :],
-                other=0.0,
-            )
-            qk = tl.dot(q, k) * qk_scale
-            valid = col_mask & (pos0 + rel <= qp)
-            qk = tl.where(valid[None, :], qk, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp2(m_i - m_safe)
-            p = tl.exp2(qk - m_safe[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            v = tl.load(
-                V
-                + blk[:, None] * stride_vb
-                + off[:, None] * stride_vs
-                + kvh * stride_vh
-                + d[None, :],
-                mask=col_mask[:, None],
-                other=0.0,
-            )
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
+            kpos = pos0 + rel
+            if (start + BLOCK_N <= e) & (pos0 + start - c0 + BLOCK_N - 1 <= qp_s):
+                acc, m_i, l_i = _attend_tile(
+                    q, qp, acc, m_i, l_i, K, V, blk, off, cols, col_mask, kpos, kvh, d, qk_scale,
+                    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, False, IEEE,
+                )  # fmt: skip
+            else:
+                acc, m_i, l_i = _attend_tile(
+                    q, qp, acc, m_i, l_i, K, V, blk, off, cols, col_mask, kpos, kvh, d, qk_scale,
+                    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, True, IEEE,
+                )  # fmt: skip
         c0 += length
     has = l_i > 0
     out = acc / tl.where(has, l_i, 1.0)[:, None]
@@ -350,7 +367,7 @@ def msa_prefill(
         out.stride(0), out.stride(1),
         block_table.stride(0), segments.stride(0),
         GROUP=heads // kv_heads, PAGE=k_cache.shape[1], D=d, BLOCK_M=bm, BLOCK_N=bn,
-        **extra,
+        IEEE=q.dtype == torch.float32, **extra,
     )  # fmt: skip
     return out, lse
 
@@ -426,7 +443,7 @@ def msa_decode(
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         block_table.stride(0), segments.stride(0),
         NUM_SPLITS=num_splits, GROUP=group, BLOCK_G=block_g, PAGE=k_cache.shape[1], D=d,
-        BLOCK_N=bn, **extra,
+        BLOCK_N=bn, IEEE=q.dtype == torch.float32, **extra,
     )  # fmt: skip
     out = _out_like(q, out)
     lse = torch.empty((batch, heads), dtype=torch.float32, device=q.device)
@@ -471,7 +488,7 @@ def msa_reference(q, q_pos, k, v, kv_pos, sm_scale=None) -> tuple[torch.Tensor, 
     kf = k.double().repeat_interleave(heads // kvh, dim=1)
     vf = v.double().repeat_interleave(heads // kvh, dim=1)
     s = torch.einsum("nhd,mhd->hnm", qf, kf) * sm_scale
-    visible = kv_pos[None, :].long() <= q_pos[:, None].long()
+    visible = kv_pos.to(q.device)[None, :].long() <= q_pos.to(q.device)[:, None].long()
     s = s.masked_fill(~visible[None], float("-inf"))
     lse = torch.logsumexp(s, dim=-1)
     p = torch.where(torch.isfinite(lse)[..., None], torch.exp(s - lse[..., None]), 0.0)

@@ -57,8 +57,10 @@ def _quant_kernel(
     # Keys: per channel over the page's tokens.
     k = tl.load(K + (i * PAGE + s)[:, None] * stride_kt + h * stride_kh + d[None, :]).to(tl.float32)
     kmin = tl.min(k, 0)
-    kscale = (tl.max(k, 0) - kmin) / LEVELS
-    kc = tl.floor((k - kmin[None, :]) / tl.where(kscale > 0, kscale, 1.0)[None, :] + 0.5)
+    kscale = tl.div_rn(tl.max(k, 0) - kmin, tl.zeros_like(kmin) + LEVELS)
+    # NOTE: div_rn is IEEE round-to-nearest; plain `/` is approximate on GPUs and would move
+    # values on a rounding boundary to the neighbouring code.
+    kc = tl.floor(tl.div_rn(k - kmin[None, :], tl.where(kscale > 0, kscale, 1.0)[None, :]) + 0.5)
     kc = tl.minimum(tl.maximum(kc, 0.0), LEVELS).to(tl.int32)
     tl.store(
         KQ + blk * stride_kqb + s[:, None] * stride_kqs + h * stride_kqh + p[None, :],
@@ -71,8 +73,10 @@ def _quant_kernel(
     v = tl.load(V + (i * PAGE + s)[:, None] * stride_vt + h * stride_vh + d[None, :]).to(tl.float32)
     vg = tl.reshape(v, (PAGE, NG, GROUP))
     vmin = tl.min(vg, 2)
-    vscale = (tl.max(vg, 2) - vmin) / LEVELS
-    vc = tl.floor((vg - vmin[:, :, None]) / tl.where(vscale > 0, vscale, 1.0)[:, :, None] + 0.5)
+    vscale = tl.div_rn(tl.max(vg, 2) - vmin, tl.zeros_like(vmin) + LEVELS)
+    vc = tl.floor(
+        tl.div_rn(vg - vmin[:, :, None], tl.where(vscale > 0, vscale, 1.0)[:, :, None]) + 0.5
+    )
     vc = tl.reshape(tl.minimum(tl.maximum(vc, 0.0), LEVELS).to(tl.int32), (PAGE, D))
     tl.store(
         VQ + blk * stride_vqb + s[:, None] * stride_vqs + h * stride_vqh + p[None, :],

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .msa import _interpreting
+from .msa import _dot, _interpreting
 
 
 @triton.jit
@@ -37,7 +37,7 @@ def _scd_encode_kernel(
     X, POS, ENC, CODES, T, R, rope_log2_base,
     stride_xt, stride_xh, stride_er, stride_ct,
     KV_HEADS: tl.constexpr, D: tl.constexpr, ROPE: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
     """codes[t, r] = Σ_h Σ_d derope(x)[t, h, d] · enc[h·D + d, r]  (ENC stored [KV_HEADS·D, R])."""
     pid_t = tl.program_id(0)
@@ -70,8 +70,8 @@ def _scd_encode_kernel(
             mask=r_mask[None, :],
             other=0.0,
         )
-        acc += tl.dot(y1.to(e1.dtype), e1)
-        acc += tl.dot(y2.to(e2.dtype), e2)
+        acc += _dot(y1.to(e1.dtype), e1, IEEE)
+        acc += _dot(y2.to(e2.dtype), e2, IEEE)
     tl.store(
         CODES + t[:, None] * stride_ct + r[None, :],
         acc.to(CODES.dtype.element_ty),
@@ -84,7 +84,7 @@ def _project_rope_write_kernel(
     CODES, DEC, POS, SLOTS, CACHE, T, R, rope_log2_base,
     stride_ct, stride_dr, stride_cb, stride_cs, stride_ch,
     D: tl.constexpr, PAGE: tl.constexpr, ROPE: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
     """cache[slot[t], h] = rope(codes[t] @ dec[:, h·D:(h+1)·D]); DEC is [R, KV_HEADS·D]."""
     pid_t = tl.program_id(0)
@@ -111,8 +111,8 @@ def _project_rope_write_kernel(
             mask=r_mask[:, None],
             other=0.0,
         )
-        acc1 += tl.dot(c, d1)
-        acc2 += tl.dot(c, d2)
+        acc1 += _dot(c, d1, IEEE)
+        acc2 += _dot(c, d2, IEEE)
     if ROPE:
         pos = tl.load(POS + t, mask=t_mask, other=0)
         cos, sin = _rope_cos_sin(pos, HALF, rope_log2_base)
@@ -192,6 +192,7 @@ def scd_encode(
                 x, positions, e, codes, t, r, _log2(rope_base),
                 x.stride(0), x.stride(1), e.stride(0), codes.stride(0),
                 KV_HEADS=kvh, D=d, ROPE=rope, BLOCK_T=bt, BLOCK_R=br,
+                IEEE=k.dtype == torch.float32,
             )  # fmt: skip
         outs.append(codes)
     return outs[0], outs[1]
@@ -241,7 +242,7 @@ def project_rope_write(
     _project_rope_write_kernel[(triton.cdiv(t, bt), kvh)](
         codes, dec, positions, slot_mapping, cache, t, r, _log2(rope_base),
         codes.stride(0), dec.stride(0), cache.stride(0), cache.stride(1), cache.stride(2),
-        D=d, PAGE=page, ROPE=rope, BLOCK_T=bt, BLOCK_R=br,
+        D=d, PAGE=page, ROPE=rope, BLOCK_T=bt, BLOCK_R=br, IEEE=codes.dtype == torch.float32,
     )  # fmt: skip
 
 

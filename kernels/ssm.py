@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .msa import _interpreting
+from .msa import _dot, _interpreting
 
 
 @triton.jit
@@ -30,7 +30,7 @@ def _ssm_scan_kernel(
     stride_sb, stride_sc, stride_sh, stride_sp,
     stride_yb, stride_yt, stride_yh,
     HAS_S0: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
-    CHUNK: tl.constexpr, BLOCK_P: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK_P: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -66,8 +66,8 @@ def _ssm_scan_kernel(
         ).to(tl.float32)
         cs = tl.cumsum(la, 0)
         diff = tl.where(causal, cs[:, None] - cs[None, :], float("-inf"))
-        m = tl.dot(cm, tl.trans(bm)) * tl.exp(diff)
-        y = tl.dot(m, x) + tl.exp(cs)[:, None] * tl.dot(cm, tl.trans(state))
+        m = _dot(cm, tl.trans(bm), IEEE) * tl.exp(diff)
+        y = _dot(m, x, IEEE) + tl.exp(cs)[:, None] * _dot(cm, tl.trans(state), IEEE)
         tl.store(
             Y + b * stride_yb + t[:, None] * stride_yt + h * stride_yh + p[None, :],
             y.to(Y.dtype.element_ty),
@@ -75,7 +75,7 @@ def _ssm_scan_kernel(
         )
         last = tl.sum(la, 0)
         w = tl.exp(last - cs)
-        state = tl.exp(last) * state + tl.dot(tl.trans(x * w[:, None]), bm)
+        state = tl.exp(last) * state + _dot(tl.trans(x * w[:, None]), bm, IEEE)
         tl.store(
             STATES
             + b * stride_sb
@@ -178,6 +178,7 @@ def ssm_scan(
         states.stride(0), states.stride(1), states.stride(2), states.stride(3),
         y.stride(0), y.stride(1), y.stride(2),
         HAS_S0=initial_state is not None, P=p, N=n, CHUNK=chunk, BLOCK_P=block_p,
+        IEEE=x.dtype == torch.float32,
     )  # fmt: skip
     return y, states
 
