@@ -110,7 +110,12 @@ def msa_decode_cases(copy_bw, gen, sweep):
             best = None
             for cfg in configs:
                 try:
-                    t = bench([lambda s=s, c=cfg: msa_decode(q, pos, *s, **c) for s in sets])
+                    t = bench(
+                        [
+                            lambda s=s, c=cfg: msa_decode(q, pos, *s, max_kv_len=ctx, **c)
+                            for s in sets
+                        ]
+                    )
                 except Exception as e:  # a config the compiler rejects (shared memory, ...)
                     print(f"  config {cfg} failed: {type(e).__name__}", flush=True)
                     continue
@@ -167,7 +172,13 @@ def msa_prefill_cases(mm, gen, sweep):
             best = None
             for cfg in configs if n_segs == 1 else [chosen]:
                 try:
-                    t = bench([lambda c=cfg: msa_prefill(q, cu, pos, k, v, table, seg, n, **c)])
+                    t = bench(
+                        [
+                            lambda c=cfg: msa_prefill(
+                                q, cu, pos, k, v, table, seg, n, max_q_len=n_tok, **c
+                            )
+                        ]
+                    )
                 except Exception as e:  # a configuration the compiler rejects
                     print(f"  config {cfg} failed: {type(e).__name__}", flush=True)
                     continue

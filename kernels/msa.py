@@ -129,27 +129,33 @@ def _msa_prefill_kernel(
         slot0 = tl.load(seg + b * stride_sb + s * 3)
         length = tl.load(seg + b * stride_sb + s * 3 + 1)
         pos0 = tl.load(seg + b * stride_sb + s * 3 + 2)
-        for start in range(0, length, BLOCK_N):
-            # NOTE: a tile whose first key lies after every query in this block is fully masked.
-            if pos0 + start <= q_max:
-                cols = start + tl.arange(0, BLOCK_N)
-                col_mask = cols < length
-                slots = slot0 + cols
-                blk = tl.load(block_table + b * stride_bt + slots // PAGE, mask=col_mask, other=0)
-                off = slots % PAGE
-                kpos = pos0 + cols
-                if (start + BLOCK_N <= length) & (pos0 + start + BLOCK_N - 1 <= q_min):
-                    acc, m_i, l_i = _attend_tile(
-                        q, qp, acc, m_i, l_i, K, V, blk, off, cols, col_mask, kpos, kvh, d,
-                        qk_scale, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs,
-                        stride_vh, False, IEEE,
-                    )  # fmt: skip
-                else:
-                    acc, m_i, l_i = _attend_tile(
-                        q, qp, acc, m_i, l_i, K, V, blk, off, cols, col_mask, kpos, kvh, d,
-                        qk_scale, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs,
-                        stride_vh, True, IEEE,
-                    )  # fmt: skip
+        # NOTE: two branch-free loops, so that Triton can software-pipeline the loads: first the
+        # tiles wholly inside the segment and below the causal diagonal of every query here (no
+        # mask), then the tiles up to the last one any query can see (masked). Tiles after that
+        # are never visited.
+        n_full = tl.minimum(length // BLOCK_N, tl.maximum(q_min - pos0 + 1, 0) // BLOCK_N)
+        n_end = tl.minimum(
+            tl.cdiv(length, BLOCK_N), tl.maximum(q_max - pos0 + BLOCK_N, 0) // BLOCK_N
+        )
+        for start in range(0, n_full * BLOCK_N, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            slots = slot0 + cols
+            blk = tl.load(block_table + b * stride_bt + slots // PAGE)
+            acc, m_i, l_i = _attend_tile(
+                q, qp, acc, m_i, l_i, K, V, blk, slots % PAGE, cols, cols < length, pos0 + cols,
+                kvh, d, qk_scale, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs,
+                stride_vh, False, IEEE,
+            )  # fmt: skip
+        for start in range(n_full * BLOCK_N, n_end * BLOCK_N, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            col_mask = cols < length
+            slots = slot0 + cols
+            blk = tl.load(block_table + b * stride_bt + slots // PAGE, mask=col_mask, other=0)
+            acc, m_i, l_i = _attend_tile(
+                q, qp, acc, m_i, l_i, K, V, blk, slots % PAGE, cols, col_mask, pos0 + cols,
+                kvh, d, qk_scale, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs,
+                stride_vh, True, IEEE,
+            )  # fmt: skip
     has = l_i > 0
     out = acc / tl.where(has, l_i, 1.0)[:, None]
     tl.store(
@@ -169,7 +175,7 @@ def _msa_prefill_kernel(
 @triton.jit
 def _msa_decode_split_kernel(
     Q, K, V, MID_O, MID_LSE,
-    q_pos, block_table, seg, n_segs, kv_total,
+    q_pos, block_table, seg, n_segs,
     qk_scale,
     stride_qb, stride_qh,
     stride_kb, stride_ks, stride_kh,
@@ -193,7 +199,10 @@ def _msa_decode_split_kernel(
     )
     qp_s = tl.load(q_pos + b)
     qp = tl.zeros([BLOCK_G], tl.int32) + qp_s
-    total = tl.load(kv_total + b)
+    nseg = tl.load(n_segs + b)
+    total = 0
+    for s in range(0, nseg):
+        total += tl.load(seg + b * stride_sb + s * 3 + 1)
     per_split = tl.cdiv(tl.cdiv(total, NUM_SPLITS), BLOCK_N) * BLOCK_N
     lo = split * per_split
     hi = tl.minimum(lo + per_split, total)
@@ -201,7 +210,6 @@ def _msa_decode_split_kernel(
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, D], tl.float32)
-    nseg = tl.load(n_segs + b)
     c0 = 0  # start of segment s in the concatenation of all segments
     for s in range(0, nseg):
         slot0 = tl.load(seg + b * stride_sb + s * 3)
@@ -209,24 +217,29 @@ def _msa_decode_split_kernel(
         pos0 = tl.load(seg + b * stride_sb + s * 3 + 2)
         a = tl.maximum(c0, lo)
         e = tl.minimum(c0 + length, hi)
-        for start in range(a, e, BLOCK_N):
+        # Branch-free loops as in prefill: whole visible tiles, then a masked remainder.
+        n_full = tl.maximum(tl.minimum(e - a, qp_s - pos0 + c0 + 1 - a), 0) // BLOCK_N
+        for start in range(a, a + n_full * BLOCK_N, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            rel = cols - c0
+            slots = slot0 + rel
+            blk = tl.load(block_table + b * stride_bt + slots // PAGE)
+            acc, m_i, l_i = _attend_tile(
+                q, qp, acc, m_i, l_i, K, V, blk, slots % PAGE, cols, cols < e, pos0 + rel, kvh,
+                d, qk_scale, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+                False, IEEE,
+            )  # fmt: skip
+        for start in range(a + n_full * BLOCK_N, e, BLOCK_N):
             cols = start + tl.arange(0, BLOCK_N)
             col_mask = cols < e
             rel = cols - c0
             slots = slot0 + rel
             blk = tl.load(block_table + b * stride_bt + slots // PAGE, mask=col_mask, other=0)
-            off = slots % PAGE
-            kpos = pos0 + rel
-            if (start + BLOCK_N <= e) & (pos0 + start - c0 + BLOCK_N - 1 <= qp_s):
-                acc, m_i, l_i = _attend_tile(
-                    q, qp, acc, m_i, l_i, K, V, blk, off, cols, col_mask, kpos, kvh, d, qk_scale,
-                    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, False, IEEE,
-                )  # fmt: skip
-            else:
-                acc, m_i, l_i = _attend_tile(
-                    q, qp, acc, m_i, l_i, K, V, blk, off, cols, col_mask, kpos, kvh, d, qk_scale,
-                    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, True, IEEE,
-                )  # fmt: skip
+            acc, m_i, l_i = _attend_tile(
+                q, qp, acc, m_i, l_i, K, V, blk, slots % PAGE, cols, col_mask, pos0 + rel, kvh,
+                d, qk_scale, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+                True, IEEE,
+            )  # fmt: skip
         c0 += length
     has = l_i > 0
     out = acc / tl.where(has, l_i, 1.0)[:, None]
@@ -308,6 +321,7 @@ def msa_prefill(
     segments: torch.Tensor,
     n_segments: torch.Tensor,
     sm_scale: float | None = None,
+    max_q_len: int | None = None,
     block_m: int | None = None,
     block_n: int | None = None,
     num_warps: int | None = None,
@@ -322,6 +336,7 @@ def msa_prefill(
         k_cache, v_cache: [num_blocks, page, kv_heads, head_dim], same dtype as q.
         block_table: int32 [batch, max_blocks]. segments: int32 [batch, max_segs, 3].
         n_segments: int32 [batch], segments used per sequence.
+        max_q_len: the longest query chunk (computed on the device, a synchronization, if omitted).
     Returns:
         (out [total_q, heads, head_dim] in q's dtype, lse [total_q, heads] float32, natural log).
     """
@@ -351,7 +366,9 @@ def msa_prefill(
     lse = torch.empty((total_q, heads), dtype=torch.float32, device=q.device)
     if total_q == 0:
         return out, lse
-    lens = (cu_q[1:] - cu_q[:-1]).max().item()
+    if max_q_len is None:  # NOTE: a device-to-host sync; engines pass max_q_len
+        max_q_len = int((cu_q[1:] - cu_q[:-1]).max().item())
+    lens = max_q_len
     interp = _interpreting()
     bm = block_m or (16 if interp else 64)
     bn = block_n or (16 if interp else 64)
@@ -373,9 +390,11 @@ def msa_prefill(
 
 
 def default_num_splits(batch: int, kv_heads: int, max_kv: int, sms: int = 132) -> int:
-    """Enough KV splits to give every SM work, but at least 256 keys a split."""
-    want = max(1, -(-2 * sms // max(1, batch * kv_heads)))
-    return int(max(1, min(want, -(-max_kv // 256), 64)))
+    """About eight programs per SM (decode is latency-bound: many loads in flight hide it), but
+    at least 256 keys a split and at most 128 splits (measured on an H100, see
+    benchmarks/results/)."""
+    want = max(1, -(-8 * sms // max(1, batch * kv_heads)))
+    return int(max(1, min(want, -(-max_kv // 256), 128)))
 
 
 def msa_decode(
@@ -387,6 +406,7 @@ def msa_decode(
     segments: torch.Tensor,
     n_segments: torch.Tensor,
     sm_scale: float | None = None,
+    max_kv_len: int | None = None,
     num_splits: int | None = None,
     block_n: int | None = None,
     num_warps: int | None = None,
@@ -397,6 +417,8 @@ def msa_decode(
 
     Args:
         q: [batch, heads, head_dim]. q_pos: int32 [batch]. Other arguments as in ``msa_prefill``.
+        max_kv_len: the longest sequence's KV length (total over its segments), used to choose
+            the number of splits; computed on the device (a synchronization) if omitted.
     Returns:
         (out [batch, heads, head_dim] in q's dtype, lse [batch, heads] float32, natural log).
     """
@@ -421,22 +443,23 @@ def msa_decode(
     if q.stride(-1) != 1:
         q = q.contiguous()
     sm_scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(d)
-    idx = torch.arange(segments.shape[1], device=q.device)[None, :]
-    used = idx < n_segments[:, None].long()
-    kv_total = (segments[:, :, 1].long() * used).sum(1).to(torch.int32)
     interp = _interpreting()
     if num_splits is None:
+        if max_kv_len is None:  # NOTE: a device-to-host sync; engines pass max_kv_len
+            idx = torch.arange(segments.shape[1], device=q.device)[None, :]
+            used = idx < n_segments[:, None].long()
+            max_kv_len = int((segments[:, :, 1].long() * used).sum(1).max().item())
         sms = 132 if interp else torch.cuda.get_device_properties(q.device).multi_processor_count
-        num_splits = default_num_splits(batch, kv_heads, int(kv_total.max().item()), sms)
+        num_splits = default_num_splits(batch, kv_heads, max_kv_len, sms)
     group = heads // kv_heads
     block_g = max(16, triton.next_power_of_2(group))
-    bn = block_n or (16 if interp else 64)
+    bn = block_n or (16 if interp else 128)
     mid_o = torch.empty((batch, heads, num_splits, d), dtype=torch.float32, device=q.device)
     mid_lse = torch.empty((batch, heads, num_splits), dtype=torch.float32, device=q.device)
     extra = {} if interp else {"num_warps": num_warps or 4, "num_stages": num_stages or 2}
     _msa_decode_split_kernel[(batch, kv_heads, num_splits)](
         q, k_cache, v_cache, mid_o, mid_lse,
-        q_pos, block_table, segments, n_segments, kv_total,
+        q_pos, block_table, segments, n_segments,
         sm_scale * LOG2E,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),

@@ -236,7 +236,9 @@ def quantize_reference(x: torch.Tensor, bits: int, dim: int):
     x = x.float()
     levels = (1 << bits) - 1
     mn = x.amin(dim, keepdim=True)
-    scale = (x.amax(dim, keepdim=True) - mn) / levels
+    # NOTE: divide by a tensor: PyTorch turns division by a Python scalar into multiplication by
+    # its reciprocal on CUDA, which is not IEEE division and moves codes on rounding boundaries.
+    scale = (x.amax(dim, keepdim=True) - mn) / torch.full_like(mn, levels)
     codes = torch.floor((x - mn) / torch.where(scale > 0, scale, torch.ones_like(scale)) + 0.5)
     return codes.clamp(0, levels).to(torch.int32), scale, mn
 

@@ -204,3 +204,25 @@ def test_wrapper_rejects_bad_inputs(device):
             seg,
             n,
         )
+
+
+@pytest.mark.parametrize("hint", [True, False])
+def test_decode_default_splits_with_and_without_length_hint(gen, device, hint):
+    dtype, page, d = torch.float16, 16, 32
+    batch_segs, slots, ctxs = [], [], []
+    for ctx in (700, 333):
+        segs, used = _layout(gen, ctx, 3, "middle", page)
+        batch_segs.append(segs)
+        slots.append(used)
+        ctxs.append(ctx)
+    k, v, table, seg, n = _paged(gen, batch_segs, slots, 2, d, page, dtype, device)
+    q = torch.randn(2, 8, d, generator=gen).to(dtype).to(device)
+    pos = torch.tensor(ctxs, dtype=torch.int32) - 1
+    kv_max = max(sum(s[1] for s in segs) for segs in batch_segs)
+    got, lse = msa_decode(
+        q, pos.to(device), k, v, table, seg, n, max_kv_len=kv_max if hint else None
+    )
+    for b in range(2):
+        rk, rv, rp = gather_segments(k, v, table[b], batch_segs[b])
+        ro, rl = msa_reference(q[b : b + 1], pos[b : b + 1], rk, rv, rp)
+        _check(got[b : b + 1], lse[b : b + 1], ro, rl, dtype)
