@@ -7,10 +7,9 @@ block table, masked causally by absolute position, and folded into a single onli
 accumulator (FlashAttention-2, arXiv 2307.08691) — no launch per segment and no merge pass.
 
 A segment is ``(slot_start, length, pos_start)``: KV slots ``slot_start … slot_start+length-1`` of
-the sequence's block table hold the tokens at absolute positions ``pos_start …``. A sequence's
-segments are given in increasing position order and do not overlap (as a cached prefix with holes
-is); at most 64 per sequence. A query at position p sees a key at position k iff k ≤ p. Queries
-carry their own positions, so a chunk may mix recomputed holes and new tokens.
+the sequence's block table hold the tokens at absolute positions ``pos_start …``. A query at
+position p sees a key at position k iff k ≤ p. Queries carry their own positions, so a chunk may mix
+recomputed holes and new tokens.
 
 Variants: ``msa_prefill`` (a chunk of queries per sequence, variable lengths, packed) and
 ``msa_decode`` (one query per sequence; the KV of each sequence is split across programs for long
@@ -84,37 +83,6 @@ def _attend_tile(
     return acc, m_new, l_i
 
 
-@triton.jit
-def _segment_table(seg, b, stride_sb, nseg, MAX_SEGS: tl.constexpr):
-    """A sequence's segments as vectors: slot starts, lengths, positions, concatenation starts."""
-    sidx = tl.arange(0, MAX_SEGS)
-    smask = sidx < nseg
-    slot0 = tl.load(seg + b * stride_sb + sidx * 3, mask=smask, other=0)
-    length = tl.load(seg + b * stride_sb + sidx * 3 + 1, mask=smask, other=0)
-    pos0 = tl.load(seg + b * stride_sb + sidx * 3 + 2, mask=smask, other=0)
-    c0 = tl.cumsum(length, 0) - length
-    return slot0, length, pos0, c0
-
-
-@triton.jit
-def _locate(cols, slot0, length, pos0, c0):
-    """Slots and positions of concatenated key indices ``cols`` (0 where outside every segment).
-
-    NOTE: a broadcast compare against the (few) segment bounds instead of a loop over segments:
-    the tile loop stays a single loop that Triton can software-pipeline."""
-    rel = cols[:, None] - c0[None, :]
-    inside = (rel >= 0) & (rel < length[None, :])
-    slots = tl.sum(tl.where(inside, slot0[None, :] + rel, 0), 1)
-    kpos = tl.sum(tl.where(inside, pos0[None, :] + rel, 0), 1)
-    return slots, kpos
-
-
-@triton.jit
-def _visible_keys(q_pos_bound, length, pos0):
-    """Keys at positions <= q_pos_bound (segments in increasing position order)."""
-    return tl.sum(tl.minimum(tl.maximum(q_pos_bound - pos0 + 1, 0), length), 0)
-
-
 # ---------------------------------------------------------------------------------------------
 # Prefill: a chunk of queries per sequence.
 # ---------------------------------------------------------------------------------------------
@@ -129,7 +97,7 @@ def _msa_prefill_kernel(
     stride_ot, stride_oh,
     stride_bt, stride_sb,
     GROUP: tl.constexpr, PAGE: tl.constexpr, D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, MAX_SEGS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
     # NOTE: query tiles are taken last-first: under a causal mask later tiles see more keys, so
     # the heaviest programs start first and the tail of the grid is short.
@@ -157,32 +125,37 @@ def _msa_prefill_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
     nseg = tl.load(n_segs + b)
-    slot0, length, pos0, c0 = _segment_table(seg, b, stride_sb, nseg, MAX_SEGS)
-    total = tl.sum(length, 0)
-    # NOTE: keys are walked in the concatenation of all segments (in position order), in two
-    # branch-free loops that Triton can software-pipeline: first the tiles every query of this
-    # block sees whole (no mask), then the tiles up to the last key any of them sees (masked).
-    n_full = _visible_keys(q_min, length, pos0) // BLOCK_N
-    n_end = tl.cdiv(_visible_keys(q_max, length, pos0), BLOCK_N)
-    for start in range(0, n_full * BLOCK_N, BLOCK_N):
-        cols = start + tl.arange(0, BLOCK_N)
-        slots, kpos = _locate(cols, slot0, length, pos0, c0)
-        blk = tl.load(block_table + b * stride_bt + slots // PAGE)
-        acc, m_i, l_i = _attend_tile(
-            q, qp, acc, m_i, l_i, K, V, blk, slots % PAGE, cols, cols < total, kpos, kvh, d,
-            qk_scale, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-            False, IEEE,
-        )  # fmt: skip
-    for start in range(n_full * BLOCK_N, n_end * BLOCK_N, BLOCK_N):
-        cols = start + tl.arange(0, BLOCK_N)
-        col_mask = cols < total
-        slots, kpos = _locate(cols, slot0, length, pos0, c0)
-        blk = tl.load(block_table + b * stride_bt + slots // PAGE, mask=col_mask, other=0)
-        acc, m_i, l_i = _attend_tile(
-            q, qp, acc, m_i, l_i, K, V, blk, slots % PAGE, cols, col_mask, kpos, kvh, d,
-            qk_scale, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-            True, IEEE,
-        )  # fmt: skip
+    for s in range(0, nseg):
+        slot0 = tl.load(seg + b * stride_sb + s * 3)
+        length = tl.load(seg + b * stride_sb + s * 3 + 1)
+        pos0 = tl.load(seg + b * stride_sb + s * 3 + 2)
+        # NOTE: two branch-free loops, so that Triton can software-pipeline the loads: first the
+        # tiles wholly inside the segment and below the causal diagonal of every query here (no
+        # mask), then the tiles up to the last one any query can see (masked). Tiles after that
+        # are never visited.
+        n_full = tl.minimum(length // BLOCK_N, tl.maximum(q_min - pos0 + 1, 0) // BLOCK_N)
+        n_end = tl.minimum(
+            tl.cdiv(length, BLOCK_N), tl.maximum(q_max - pos0 + BLOCK_N, 0) // BLOCK_N
+        )
+        for start in range(0, n_full * BLOCK_N, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            slots = slot0 + cols
+            blk = tl.load(block_table + b * stride_bt + slots // PAGE)
+            acc, m_i, l_i = _attend_tile(
+                q, qp, acc, m_i, l_i, K, V, blk, slots % PAGE, cols, cols < length, pos0 + cols,
+                kvh, d, qk_scale, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs,
+                stride_vh, False, IEEE,
+            )  # fmt: skip
+        for start in range(n_full * BLOCK_N, n_end * BLOCK_N, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            col_mask = cols < length
+            slots = slot0 + cols
+            blk = tl.load(block_table + b * stride_bt + slots // PAGE, mask=col_mask, other=0)
+            acc, m_i, l_i = _attend_tile(
+                q, qp, acc, m_i, l_i, K, V, blk, slots % PAGE, cols, col_mask, pos0 + cols,
+                kvh, d, qk_scale, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs,
+                stride_vh, True, IEEE,
+            )  # fmt: skip
     has = l_i > 0
     out = acc / tl.where(has, l_i, 1.0)[:, None]
     tl.store(
@@ -210,7 +183,6 @@ def _msa_decode_split_kernel(
     stride_bt, stride_sb,
     NUM_SPLITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
     PAGE: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
-    MAX_SEGS: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -228,8 +200,9 @@ def _msa_decode_split_kernel(
     qp_s = tl.load(q_pos + b)
     qp = tl.zeros([BLOCK_G], tl.int32) + qp_s
     nseg = tl.load(n_segs + b)
-    slot0, length, pos0, c0 = _segment_table(seg, b, stride_sb, nseg, MAX_SEGS)
-    total = tl.sum(length, 0)
+    total = 0
+    for s in range(0, nseg):
+        total += tl.load(seg + b * stride_sb + s * 3 + 1)
     per_split = tl.cdiv(tl.cdiv(total, NUM_SPLITS), BLOCK_N) * BLOCK_N
     lo = split * per_split
     hi = tl.minimum(lo + per_split, total)
@@ -237,28 +210,37 @@ def _msa_decode_split_kernel(
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, D], tl.float32)
-    # Branch-free loops as in prefill: whole visible tiles of this split, then the remainder.
-    vis_end = tl.minimum(_visible_keys(qp_s, length, pos0), hi)
-    n_full = tl.maximum(vis_end - lo, 0) // BLOCK_N
-    for start in range(lo, lo + n_full * BLOCK_N, BLOCK_N):
-        cols = start + tl.arange(0, BLOCK_N)
-        slots, kpos = _locate(cols, slot0, length, pos0, c0)
-        blk = tl.load(block_table + b * stride_bt + slots // PAGE)
-        acc, m_i, l_i = _attend_tile(
-            q, qp, acc, m_i, l_i, K, V, blk, slots % PAGE, cols, cols < hi, kpos, kvh, d,
-            qk_scale, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-            False, IEEE,
-        )  # fmt: skip
-    for start in range(lo + n_full * BLOCK_N, hi, BLOCK_N):
-        cols = start + tl.arange(0, BLOCK_N)
-        col_mask = cols < hi
-        slots, kpos = _locate(cols, slot0, length, pos0, c0)
-        blk = tl.load(block_table + b * stride_bt + slots // PAGE, mask=col_mask, other=0)
-        acc, m_i, l_i = _attend_tile(
-            q, qp, acc, m_i, l_i, K, V, blk, slots % PAGE, cols, col_mask, kpos, kvh, d,
-            qk_scale, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-            True, IEEE,
-        )  # fmt: skip
+    c0 = 0  # start of segment s in the concatenation of all segments
+    for s in range(0, nseg):
+        slot0 = tl.load(seg + b * stride_sb + s * 3)
+        length = tl.load(seg + b * stride_sb + s * 3 + 1)
+        pos0 = tl.load(seg + b * stride_sb + s * 3 + 2)
+        a = tl.maximum(c0, lo)
+        e = tl.minimum(c0 + length, hi)
+        # Branch-free loops as in prefill: whole visible tiles, then a masked remainder.
+        n_full = tl.maximum(tl.minimum(e - a, qp_s - pos0 + c0 + 1 - a), 0) // BLOCK_N
+        for start in range(a, a + n_full * BLOCK_N, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            rel = cols - c0
+            slots = slot0 + rel
+            blk = tl.load(block_table + b * stride_bt + slots // PAGE)
+            acc, m_i, l_i = _attend_tile(
+                q, qp, acc, m_i, l_i, K, V, blk, slots % PAGE, cols, cols < e, pos0 + rel, kvh,
+                d, qk_scale, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+                False, IEEE,
+            )  # fmt: skip
+        for start in range(a + n_full * BLOCK_N, e, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            col_mask = cols < e
+            rel = cols - c0
+            slots = slot0 + rel
+            blk = tl.load(block_table + b * stride_bt + slots // PAGE, mask=col_mask, other=0)
+            acc, m_i, l_i = _attend_tile(
+                q, qp, acc, m_i, l_i, K, V, blk, slots % PAGE, cols, col_mask, pos0 + rel, kvh,
+                d, qk_scale, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+                True, IEEE,
+            )  # fmt: skip
+        c0 += length
     has = l_i > 0
     out = acc / tl.where(has, l_i, 1.0)[:, None]
     lse2 = tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("-inf"))
@@ -309,8 +291,6 @@ def _check_cache(k_cache, v_cache, block_table, segments, n_segs, batch):
         raise ValueError(f"segments must be int32 [batch={batch}, max_segments, 3]")
     if segments.shape[2] != 3:
         raise ValueError("segments[..., :] must be (slot_start, length, pos_start)")
-    if segments.shape[1] > 64:
-        raise ValueError(f"at most 64 segments per sequence; got {segments.shape[1]}")
     if n_segs.dtype != torch.int32 or n_segs.shape != (batch,):
         raise ValueError(f"n_segments must be int32 [batch={batch}]")
     devices = {t.device for t in (k_cache, v_cache, block_table, segments, n_segs)}
@@ -319,10 +299,6 @@ def _check_cache(k_cache, v_cache, block_table, segments, n_segs, batch):
     d = k_cache.shape[-1]
     if d & (d - 1) or d < 16:
         raise ValueError(f"head_dim must be a power of two >= 16; got {d}")
-
-
-def _max_segs(segments: torch.Tensor) -> int:
-    return max(2, triton.next_power_of_2(segments.shape[1]))
 
 
 def _out_like(q: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
@@ -409,7 +385,7 @@ def msa_prefill(
         out.stride(0), out.stride(1),
         block_table.stride(0), segments.stride(0),
         GROUP=heads // kv_heads, PAGE=k_cache.shape[1], D=d, BLOCK_M=bm, BLOCK_N=bn,
-        IEEE=q.dtype == torch.float32, MAX_SEGS=_max_segs(segments), **extra,
+        IEEE=q.dtype == torch.float32, **extra,
     )  # fmt: skip
     return out, lse
 
@@ -491,7 +467,7 @@ def msa_decode(
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         block_table.stride(0), segments.stride(0),
         NUM_SPLITS=num_splits, GROUP=group, BLOCK_G=block_g, PAGE=k_cache.shape[1], D=d,
-        BLOCK_N=bn, IEEE=q.dtype == torch.float32, MAX_SEGS=_max_segs(segments), **extra,
+        BLOCK_N=bn, IEEE=q.dtype == torch.float32, **extra,
     )  # fmt: skip
     out = _out_like(q, out)
     lse = torch.empty((batch, heads), dtype=torch.float32, device=q.device)
