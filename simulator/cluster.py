@@ -138,7 +138,7 @@ class Cluster:
         self.model = get_model(scenario.model, scenario.base_dir)
         self.gpu = get_gpu(scenario.hardware)
         self.env = simpy.Environment()
-        self.recorder = Recorder()
+        self.recorder = Recorder(scenario.slo.ttft_s, scenario.slo.tpot_s)
         self.capacity = kv_capacity_blocks(scenario, self.model, self.gpu)
         self._on_done = on_done or (lambda n: None)
         tp = scenario.cluster.tensor_parallel
@@ -228,7 +228,7 @@ class Cluster:
                 "iterations": sum(r.iterations for r in self.replicas),
             },
         }
-        return Results(self.recorder, info, self.scenario.slo.ttft_s, self.scenario.slo.tpot_s)
+        return Results(self.recorder, info)
 
 
 def simulate(scenario: Scenario, on_done: Callable[[int], None] | None = None) -> Results:

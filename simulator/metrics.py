@@ -1,8 +1,12 @@
 """Per-request records and the run summary (DESIGN §4 definitions).
 
 TTFT = first token − arrival; TPOT = (finish − first token) / (output tokens − 1), undefined for
-one-token answers; E2E = finish − arrival. Records are kept column-wise in compact arrays
-(about 100 bytes a request), not as Python objects.
+one-token answers; E2E = finish − arrival.
+
+NOTE (memory): a finished request's record is appended at once, as 13 packed integers, to a
+temporary file (completion order, which is deterministic) and formatted as CSV only when written;
+only its three latencies stay in memory, in float arrays (24 bytes a request), for exact
+percentiles; everything else is a running sum. So memory barely grows with trace length.
 """
 
 from __future__ import annotations
@@ -10,12 +14,14 @@ from __future__ import annotations
 import csv
 import io
 import math
+import struct
+import tempfile
 from array import array
-from dataclasses import dataclass, field
 
 import numpy as np
 
 NS = 1e9
+_RECORD = struct.Struct("<13q")  # id, arrival, first, finish (ns), 8 counts, status (-1 = done)
 
 COLUMNS = (
     "id",
@@ -37,57 +43,99 @@ COLUMNS = (
 )
 
 
-@dataclass
 class Recorder:
     """Collects request outcomes during a run."""
 
-    ids: array = field(default_factory=lambda: array("q"))
-    arrival_ns: array = field(default_factory=lambda: array("q"))
-    first_ns: array = field(default_factory=lambda: array("q"))
-    finish_ns: array = field(default_factory=lambda: array("q"))
-    ints: array = field(default_factory=lambda: array("q"))  # 8 per request, see INT_FIELDS
-    dropped: dict[int, str] = field(default_factory=dict)  # row → reason
+    def __init__(self, slo_ttft_s: float, slo_tpot_s: float):
+        self.sink = tempfile.TemporaryFile()
+        self._pack = _RECORD.pack
+        self.ttft = array("d")
+        self.tpot = array("d")  # NaN for one-token answers
+        self.e2e = array("d")
+        self.slo_ttft_s, self.slo_tpot_s = slo_ttft_s, slo_tpot_s
+        self.count = 0
+        self.finished_count = 0
+        self.meets_slo = 0
+        self.first_arrival_ns: int | None = None
+        self.last_finish_ns: int | None = None
+        self.prompt_done = self.output_done = self.hit_tokens_done = 0
+        self.units = self.hit_units = self.preemptions = self.recomputed = 0
+        self.drop_reasons: dict[str, int] = {}
+        self.reason_list: list[str] = []
 
-    INT_FIELDS = (
-        "prompt",
-        "output",
-        "hit_tokens",
-        "hit_units",
-        "units",
-        "recomputed",
-        "preempt",
-        "replica",
-    )
+    def __len__(self) -> int:
+        return self.count
+
+    def _arrived(self, arrival_ns: int) -> None:
+        self.count += 1
+        if self.first_arrival_ns is None or arrival_ns < self.first_arrival_ns:
+            self.first_arrival_ns = arrival_ns
 
     def finished(self, seq, replica: int, now_ns: int) -> None:
         r = seq.req
-        self.ids.append(r.id)
-        self.arrival_ns.append(seq.arrival_ns)
-        self.first_ns.append(seq.first_ns)
-        self.finish_ns.append(now_ns)
-        self.ints.extend(
-            (
+        arr, first = seq.arrival_ns, seq.first_ns
+        self._arrived(arr)
+        ttft = (first - arr) / NS
+        e2e = (now_ns - arr) / NS
+        out = r.output_tokens
+        tpot = (now_ns - first) / NS / (out - 1) if out > 1 else math.nan
+        self.ttft.append(ttft)
+        self.tpot.append(tpot)
+        self.e2e.append(e2e)
+        self.finished_count += 1
+        if ttft <= self.slo_ttft_s and (out <= 1 or tpot <= self.slo_tpot_s):
+            self.meets_slo += 1
+        if self.last_finish_ns is None or now_ns > self.last_finish_ns:
+            self.last_finish_ns = now_ns
+        units = len(r.blocks)
+        self.prompt_done += r.prompt_tokens
+        self.output_done += out
+        self.hit_tokens_done += seq.hit_tokens
+        self.units += units
+        self.hit_units += seq.hit_units
+        self.preemptions += seq.preemptions
+        self.recomputed += seq.recomputed
+        self.sink.write(
+            self._pack(
+                r.id,
+                arr,
+                first,
+                now_ns,
                 r.prompt_tokens,
-                r.output_tokens,
+                out,
                 seq.hit_tokens,
                 seq.hit_units,
-                len(r.blocks),
+                units,
                 seq.recomputed,
                 seq.preemptions,
                 replica,
+                -1,
             )
         )
 
     def drop(self, req, arrival_ns: int, reason: str) -> None:
-        self.dropped[len(self.ids)] = reason
-        self.ids.append(req.id)
-        self.arrival_ns.append(arrival_ns)
-        self.first_ns.append(-1)
-        self.finish_ns.append(-1)
-        self.ints.extend((req.prompt_tokens, req.output_tokens, 0, 0, len(req.blocks), 0, 0, -1))
-
-    def __len__(self) -> int:
-        return len(self.ids)
+        self._arrived(arrival_ns)
+        self.units += len(req.blocks)
+        self.drop_reasons[reason] = self.drop_reasons.get(reason, 0) + 1
+        if reason not in self.reason_list:
+            self.reason_list.append(reason)
+        self.sink.write(
+            self._pack(
+                req.id,
+                arrival_ns,
+                -1,
+                -1,
+                req.prompt_tokens,
+                req.output_tokens,
+                0,
+                0,
+                len(req.blocks),
+                0,
+                0,
+                -1,
+                self.reason_list.index(reason),
+            )
+        )
 
 
 def _pct(a: np.ndarray) -> dict[str, float]:
@@ -100,99 +148,83 @@ def _pct(a: np.ndarray) -> dict[str, float]:
 class Results:
     """What a run produced: ``summary`` (a dict), ``requests`` (rows), CSV text."""
 
-    def __init__(self, rec: Recorder, info: dict, slo_ttft_s: float, slo_tpot_s: float):
-        n = len(rec)
-        self._rec = rec
-        order = np.argsort(np.frombuffer(rec.ids, dtype=np.int64), kind="stable")
-        self._order = order
-        ints = (
-            np.frombuffer(rec.ints, dtype=np.int64).reshape(n, 8)
-            if n
-            else np.zeros((0, 8), np.int64)
-        )
-        self._ints = ints
-        arr = np.frombuffer(rec.arrival_ns, dtype=np.int64) if n else np.zeros(0, np.int64)
-        first = np.frombuffer(rec.first_ns, dtype=np.int64) if n else np.zeros(0, np.int64)
-        fin = np.frombuffer(rec.finish_ns, dtype=np.int64) if n else np.zeros(0, np.int64)
-        done = fin >= 0
-        self._done = done
-        ttft = (first - arr) / NS
-        e2e = (fin - arr) / NS
-        out = ints[:, 1]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            tpot = np.where(out > 1, (fin - first) / NS / np.maximum(out - 1, 1), np.nan)
-        self._ttft, self._tpot, self._e2e = ttft, tpot, e2e
-        self._arr, self._first, self._fin = arr, first, fin
-
-        t0 = int(arr.min()) if n else 0
-        t1 = int(fin[done].max()) if done.any() else t0
+    def __init__(self, rec: Recorder, info: dict):
+        self._sink = rec.sink
+        self._reasons = rec.reason_list
+        n, done = rec.count, rec.finished_count
+        t0 = rec.first_arrival_ns or 0
+        t1 = rec.last_finish_ns if rec.last_finish_ns is not None else t0
         span = (t1 - t0) / NS
-        d_ttft, d_tpot = ttft[done], tpot[done]
-        tpot_ok = np.isnan(d_tpot) | (d_tpot <= slo_tpot_s)
-        meets = (d_ttft <= slo_ttft_s) & tpot_ok
-        prompt_done = int(ints[done, 0].sum())
-        output_done = int(ints[done, 1].sum())
-        units = int(ints[:, 4].sum())
-        reasons: dict[str, int] = {}
-        for reason in rec.dropped.values():
-            reasons[reason] = reasons.get(reason, 0) + 1
+        tpot = np.frombuffer(rec.tpot, dtype=np.float64) if done else np.zeros(0)
+
+        def arr(a):
+            return np.frombuffer(a, dtype=np.float64) if done else np.zeros(0)
+
         self.summary = {
             "scenario": info.get("scenario", ""),
             "requests": n,
-            "finished": int(done.sum()),
-            "dropped": n - int(done.sum()),
-            "drop_reasons": dict(sorted(reasons.items())),
+            "finished": done,
+            "dropped": n - done,
+            "drop_reasons": dict(sorted(rec.drop_reasons.items())),
             "duration_s": span,
-            "ttft_s": _pct(d_ttft),
-            "tpot_s": _pct(d_tpot[~np.isnan(d_tpot)]),
-            "e2e_s": _pct(e2e[done]),
+            "ttft_s": _pct(arr(rec.ttft)),
+            "tpot_s": _pct(tpot[~np.isnan(tpot)]),
+            "e2e_s": _pct(arr(rec.e2e)),
             "throughput": {
-                "requests_per_s": int(done.sum()) / span if span > 0 else math.nan,
-                "output_tokens_per_s": output_done / span if span > 0 else math.nan,
-                "total_tokens_per_s": (prompt_done + output_done) / span if span > 0 else math.nan,
+                "requests_per_s": done / span if span > 0 else math.nan,
+                "output_tokens_per_s": rec.output_done / span if span > 0 else math.nan,
+                "total_tokens_per_s": (rec.prompt_done + rec.output_done) / span
+                if span > 0
+                else math.nan,
             },
-            "prefix_hit_ratio": int(ints[:, 3].sum()) / units if units else 0.0,
-            "token_hit_ratio": int(ints[done, 2].sum()) / prompt_done if prompt_done else 0.0,
+            "prefix_hit_ratio": rec.hit_units / rec.units if rec.units else 0.0,
+            "token_hit_ratio": rec.hit_tokens_done / rec.prompt_done if rec.prompt_done else 0.0,
             "slo": {
-                "ttft_s": slo_ttft_s,
-                "tpot_s": slo_tpot_s,
-                "attainment": float(meets.sum()) / n if n else math.nan,
+                "ttft_s": rec.slo_ttft_s,
+                "tpot_s": rec.slo_tpot_s,
+                "attainment": rec.meets_slo / n if n else math.nan,
             },
-            "preemptions": int(ints[:, 6].sum()),
-            "recomputed_tokens": int(ints[:, 5].sum()),
+            "preemptions": rec.preemptions,
+            "recomputed_tokens": rec.recomputed,
             **info.get("extra", {}),
         }
+
+    def write_requests_csv(self, out) -> None:
+        """Write the per-request table (rows in completion order) to a text file object."""
+        out.write(",".join(COLUMNS) + "\n")
+        sink, size = self._sink, _RECORD.size
+        sink.flush()
+        sink.seek(0)
+        while chunk := sink.read(size * 4096):
+            lines = []
+            for rec in _RECORD.iter_unpack(chunk):
+                rid, arr, first, fin, p, o, ht, hu, u, rc, pre, rep, status = rec
+                if status >= 0:
+                    lines.append(
+                        f"{rid},{arr / NS:.9f},,,,,,{p},{o},0,0,{u},0,0,,"
+                        f"dropped: {self._reasons[status]}\n"
+                    )
+                    continue
+                tpot = f"{(fin - first) / NS / (o - 1):.9f}" if o > 1 else ""
+                ttft, e2e = (first - arr) / NS, (fin - arr) / NS
+                lines.append(
+                    f"{rid},{arr / NS:.9f},{first / NS:.9f},{fin / NS:.9f},{ttft:.9f},{tpot},"
+                    f"{e2e:.9f},{p},{o},{ht},{hu},{u},{rc},{pre},{rep},done\n"
+                )
+            out.write("".join(lines))
+        sink.seek(0, io.SEEK_END)
+
+    def requests_csv(self) -> str:
+        """The per-request table as CSV text (rows in completion order)."""
+        buf = io.StringIO()
+        self.write_requests_csv(buf)
+        return buf.getvalue()
 
     @property
     def requests(self) -> list[dict]:
         """One dict per request, ordered by request id."""
-        text = self.requests_csv()
-        return list(csv.DictReader(io.StringIO(text)))
-
-    def requests_csv(self) -> str:
-        """The per-request table as CSV text (deterministic formatting)."""
-        buf = io.StringIO()
-        buf.write(",".join(COLUMNS) + "\n")
-        ids = self._rec.ids
-        dropped = self._rec.dropped
-
-        def f(x: float) -> str:
-            return "" if x != x else f"{x:.9f}"
-
-        for row in self._order.tolist():
-            p, o, ht, hu, u, rc, pre, rep = self._ints[row].tolist()
-            if row in dropped:
-                buf.write(
-                    f"{ids[row]},{f(self._arr[row] / NS)},,,,,,{p},{o},0,0,{u},0,0,,"
-                    f"dropped: {dropped[row]}\n"
-                )
-                continue
-            buf.write(
-                f"{ids[row]},{f(self._arr[row] / NS)},{f(self._first[row] / NS)},"
-                f"{f(self._fin[row] / NS)},{f(self._ttft[row])},{f(self._tpot[row])},"
-                f"{f(self._e2e[row])},{p},{o},{ht},{hu},{u},{rc},{pre},{rep},done\n"
-            )
-        return buf.getvalue()
+        rows = list(csv.DictReader(io.StringIO(self.requests_csv())))
+        return sorted(rows, key=lambda r: int(r["id"]))
 
     def table(self) -> str:
         """The summary as a fixed-width table for the terminal."""

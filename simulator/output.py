@@ -38,7 +38,8 @@ def write_results(out_dir: str | Path, scenario: Scenario, results: Results) -> 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         (tmp / "summary.json").write_text(summary_json(results), encoding="utf-8")
-        (tmp / "requests.csv").write_text(results.requests_csv(), encoding="utf-8")
+        with open(tmp / "requests.csv", "w", encoding="utf-8", newline="") as f:
+            results.write_requests_csv(f)
         (tmp / "scenario.resolved.yaml").write_text(scenario.resolved_yaml(), encoding="utf-8")
         out.mkdir(exist_ok=True)
         for name in FILES:
