@@ -22,6 +22,7 @@ import sys
 
 import torch
 import triton
+
 from kvsim.kernels.msa import default_num_splits, msa_decode, msa_prefill
 from kvsim.kernels.quant import QuantizedKVCache, dequantize_kv, quantize_kv
 from kvsim.kernels.scd import scd_reuse

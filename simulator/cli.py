@@ -4,6 +4,8 @@
     kvsim validate SCENARIO [--set ...]
     kvsim schema
     kvsim trace stats FILE [--format F]
+    kvsim calibrate [--model M] [--tp N] [--out DIR] [--ops a,b] [--tiny] [--dry-run]
+    kvsim fit MEASUREMENTS.csv --out PROFILE.yaml
 
 A user mistake prints one line (``kvsim: error: …``) and exits with status 2, without a traceback.
 """
@@ -67,7 +69,92 @@ def _parser() -> argparse.ArgumentParser:
     stats = tsub.add_parser("stats", help="requests, rate, lengths, prefix-hit ratio of a trace")
     stats.add_argument("file")
     stats.add_argument("--format", choices=["mooncake", "azure", "burstgpt", "kvsim"])
+    cal = sub.add_parser(
+        "calibrate",
+        help="time the real kernels on a GPU, fit latency models, write a profile",
+        description="Time every op of the op vocabulary with the real kernels over a grid built "
+        "from a model's shapes, fit a latency model per op and write measurements.csv and "
+        "profile.yaml. Needs a CUDA GPU (or TRITON_INTERPRET=1 with --tiny to run the pipeline "
+        "on a CPU, with meaningless timings).",
+    )
+    cal.add_argument("--model", default="llama-3.1-8b", help="catalog model or config.json")
+    cal.add_argument("--tp", type=int, default=1, help="tensor-parallel degree of the shapes")
+    cal.add_argument("--out", metavar="DIR", help="default: calibration/profiles/<device>-<model>")
+    cal.add_argument("--ops", help="comma-separated ops to measure (default: all)")
+    cal.add_argument("--tiny", action="store_true", help="a tiny grid (pipeline checks)")
+    cal.add_argument("--dry-run", action="store_true", help="print the grid and expected time")
+
+    fit = sub.add_parser("fit", help="refit a profile from a measurements CSV")
+    fit.add_argument("measurements")
+    fit.add_argument("--out", required=True, metavar="PROFILE.yaml")
     return p
+
+
+def _kernels_needed(what: str):
+    try:
+        import torch  # noqa: F401
+        import triton  # noqa: F401
+    except ImportError:
+        raise KvsimError(
+            f"kvsim {what} needs the kernels extra: pip install -e '.[kernels]' (torch, triton)"
+        ) from None
+
+
+def _calibrate(args) -> int:
+    from kvsim.calibration.grids import grid
+
+    from .catalog import get_model
+
+    model = get_model(args.model, Path.cwd())
+    ops = [o.strip() for o in args.ops.split(",")] if args.ops else None
+    points = grid(model, args.tp, full=not args.tiny)
+    if ops:
+        unknown = sorted(set(ops) - set(points))
+        if unknown:
+            raise KvsimError(f"--ops: unknown op {unknown[0]!r}; allowed: {', '.join(points)}")
+        points = {k: v for k, v in points.items() if k in ops}
+    if args.dry_run:
+        total = sum(len(v) for v in points.values())
+        print(f"calibration grid for {model.name} (TP{args.tp}{', tiny' if args.tiny else ''}):")
+        for op, pts in points.items():
+            keys = sorted({k for p in pts for k in p if isinstance(p[k], (int, float))})
+            spans = ", ".join(
+                f"{k} {min(p[k] for p in pts)}–{max(p[k] for p in pts)}" for k in keys
+            )
+            print(f"  {op:12} {len(pts):4} points  {spans}")
+        from kvsim.calibration.measure import estimate_seconds
+
+        print(f"{total} points; expected about {estimate_seconds(points) / 60:.0f} min on a GPU")
+        return 0
+    _kernels_needed("calibrate")
+    from kvsim.calibration.measure import calibrate, device_meta, require_device
+
+    require_device()
+    meta = device_meta()
+    slug = "".join(c if c.isalnum() else "-" for c in meta["device"].lower()).strip("-")
+    out = Path(args.out) if args.out else Path("calibration/profiles") / f"{slug}-{model.name}"
+    print(f"calibrating {model.name} on {meta['device']} → {out}/")
+    profile = calibrate(model, args.tp, out, full=not args.tiny, ops=ops)
+    _print_fits(profile)
+    print(f"wrote {out}/measurements.csv and {out}/profile.yaml")
+    return 0
+
+
+def _print_fits(profile: dict) -> None:
+    print(f"  {'op':12} {'points':>6} {'held-out MAPE':>14} {'worst':>8}")
+    for op, e in profile["ops"].items():
+        print(
+            f"  {op:12} {e['points']:>6} {e['heldout_mape']:>14.1%} {e['heldout_max_error']:>8.1%}"
+        )
+
+
+def _fit(args) -> int:
+    from kvsim.calibration.fit import fit_file
+
+    profile = fit_file(args.measurements, args.out)
+    _print_fits(profile)
+    print(f"wrote {args.out}")
+    return 0
 
 
 def _run(args) -> int:
@@ -95,6 +182,9 @@ def _run(args) -> int:
         f"({n / wall if wall > 0 else 0:,.0f} requests/s)"
     )
     print(results.table())
+    extrapolated = results.summary.get("latency_extrapolated")
+    if extrapolated:
+        print(f"warning: latency profile used outside its measured ranges: {extrapolated}")
     print(f"results: {out}/ (summary.json, requests.csv, scenario.resolved.yaml)")
     return 0
 
@@ -139,7 +229,14 @@ def _trace_stats(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"run": _run, "validate": _validate, "schema": _schema, "trace": _trace_stats}
+    handlers = {
+        "run": _run,
+        "validate": _validate,
+        "schema": _schema,
+        "trace": _trace_stats,
+        "calibrate": _calibrate,
+        "fit": _fit,
+    }
     try:
         return handlers[args.command](args)
     except KvsimError as e:

@@ -18,6 +18,7 @@ from .cache import KVCache
 from .catalog import GpuSpec, ModelSpec, get_gpu, get_model
 from .errors import KvsimError
 from .latency import IterationPricer, RooflineModel
+from .latency.profile import load_profile
 from .metrics import Recorder, Results
 from .policies import EVICTION, ROUTING
 from .policies.routing import choose
@@ -143,6 +144,12 @@ class Cluster:
         self._on_done = on_done or (lambda n: None)
         tp = scenario.cluster.tensor_parallel
         latency = RooflineModel(self.gpu)
+        if scenario.latency.type == "profile":
+            required = ["gemm", "attention", "step_overhead"] + (["allreduce"] if tp > 1 else [])
+            latency = load_profile(
+                scenario.profile_path(), latency, scenario.latency.fallback == "roofline", required
+            )
+        self.latency = latency
         sc, cc = scenario.scheduler, scenario.cache
         self.replicas: list[Replica] = []
         for i in range(scenario.cluster.replicas):
@@ -213,6 +220,15 @@ class Cluster:
             self.replicas[idx].submit(Seq(req, now))
         self._next_arrival()
 
+    def _latency_notes(self) -> dict:
+        if self.latency.name != "profile":
+            return {}
+        return {
+            "latency_profile": str(self.scenario.latency.path),
+            "latency_extrapolated": self.latency.extrapolated(),
+            "latency_fallback_ops": self.latency.fallback_ops,
+        }
+
     def run(self) -> Results:
         self._next_arrival()
         self.env.run()
@@ -226,6 +242,8 @@ class Cluster:
                 "kv_blocks_per_replica": self.capacity,
                 "evictions": sum(r.scheduler.cache.evictions for r in self.replicas),
                 "iterations": sum(r.iterations for r in self.replicas),
+                "latency_model": self.latency.name,
+                **self._latency_notes(),
             },
         }
         return Results(self.recorder, info)

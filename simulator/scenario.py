@@ -172,7 +172,17 @@ class SLO(_Strict):
 
 
 class LatencyConfig(_Strict):
-    type: Literal["roofline"] = "roofline"
+    type: Literal["roofline", "profile"] = "roofline"
+    path: str | None = Field(None, description="calibration profile YAML (type: profile)")
+    fallback: Literal["none", "roofline"] = Field(
+        "none", description="price ops the profile lacks with the roofline model"
+    )
+
+    @model_validator(mode="after")
+    def _profile_needs_path(self):
+        if self.type == "profile" and not self.path:
+            raise ValueError("type: profile needs path: <profile.yaml>")
+        return self
 
 
 class SimulationConfig(_Strict):
@@ -219,6 +229,10 @@ class Scenario(_Strict):
     def trace_path(self) -> Path:
         assert isinstance(self.workload, TraceWorkload)
         p = Path(self.workload.path)
+        return p if p.is_absolute() else self._base_dir / p
+
+    def profile_path(self) -> Path:
+        p = Path(self.latency.path or "")
         return p if p.is_absolute() else self._base_dir / p
 
     def resolved_yaml(self) -> str:
@@ -343,6 +357,8 @@ def _check_semantics(s: Scenario, source: str) -> None:
             f"{source}: cluster.tensor_parallel: {s.cluster.tensor_parallel} does not divide "
             f"the model's {model.heads} attention heads"
         )
+    if s.latency.type == "profile" and not s.profile_path().is_file():
+        raise KvsimError(f"{source}: latency.path: profile {s.profile_path()} not found")
     w = s.workload
     if isinstance(w, TraceWorkload):
         if not s.trace_path().is_file():

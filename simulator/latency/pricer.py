@@ -30,6 +30,8 @@ class IterationPricer:
         self.tp = tp
         self.latency = latency
         self._dense: dict[tuple[int, int], float] = {}
+        # A calibration profile counts prices outside its measured ranges; the roofline has none.
+        self._check = getattr(latency, "check_range", None)
 
     def dense_s(self, tokens: int, logits: int, seqs: int) -> float:
         """Seconds of everything but attention for an iteration (memoized)."""
@@ -37,10 +39,16 @@ class IterationPricer:
         s = self._dense.get(key)
         if s is None:
             price = self.latency.price
-            per_layer = sum(price(op) for op in dense_layer_ops(self.model, self.tp, tokens))
+            ops = dense_layer_ops(self.model, self.tp, tokens)
+            if logits:
+                ops.append(lm_head_op(self.model, self.tp, logits))
+            if self._check is not None:
+                for op in ops:
+                    self._check(op)
+            per_layer = sum(price(op) for op in ops[: len(ops) - (1 if logits else 0)])
             s = self.model.layers * per_layer
             if logits:
-                s += price(lm_head_op(self.model, self.tp, logits))
+                s += price(ops[-1])
             s += price(StepOverhead(batch_size=seqs))
             self._dense[key] = s
         return s
@@ -50,6 +58,8 @@ class IterationPricer:
     ) -> float:
         """Seconds of attention over all layers for a batch's aggregate shape."""
         op = attention_op(self.model, self.tp, q_tokens, kv_tokens, qk_pairs, seqs, segments)
+        if self._check is not None:
+            self._check(op)
         return self.model.layers * self.latency.price(op)
 
     def iteration_ns(
@@ -80,10 +90,14 @@ class IterationPricer:
             out = []
             for i in range(k):
                 op.kv_tokens = op.qk_pairs = kv_first + batch * i
+                if self._check is not None:
+                    self._check(op)
                 out.append(max(1, round((dense + layers * price(op)) * NS_PER_S)))
             return out
         kv = kv_first + batch * np.arange(k, dtype=np.int64)
         op = attention_op(self.model, self.tp, batch, kv, kv, batch, batch)
+        if self._check is not None:
+            self._check(op)
         many = getattr(self.latency, "price_many", None)
         if many is not None:
             attn = self.model.layers * many(op)

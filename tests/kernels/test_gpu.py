@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from kvsim.kernels.msa import gather_segments, msa_decode, msa_prefill, msa_reference
 from kvsim.kernels.quant import QuantizedKVCache, dequantize_kv, kv_reference, quantize_kv
 from kvsim.kernels.scd import project_reference, scd_reuse

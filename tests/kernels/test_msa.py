@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from kvsim.kernels.msa import gather_segments, msa_decode, msa_prefill, msa_reference
 
 TOL = {torch.float16: 2e-3, torch.float32: 2e-5, torch.bfloat16: 2e-2}

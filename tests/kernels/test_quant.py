@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from kvsim.kernels.quant import (
     QuantizedKVCache,
     dequantize_kv,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from kvsim.kernels.scd import (
     aligner_mlp,
     project_reference,

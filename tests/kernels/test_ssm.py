@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from kvsim.kernels.ssm import ssm_reference, ssm_scan, ssm_step
 
 TOL = {torch.float16: 2e-2, torch.float32: 1e-4}

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import ROOT, write_kvsim_trace
+
 from kvsim.simulator.cli import main
 
 QUICKSTART = ROOT / "scenarios" / "quickstart.yaml"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import yaml
 from helpers import scenario_doc, write_kvsim_trace
+
 from kvsim.simulator import scenario_from_dict, simulate
 from kvsim.simulator.catalog import get_gpu
 

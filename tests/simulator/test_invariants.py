@@ -9,6 +9,7 @@ import pytest
 from helpers import scenario_doc, write_kvsim_trace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from kvsim.simulator import scenario_from_dict, simulate
 from kvsim.simulator.replica import Replica
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from kvsim.simulator.catalog import get_gpu, get_model
 from kvsim.simulator.errors import KvsimError
 from kvsim.simulator.latency import IterationPricer, RooflineModel

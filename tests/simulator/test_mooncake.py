@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from helpers import scenario_doc, shared_trace
+
 from kvsim.simulator import scenario_from_dict, simulate
 
 

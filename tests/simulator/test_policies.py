@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from kvsim.simulator.cache import KVCache
 from kvsim.simulator.errors import KvsimError
 from kvsim.simulator.policies import EVICTION, ROUTING

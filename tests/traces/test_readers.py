@@ -6,6 +6,7 @@ import math
 
 import pytest
 from helpers import shared_trace
+
 from kvsim.traces import Request, TraceError, read_trace, synthetic_requests, trace_stats
 from kvsim.traces.generators import LengthDist
 
