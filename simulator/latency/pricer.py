@@ -2,11 +2,13 @@
 
 An iteration of a batch with T new tokens over L layers costs
     L · (Σ dense ops(T) + attention(batch)) + lm_head(sampling seqs) + step_overhead(seqs).
-NOTE: the dense part depends only on (T, sampling seqs) and is memoized in a dict, so it is one
-lookup on the hot path. Attention depends on the batch's context lengths, which rarely repeat, so
-it is priced directly (one closed-form evaluation); ``attention_s`` memoizes nothing on purpose.
-Runs of pure-decode iterations are priced as numpy arrays in one call (``decode_run_ns``); exact
-stepping uses the same function with one iteration, so both modes get the same integers.
+NOTE: the dense part is three dict lookups on the hot path: the per-layer ops by token count, the
+LM head by sampling sequences and the step overhead by batch size. Each table is bounded by a
+scheduler limit (max_num_batched_tokens, max_num_seqs), so memory does not grow with the trace.
+Attention depends on the batch's context lengths, which rarely repeat, so it is priced directly
+(one closed-form evaluation); ``attention_s`` memoizes nothing on purpose. Runs of pure-decode
+iterations are priced as numpy arrays in one call (``decode_run_ns``); exact stepping uses the same
+function with one iteration, so both modes get the same integers.
 
 Simulated time is kept in integer nanoseconds so that the sum of many iterations is exact: the
 decode fast-forward and exact stepping then add the same integers and agree to the nanosecond.
@@ -29,29 +31,34 @@ class IterationPricer:
         self.model = model
         self.tp = tp
         self.latency = latency
-        self._dense: dict[tuple[int, int], float] = {}
+        self._layers: dict[int, float] = {}  # L × per-layer dense ops, by token count
+        self._head: dict[int, float] = {}  # LM head, by sequences sampling a token
+        self._overhead: dict[int, float] = {}  # step overhead, by batch size
         # A calibration profile counts prices outside its measured ranges; the roofline has none.
         self._check = getattr(latency, "check_range", None)
 
     def dense_s(self, tokens: int, logits: int, seqs: int) -> float:
         """Seconds of everything but attention for an iteration (memoized)."""
-        key = (tokens, logits, seqs)
-        s = self._dense.get(key)
+        s = self._layers.get(tokens)
         if s is None:
-            price = self.latency.price
             ops = dense_layer_ops(self.model, self.tp, tokens)
-            if logits:
-                ops.append(lm_head_op(self.model, self.tp, logits))
             if self._check is not None:
                 for op in ops:
                     self._check(op)
-            per_layer = sum(price(op) for op in ops[: len(ops) - (1 if logits else 0)])
-            s = self.model.layers * per_layer
-            if logits:
-                s += price(ops[-1])
-            s += price(StepOverhead(batch_size=seqs))
-            self._dense[key] = s
-        return s
+            price = self.latency.price
+            s = self._layers[tokens] = self.model.layers * sum(price(op) for op in ops)
+        if logits:
+            h = self._head.get(logits)
+            if h is None:
+                op = lm_head_op(self.model, self.tp, logits)
+                if self._check is not None:
+                    self._check(op)
+                h = self._head[logits] = self.latency.price(op)
+            s += h
+        o = self._overhead.get(seqs)
+        if o is None:
+            o = self._overhead[seqs] = self.latency.price(StepOverhead(batch_size=seqs))
+        return s + o
 
     def attention_s(
         self, q_tokens: int, kv_tokens: int, qk_pairs: int, seqs: int, segments: int

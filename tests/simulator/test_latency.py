@@ -43,7 +43,8 @@ def test_step_overhead_and_memoized_dense_part():
     )
     p = IterationPricer(get_model("llama-3.1-8b"), 1, m)
     a = p.dense_s(64, 64, 64)
-    assert p.dense_s(64, 64, 64) == a and len(p._dense) == 1
+    assert p.dense_s(64, 64, 64) == a and len(p._layers) == len(p._head) == 1
+    assert p.dense_s(64, 64, 65) > a and len(p._layers) == 1  # overhead priced apart
 
 
 def test_decode_run_prices_equal_single_iteration_prices():
