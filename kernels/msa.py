@@ -301,6 +301,22 @@ def _check_cache(k_cache, v_cache, block_table, segments, n_segs, batch):
         raise ValueError(f"head_dim must be a power of two >= 16; got {d}")
 
 
+def _check_q(q: torch.Tensor, k_cache: torch.Tensor) -> int:
+    """Check q against the cache (dtype, GQA ratio, head_dim); return the KV head count."""
+    heads, d = q.shape[1], q.shape[2]
+    kv_heads = k_cache.shape[2]
+    if q.dtype != k_cache.dtype or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(
+            f"q and the caches must share one of fp16/bf16/fp32; got {q.dtype}, {k_cache.dtype}"
+        )
+    if d != k_cache.shape[3] or heads % kv_heads:
+        raise ValueError(
+            f"q heads {heads} must be a multiple of kv_heads {kv_heads}; head_dim "
+            f"{d} must equal the cache's {k_cache.shape[3]}"
+        )
+    return kv_heads
+
+
 def _out_like(q: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
     if out is None:
         return torch.empty_like(q)
@@ -345,16 +361,7 @@ def msa_prefill(
     batch = cu_q.numel() - 1
     _check_cache(k_cache, v_cache, block_table, segments, n_segments, batch)
     total_q, heads, d = q.shape
-    kv_heads = k_cache.shape[2]
-    if q.dtype != k_cache.dtype or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise ValueError(
-            f"q and the caches must share one of fp16/bf16/fp32; got {q.dtype}, {k_cache.dtype}"
-        )
-    if d != k_cache.shape[3] or heads % kv_heads:
-        raise ValueError(
-            f"q heads {heads} must be a multiple of kv_heads {kv_heads}; head_dim "
-            f"{d} must equal the cache's {k_cache.shape[3]}"
-        )
+    kv_heads = _check_q(q, k_cache)
     if cu_q.dtype != torch.int32 or q_pos.dtype != torch.int32 or q_pos.shape != (total_q,):
         raise ValueError("cu_q and q_pos must be int32; q_pos must have one entry per query row")
     if q.device != k_cache.device or cu_q.device != q.device or q_pos.device != q.device:
@@ -427,16 +434,7 @@ def msa_decode(
         raise ValueError(f"q must be [batch, heads, head_dim]; got {tuple(q.shape)}")
     batch, heads, d = q.shape
     _check_cache(k_cache, v_cache, block_table, segments, n_segments, batch)
-    kv_heads = k_cache.shape[2]
-    if q.dtype != k_cache.dtype or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise ValueError(
-            f"q and the caches must share one of fp16/bf16/fp32; got {q.dtype}, {k_cache.dtype}"
-        )
-    if d != k_cache.shape[3] or heads % kv_heads:
-        raise ValueError(
-            f"q heads {heads} must be a multiple of kv_heads {kv_heads}; head_dim "
-            f"{d} must equal the cache's {k_cache.shape[3]}"
-        )
+    kv_heads = _check_q(q, k_cache)
     if q_pos.dtype != torch.int32 or q_pos.shape != (batch,) or q_pos.device != q.device:
         raise ValueError("q_pos must be int32 [batch] on q's device")
     if q.device != k_cache.device:
