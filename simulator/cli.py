@@ -185,7 +185,7 @@ def _run(args) -> int:
     extrapolated = results.summary.get("latency_extrapolated")
     if extrapolated:
         print(f"warning: latency profile used outside its measured ranges: {extrapolated}")
-    print(f"results: {out}/ (summary.json, requests.csv, scenario.resolved.yaml)")
+    print(f"results: {out}/ (summary.json, requests.csv, report.html, scenario.resolved.yaml)")
     return 0
 
 

@@ -214,6 +214,60 @@ class Results:
             out.write("".join(lines))
         sink.seek(0, io.SEEK_END)
 
+    def columns(self) -> dict[str, np.ndarray]:
+        """Per-request columns (completion order) as arrays, seconds as floats, NaN if dropped."""
+        self._sink.flush()
+        self._sink.seek(0)
+        raw = np.frombuffer(self._sink.read(), dtype="<i8").reshape(-1, _RECORD.size // 8)
+        self._sink.seek(0, io.SEEK_END)
+        done = raw[:, 12] < 0
+        arr, first, fin, out = raw[:, 1] / NS, raw[:, 2] / NS, raw[:, 3] / NS, raw[:, 5]
+        nan = np.full(len(raw), np.nan)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tpot = np.where(done & (out > 1), (fin - first) / np.maximum(out - 1, 1), np.nan)
+        return {
+            "arrival_s": arr,
+            "finish_s": np.where(done, fin, nan),
+            "ttft_s": np.where(done, first - arr, nan),
+            "tpot_s": tpot,
+            "e2e_s": np.where(done, fin - arr, nan),
+            "output_tokens": out.astype(np.float64),
+            "units": raw[:, 8].astype(np.float64),
+            "hit_units": raw[:, 7].astype(np.float64),
+            "preemptions": raw[:, 10].astype(np.float64),
+        }
+
+    def table_rows(self) -> list[tuple[str, str]]:
+        """The summary as (label, value) pairs, for reports."""
+        s = self.summary
+
+        def pct(d):
+            return " / ".join(f"{d[k] * 1e3:.1f}" for k in ("p50", "p90", "p99")) + " ms"
+
+        tp = s["throughput"]
+        rows = [
+            ("requests", f"{s['finished']} finished of {s['requests']} ({s['dropped']} dropped)"),
+            ("TTFT p50 / p90 / p99", pct(s["ttft_s"])),
+            ("TPOT p50 / p90 / p99", pct(s["tpot_s"])),
+            ("E2E p50 / p90 / p99", pct(s["e2e_s"])),
+            (
+                "throughput",
+                f"{tp['requests_per_s']:.2f} req/s, {tp['output_tokens_per_s']:.0f} output tok/s",
+            ),
+            ("prefix-hit ratio", f"{s['prefix_hit_ratio']:.1%} of content units"),
+            (
+                "SLO attainment",
+                f"{s['slo']['attainment']:.1%} (TTFT ≤ {s['slo']['ttft_s']} s, "
+                f"TPOT ≤ {s['slo']['tpot_s'] * 1e3:.0f} ms)",
+            ),
+            ("preemptions", f"{s['preemptions']} ({s['recomputed_tokens']} tokens recomputed)"),
+        ]
+        if "gpus" in s:
+            rows.append(("GPUs", f"{s['gpus']} ({s['kv_blocks_per_replica']} KV blocks/replica)"))
+        if "latency_model" in s:
+            rows.append(("latency model", s["latency_model"]))
+        return rows
+
     def requests_csv(self) -> str:
         """The per-request table as CSV text (rows in completion order)."""
         buf = io.StringIO()

@@ -16,7 +16,7 @@ from pathlib import Path
 from .metrics import Results
 from .scenario import Scenario
 
-FILES = ("summary.json", "requests.csv", "scenario.resolved.yaml")
+FILES = ("summary.json", "requests.csv", "scenario.resolved.yaml", "report.html")
 
 
 def _clean(x):
@@ -32,7 +32,7 @@ def summary_json(results: Results) -> str:
 
 
 def write_results(out_dir: str | Path, scenario: Scenario, results: Results) -> Path:
-    """Write summary.json, requests.csv and the resolved scenario into ``out_dir``."""
+    """Write summary.json, requests.csv, the resolved scenario and report.html into ``out_dir``."""
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -41,6 +41,9 @@ def write_results(out_dir: str | Path, scenario: Scenario, results: Results) -> 
         with open(tmp / "requests.csv", "w", encoding="utf-8", newline="") as f:
             results.write_requests_csv(f)
         (tmp / "scenario.resolved.yaml").write_text(scenario.resolved_yaml(), encoding="utf-8")
+        from .report import report_html
+
+        (tmp / "report.html").write_text(report_html(results, scenario.name), encoding="utf-8")
         out.mkdir(exist_ok=True)
         for name in FILES:
             os.replace(tmp / name, out / name)
