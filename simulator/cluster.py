@@ -242,6 +242,9 @@ class Cluster:
                 "kv_blocks_per_replica": self.capacity,
                 "evictions": sum(r.scheduler.cache.evictions for r in self.replicas),
                 "iterations": sum(r.iterations for r in self.replicas),
+                # Share of the simulated span the replicas spent running iterations.
+                "busy_fraction": sum(r.busy_ns for r in self.replicas)
+                / max(1, len(self.replicas) * self.env.now),
                 "latency_model": self.latency.name,
                 **self._latency_notes(),
             },

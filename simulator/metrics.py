@@ -263,7 +263,13 @@ class Results:
             ("preemptions", f"{s['preemptions']} ({s['recomputed_tokens']} tokens recomputed)"),
         ]
         if "gpus" in s:
-            rows.append(("GPUs", f"{s['gpus']} ({s['kv_blocks_per_replica']} KV blocks/replica)"))
+            rows.append(
+                (
+                    "GPUs",
+                    f"{s['gpus']} ({s['kv_blocks_per_replica']} KV blocks/replica, "
+                    f"busy {s['busy_fraction']:.0%} of the time)",
+                )
+            )
         if "latency_model" in s:
             rows.append(("latency model", s["latency_model"]))
         return rows
@@ -309,6 +315,6 @@ class Results:
         if "gpus" in s:
             lines.append(
                 f"{'GPUs':26}{s['gpus']:>9}  ({s['kv_blocks_per_replica']} KV blocks "
-                f"per replica, {s['evictions']} evictions)"
+                f"per replica, {s['evictions']} evictions, busy {s['busy_fraction']:.0%})"
             )
         return "\n".join(lines)

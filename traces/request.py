@@ -29,7 +29,3 @@ class Request:
     session: int | None = None
     job: int | None = None
     turn: int = 0
-
-    def unit_token_count(self, index: int) -> int:
-        """Prompt tokens that content unit ``index`` covers (the last one is often partial)."""
-        return min(self.unit_tokens, self.prompt_tokens - index * self.unit_tokens)

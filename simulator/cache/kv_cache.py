@@ -43,9 +43,6 @@ class KVCache:
     def release(self, blocks: int) -> None:
         self.free += blocks
 
-    def used_blocks(self) -> int:
-        return self.capacity - self.free
-
     def node_blocks(self) -> int:
         return sum(n.blocks for n in self.tree.nodes.values())
 

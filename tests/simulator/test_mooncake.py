@@ -48,4 +48,5 @@ def test_fast_forward_equals_exact_steps_under_pressure(tmp_path):
     assert fast.summary["preemptions"] > 0
     assert fast.summary["evictions"] > 0
     assert fast.summary["iterations"] == exact.summary["iterations"]
+    assert fast.summary["busy_fraction"] == exact.summary["busy_fraction"]
     assert fast.requests_csv() == exact.requests_csv()
