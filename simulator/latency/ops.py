@@ -278,6 +278,19 @@ def attention_op(
     )
 
 
+def attention_kv_linear(op: Attention) -> tuple[float, float, float]:
+    """(flops per KV token, bytes per KV token, other bytes) of a decode attention op, where
+    qk_pairs = kv_tokens: flops = a·kv and bytes = b·kv + c.
+
+    NOTE: with integer features below 2**53 every product here and in ``flops``/``bytes`` is an
+    exact integer in floating point, so a·kv and b·kv + c equal ``op.flops()`` and ``op.bytes()``
+    bit for bit; decode runs use this to price an iteration without building an op."""
+    a = 4.0 * op.heads * op.head_dim
+    b = 2.0 * op.kv_heads * op.head_dim * op.dtype_bytes
+    c = 2.0 * op.q_tokens * op.heads * op.head_dim * op.dtype_bytes
+    return a, b, c
+
+
 def lm_head_op(model: ModelSpec, tp: int, logits: int) -> Gemm:
     """The vocabulary projection for the sequences that sample a token this iteration."""
     return Gemm(model.dtype_bytes, logits, model.hidden, model.vocab // tp)

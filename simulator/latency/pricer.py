@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..catalog import ModelSpec
-from .ops import StepOverhead, attention_op, dense_layer_ops, lm_head_op
+from .ops import StepOverhead, attention_kv_linear, attention_op, dense_layer_ops, lm_head_op
 
 NS_PER_S = 1_000_000_000
 
@@ -92,9 +92,18 @@ class IterationPricer:
             # same IEEE operations in the same order, so it returns the same integers. One op
             # object is reused and only its context features change.
             dense = self.dense_s(batch, batch, batch)
-            op = attention_op(self.model, self.tp, batch, 0, 0, batch, batch)
-            price, layers = self.latency.price, self.model.layers
+            op = attention_op(self.model, self.tp, batch, kv_first, kv_first, batch, batch)
+            layers = self.model.layers
             out = []
+            work = getattr(self.latency, "work_pricer", None)
+            if work is not None and self._check is None:
+                a, b, c = attention_kv_linear(op)
+                price = work(op)
+                for i in range(k):
+                    x = kv_first + batch * i
+                    out.append(max(1, round((dense + layers * price(a * x, b * x + c)) * NS_PER_S)))
+                return out
+            price = self.latency.price
             for i in range(k):
                 op.kv_tokens = op.qk_pairs = kv_first + batch * i
                 if self._check is not None:

@@ -43,6 +43,18 @@ class RooflineModel:
         memory = op.bytes() / self.bytes_per_s
         return (compute if compute > memory else memory) + self.gpu.launch_s
 
+    def work_pricer(self, op: Op):
+        """A function (flops, bytes) → seconds equal to ``price`` for ops like ``op`` (same
+        kind and other features), for pricing many iterations cheaply."""
+        f, b, launch = self.flops_per_s, self.bytes_per_s, self.gpu.launch_s
+
+        def price(flops: float, nbytes: float) -> float:
+            compute = flops / f
+            memory = nbytes / b
+            return (compute if compute > memory else memory) + launch
+
+        return price
+
     def _step_overhead(self, op: StepOverhead) -> float:
         return self.gpu.step_overhead_s + self.gpu.step_overhead_per_seq_s * op.batch_size
 
