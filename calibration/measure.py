@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime
 import math
-import os
 import platform
 import subprocess
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from kvsim.kernels.msa import interpreting
 from kvsim.simulator.catalog import ModelSpec
 from kvsim.simulator.errors import KvsimError
 
@@ -29,10 +29,6 @@ from .fit import Measurement, build_profile, write_measurements, write_profile
 from .grids import grid
 
 PAGE = 16
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0", "false", "False")
 
 
 def _setup():

@@ -28,10 +28,10 @@ import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
 
 
-def _interpreting() -> bool:
+def interpreting() -> bool:
+    """True when TRITON_INTERPRET asks for Triton's CPU interpreter."""
     import os
 
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0", "false", "False")
@@ -376,7 +376,7 @@ def msa_prefill(
     if max_q_len is None:  # NOTE: a device-to-host sync; engines pass max_q_len
         max_q_len = int((cu_q[1:] - cu_q[:-1]).max().item())
     lens = max_q_len
-    interp = _interpreting()
+    interp = interpreting()
     # Defaults measured best on an H100 for head_dim 128 (benchmarks/results/kernels_h100.md).
     bm = block_m or (16 if interp else 128)
     bn = block_n or (16 if interp else 128)
@@ -442,7 +442,7 @@ def msa_decode(
     if q.stride(-1) != 1:
         q = q.contiguous()
     sm_scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(d)
-    interp = _interpreting()
+    interp = interpreting()
     if num_splits is None:
         if max_kv_len is None:  # NOTE: a device-to-host sync; engines pass max_kv_len
             idx = torch.arange(segments.shape[1], device=q.device)[None, :]

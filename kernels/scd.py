@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .msa import _dot, _interpreting
+from .msa import _dot, interpreting
 
 
 @triton.jit
@@ -131,8 +131,8 @@ def _project_rope_write_kernel(
 
 # ---------------------------------------------------------------------------------------------
 def _blocks(r: int) -> tuple[int, int]:
-    bt = 16 if _interpreting() else 64
-    br = 16 if _interpreting() else min(64, max(16, triton.next_power_of_2(r)))
+    bt = 16 if interpreting() else 64
+    br = 16 if interpreting() else min(64, max(16, triton.next_power_of_2(r)))
     return bt, br
 
 

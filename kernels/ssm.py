@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .msa import _dot, _interpreting
+from .msa import _dot, interpreting
 
 
 @triton.jit
@@ -166,7 +166,7 @@ def ssm_scan(
     states = torch.empty((bsz, n_chunks, heads, p, n), dtype=torch.float32, device=x.device)
     if t == 0:
         return y, states
-    block_p = min(p, 16 if _interpreting() else 64)
+    block_p = min(p, 16 if interpreting() else 64)
     s0 = initial_state if initial_state is not None else states  # unused when HAS_S0 is False
     _ssm_scan_kernel[(bsz, heads, p // block_p)](
         x, log_a, b, c, s0, y, states, t,
@@ -194,7 +194,7 @@ def ssm_step(
         raise ValueError(f"x must be [batch, heads, head_dim]; got {tuple(x.shape)}")
     bsz, _, heads, p, n = _check(x[:, None], log_a[:, None], b[:, None], c[:, None], state)
     y = torch.empty_like(x)
-    block_p = min(p, 16 if _interpreting() else 64)
+    block_p = min(p, 16 if interpreting() else 64)
     _ssm_step_kernel[(bsz, heads, p // block_p)](
         x, log_a, b, c, state, y,
         x.stride(0), x.stride(1), log_a.stride(0), b.stride(0),

@@ -255,12 +255,11 @@ class Scheduler:
                 continue  # preempted while making room for an older sequence
             n = min(s.num_tokens - s.computed, budget, self.chunk)
             need = cache.blocks_for(s.computed + n - s.node_tokens) - s.priv_blocks
+            # NOTE: the newest running sequence is never one scheduled earlier in this loop:
+            # prefills are visited oldest first, so victims are `s` itself or newer.
             while need > cache.available() and s.phase == PREFILL:
-                victim = self._newest_running()
-                self._preempt(victim)
+                self._preempt(self._newest_running())
                 preempted = True
-                if victim.phase == WAITING and victim in prefills:
-                    raise RuntimeError("preempted a sequence already scheduled")
             if s.phase != PREFILL:
                 break
             cache.allocate(need)

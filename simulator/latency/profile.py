@@ -44,7 +44,7 @@ def predict(params: dict, flops, nbytes, extras: dict):
 class OpFit:
     """One op's fitted parameters and the feature ranges they were fitted on."""
 
-    __slots__ = ("kind", "launch", "per_flop", "per_byte", "extra", "ranges", "outside")
+    __slots__ = ("kind", "params", "launch", "per_flop", "per_byte", "extra", "ranges", "outside")
 
     def __init__(self, kind: str, entry: dict, where: str):
         try:
@@ -59,6 +59,8 @@ class OpFit:
         if min(self.launch, self.per_flop, self.per_byte, *self.extra.values(), 0.0) < 0:
             raise KvsimError(f"{where}: ops.{kind}: parameters must be non-negative")
         self.kind = kind
+        self.params = {"launch_s": self.launch, "s_per_flop": self.per_flop,
+                       "s_per_byte": self.per_byte, "extra": self.extra}  # fmt: skip
         self.outside = 0
 
     def price(self, op: Op) -> float:
@@ -121,14 +123,7 @@ class ProfileModel:
         fit = self.fits.get(op.kind)
         if fit is None:
             return self.fallback.price_many(op)
-        compute = fit.per_flop * op.flops()
-        memory = fit.per_byte * op.bytes()
-        t = np.maximum(compute, memory) + fit.launch
-        if fit.extra:
-            f = op.features()
-            for name, coef in fit.extra.items():
-                t = t + coef * f[name]
-        return t
+        return predict(fit.params, op.flops(), op.bytes(), op.features())
 
     def check_range(self, op: Op) -> None:
         fit = self.fits.get(op.kind)
