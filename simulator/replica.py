@@ -20,7 +20,6 @@ before ``now`` whenever someone looks (``sync``). Hence fast-forward and ``exact
 from __future__ import annotations
 
 from bisect import bisect_left
-from itertools import accumulate
 
 from .scheduler import Batch, Scheduler, Seq
 
@@ -163,6 +162,4 @@ class Replica:
             room = s.cache.free if s.waiting else s.cache.available()
             k = 1 + s.decode_iterations_affordable(it0 + 1, k_max - 1, room)
         self._k = k
-        self._ends = list(accumulate(self.pricer.decode_run_ns(n, s.dec_sum + n, k), initial=now))[
-            1:
-        ]
+        self._ends = self.pricer.decode_run_ends(n, s.dec_sum + n, k, now)

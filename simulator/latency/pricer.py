@@ -6,9 +6,10 @@ NOTE: the dense part is three dict lookups on the hot path: the per-layer ops by
 LM head by sampling sequences and the step overhead by batch size. Each table is bounded by a
 scheduler limit (max_num_batched_tokens, max_num_seqs), so memory does not grow with the trace.
 Attention depends on the batch's context lengths, which rarely repeat, so it is priced directly
-(one closed-form evaluation); ``attention_s`` memoizes nothing on purpose. Runs of pure-decode
-iterations are priced as numpy arrays in one call (``decode_run_ns``); exact stepping uses the same
-function with one iteration, so both modes get the same integers.
+(one closed-form evaluation); ``attention_s`` memoizes nothing on purpose. A run of pure-decode
+iterations is priced in one call (``decode_run_ends``): by the latency model's fused loop where it
+has one (the roofline), else op by op or as numpy arrays; exact stepping uses the same function
+with one iteration, so both modes get the same integers.
 
 Simulated time is kept in integer nanoseconds so that the sum of many iterations is exact: the
 decode fast-forward and exact stepping then add the same integers and agree to the nanosecond.
@@ -16,10 +17,12 @@ decode fast-forward and exact stepping then add the same integers and agree to t
 
 from __future__ import annotations
 
+from itertools import accumulate
+
 import numpy as np
 
 from ..catalog import ModelSpec
-from .ops import StepOverhead, attention_kv_linear, attention_op, dense_layer_ops, lm_head_op
+from .ops import StepOverhead, attention_op, dense_layer_ops, lm_head_op
 
 NS_PER_S = 1_000_000_000
 
@@ -36,6 +39,10 @@ class IterationPricer:
         self._overhead: dict[int, float] = {}  # step overhead, by batch size
         # A calibration profile counts prices outside its measured ranges; the roofline has none.
         self._check = getattr(latency, "check_range", None)
+        self._decode_dense: dict[int, float] = {}  # dense_s(n, n, n), by decode batch size n
+        # A latency model may price a whole decode run in one call (the roofline does); range
+        # checks need every op, so a profile takes the generic path.
+        self._fused = getattr(latency, "decode_run_ends", None) if self._check is None else None
 
     def dense_s(self, tokens: int, logits: int, seqs: int) -> float:
         """Seconds of everything but attention for an iteration (memoized)."""
@@ -84,26 +91,29 @@ class IterationPricer:
         )
         return max(1, round(s * NS_PER_S))
 
-    def decode_run_ns(self, batch: int, kv_first: int, k: int) -> list[int]:
-        """Nanoseconds of ``k`` pure-decode iterations of ``batch`` sequences whose summed context
-        (tokens read by attention) is ``kv_first`` in the first and grows by ``batch`` each."""
+    def decode_run_ends(self, batch: int, kv_first: int, k: int, start_ns: int) -> list[int]:
+        """End times (ns) of ``k`` pure-decode iterations from ``start_ns``: ``batch`` sequences
+        whose summed context (tokens read by attention) is ``kv_first`` in the first iteration and
+        grows by ``batch`` in each. Exact stepping calls this with k = 1, so both modes add the
+        same integers."""
+        dense = self._decode_dense.get(batch)
+        if dense is None:
+            dense = self._decode_dense[batch] = self.dense_s(batch, batch, batch)
+        op = attention_op(self.model, self.tp, batch, kv_first, kv_first, batch, batch)
+        if self._fused is not None:
+            return self._fused(op, batch, k, dense, self.model.layers, start_ns)
+        return list(accumulate(self._decode_durations(op, batch, k, dense), initial=start_ns))[1:]
+
+    def _decode_durations(self, op, batch: int, k: int, dense: float) -> list[int]:
+        """Per-iteration nanoseconds of a decode run under a latency model without a fused
+        decode-run path (a calibration profile)."""
+        layers = self.model.layers
+        kv_first = op.kv_tokens
         if k <= 8:
             # NOTE: for short runs numpy's call overhead dominates; the scalar path performs the
-            # same IEEE operations in the same order, so it returns the same integers. One op
-            # object is reused and only its context features change.
-            dense = self.dense_s(batch, batch, batch)
-            op = attention_op(self.model, self.tp, batch, kv_first, kv_first, batch, batch)
-            layers = self.model.layers
-            out = []
-            work = getattr(self.latency, "work_pricer", None)
-            if work is not None and self._check is None:
-                a, b, c = attention_kv_linear(op)
-                price = work(op)
-                for i in range(k):
-                    x = kv_first + batch * i
-                    out.append(max(1, round((dense + layers * price(a * x, b * x + c)) * NS_PER_S)))
-                return out
+            # same IEEE operations in the same order, so it returns the same integers.
             price = self.latency.price
+            out = []
             for i in range(k):
                 op.kv_tokens = op.qk_pairs = kv_first + batch * i
                 if self._check is not None:
@@ -111,21 +121,21 @@ class IterationPricer:
                 out.append(max(1, round((dense + layers * price(op)) * NS_PER_S)))
             return out
         kv = kv_first + batch * np.arange(k, dtype=np.int64)
-        op = attention_op(self.model, self.tp, batch, kv, kv, batch, batch)
+        op.kv_tokens = op.qk_pairs = kv
         if self._check is not None:
             self._check(op)
         many = getattr(self.latency, "price_many", None)
         if many is not None:
-            attn = self.model.layers * many(op)
+            attn = layers * many(op)
         else:  # a latency model without a vectorized path: price element by element
             attn = np.array(
                 [
-                    self.model.layers
+                    layers
                     * self.latency.price(
                         attention_op(self.model, self.tp, batch, int(x), int(x), batch, batch)
                     )
                     for x in kv
                 ]
             )
-        s = self.dense_s(batch, batch, batch) + attn
+        s = dense + attn
         return np.maximum(1, np.rint(s * NS_PER_S)).astype(np.int64).tolist()

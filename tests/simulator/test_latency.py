@@ -47,11 +47,36 @@ def test_step_overhead_and_memoized_dense_part():
     assert p.dense_s(64, 64, 65) > a and len(p._layers) == 1  # overhead priced apart
 
 
-def test_decode_run_prices_equal_single_iteration_prices():
+@pytest.mark.parametrize("batch, kv", [(32, 50_000), (1, 10), (256, 4_000_000)])
+def test_decode_run_prices_equal_single_iteration_prices(batch, kv):
+    """A fused run of k iterations adds the same integers as k one-iteration runs, and each equals
+    the iteration price of the same batch shape (the path prefills and exact stepping take)."""
     p = IterationPricer(get_model("llama-3.1-70b"), 4, RooflineModel(get_gpu("h200")))
-    run = p.decode_run_ns(32, 50_000, 20)  # numpy path (k > 8)
-    assert run == [p.decode_run_ns(32, 50_000 + 32 * i, 1)[0] for i in range(20)]
-    assert run == sorted(run)  # longer contexts cost more
+    run = p.decode_run_ends(batch, kv, 20, 1000)
+    singles, t = [], 1000
+    for i in range(20):
+        t = p.decode_run_ends(batch, kv + batch * i, 1, t)[0]
+        singles.append(t)
+        assert p.decode_run_ends(batch, kv + batch * i, 1, 0)[0] == p.iteration_ns(
+            batch, batch, batch, kv + batch * i, kv + batch * i, batch
+        )
+    assert run == singles
+    steps = [b - a for a, b in zip([1000] + run, run, strict=False)]
+    assert steps == sorted(steps)  # longer contexts cost more
+
+
+def test_decode_run_compute_bound_branch_matches_price():
+    """A GPU so slow at math that decode attention is compute-bound takes the full max()."""
+    import dataclasses
+
+    g = dataclasses.replace(get_gpu("h100-sxm"), bf16_tflops=0.001)
+    m = RooflineModel(g)
+    p = IterationPricer(get_model("llama-3.1-8b"), 1, m)
+    run = p.decode_run_ends(8, 1000, 5, 0)
+    t = 0
+    for i in range(5):
+        t += p.iteration_ns(8, 8, 8, 1000 + 8 * i, 1000 + 8 * i, 8)
+        assert run[i] == t
 
 
 def test_tensor_parallel_makes_an_iteration_faster():
