@@ -51,6 +51,10 @@ class Replica:
         return self.scheduler.queued_tokens
 
     @property
+    def in_flight(self) -> int:
+        return self.scheduler.in_flight
+
+    @property
     def num_running(self) -> int:
         return self.scheduler.num_running
 

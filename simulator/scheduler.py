@@ -120,6 +120,7 @@ class Scheduler:
         self.dec_sum = 0  # Σ computed over decoding sequences at iteration `it`
         self.finish_heap: list[tuple[int, int, Seq]] = []
         self.queued_tokens = 0  # prompt tokens still to prefill (waiting + prefilling)
+        self.in_flight = 0  # requests added and not finished (waiting or running)
         self.preemptions = 0
         self.now_ns = 0
         self._order = 0
@@ -135,6 +136,7 @@ class Scheduler:
     def add(self, seq: Seq) -> None:
         self.waiting.append(seq)
         self.queued_tokens += seq.num_tokens
+        self.in_flight += 1
 
     # ---- decode sequences, kept lazily ---------------------------------------------------------
     def _join_decode(self, s: Seq) -> None:
@@ -384,6 +386,7 @@ class Scheduler:
             s.next_unit += 1
 
     def _finish(self, s: Seq, now_ns: int) -> None:
+        self.in_flight -= 1
         self._release(s)
         s.phase = DONE
         self.on_finish(s, now_ns)
@@ -413,3 +416,5 @@ class Scheduler:
         assert cache.tree.evictable_blocks == evictable, "evictable block count drifted"
         queued = sum(s.num_tokens - s.computed for s in list(self.waiting) + self.prefilling)
         assert queued == self.queued_tokens, f"queued tokens {self.queued_tokens} != {queued}"
+        running = len(self.waiting) + len(self.prefilling) + len(self.decoding)
+        assert running == self.in_flight, f"in flight {self.in_flight} != {running}"

@@ -86,18 +86,20 @@ def synthetic_requests(
         gaps = _gaps(rng, arrival, rate, cv, n)
         prompts = prompt.sample(rng, n)
         outputs = output.sample(rng, n)
-        which = rng.choice(prefixes, size=n, p=weights) if prefixes else None
+        which = rng.choice(prefixes, size=n, p=weights).tolist() if prefixes else None
+        # NOTE: Python lists, not numpy scalars, in the per-request loop (same values).
+        gaps, prompts, outputs = gaps.tolist(), prompts.tolist(), outputs.tolist()
         for k in range(n):
-            t += float(gaps[k])
-            own = int(prompts[k])
+            t += gaps[k]
+            own = prompts[k]
             blocks: list[int] = []
             total = own
             if prefixes:
-                p = int(which[k])
+                p = which[k]
                 blocks = list(range(p * prefix_units, (p + 1) * prefix_units))
                 total = own + prefix_units * unit_tokens
             own_units = math.ceil(total / unit_tokens) - len(blocks)
             blocks.extend(range(next_id, next_id + own_units))
             next_id += own_units
-            yield Request(made, t, total, max(1, int(outputs[k])), tuple(blocks), unit_tokens)
+            yield Request(made, t, total, max(1, outputs[k]), tuple(blocks), unit_tokens)
             made += 1

@@ -3,8 +3,8 @@
 A policy ranks replicas: ``key(request, replica)`` returns a sort key and the replica with the
 smallest key wins (ties go to the lowest index, so routing is deterministic). Replicas expose
 ``index``, ``routed`` (requests sent there so far), ``queued_tokens`` (prompt tokens not yet
-prefilled), ``num_running``, ``num_waiting`` and ``cached_prefix_tokens(request)``; a policy
-that calls the latter sets ``reads_cache = True``.
+prefilled), ``in_flight`` (requests waiting or running), ``num_running``, ``num_waiting`` and
+``cached_prefix_tokens(request)``; a policy that calls the latter sets ``reads_cache = True``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class LeastLoaded:
     """Fewest prompt tokens waiting to be prefilled, then fewest requests in flight."""
 
     def key(self, request, replica) -> tuple:
-        return (replica.queued_tokens, replica.num_running + replica.num_waiting)
+        return (replica.queued_tokens, replica.in_flight)
 
 
 @ROUTING.register("prefix_aware")
@@ -48,14 +48,11 @@ class PrefixAware:
 
     def key(self, request, replica) -> tuple:
         uncached = request.prompt_tokens - replica.cached_prefix_tokens(request)
-        return (replica.queued_tokens + uncached, replica.num_running + replica.num_waiting)
+        return (replica.queued_tokens + uncached, replica.in_flight)
 
 
 def choose(policy, request, replicas) -> int:
-    """Index of the replica ``policy`` ranks first."""
-    best, best_key = 0, None
-    for r in replicas:
-        k = policy.key(request, r)
-        if best_key is None or k < best_key:
-            best, best_key = r.index, k
-    return best
+    """Index of the replica ``policy`` ranks first (the lowest index among equal keys: ``min``
+    returns the first smallest item)."""
+    key = policy.key
+    return min(replicas, key=lambda r: key(request, r)).index

@@ -90,6 +90,7 @@ class _Rep:
     def __init__(self, index, queued=0, running=0, cached=0):
         self.index, self.queued_tokens, self.num_running = index, queued, running
         self.num_waiting, self.routed, self._cached = 0, 0, cached
+        self.in_flight = running
 
     def cached_prefix_tokens(self, request):
         return self._cached
