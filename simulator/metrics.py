@@ -5,8 +5,9 @@ one-token answers; E2E = finish − arrival.
 
 NOTE (memory): a finished request's record is appended at once, as 13 packed integers, to a
 temporary file (completion order, which is deterministic) and formatted as CSV only when written;
-only its three latencies stay in memory, in float arrays (24 bytes a request), for exact
-percentiles; everything else is a running sum. So memory barely grows with trace length.
+everything else is a running sum. Percentiles are exact yet need no per-request memory: they are
+selected from that file in a few streaming passes (``_order_statistics``). So memory does not grow
+with trace length.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import io
 import math
 import struct
 import tempfile
-from array import array
 
 import numpy as np
 
@@ -49,13 +49,13 @@ class Recorder:
     def __init__(self, slo_ttft_s: float, slo_tpot_s: float):
         self.sink = tempfile.TemporaryFile()
         self._pack = _RECORD.pack
-        self.ttft = array("d")
-        self.tpot = array("d")  # NaN for one-token answers
-        self.e2e = array("d")
         self.slo_ttft_s, self.slo_tpot_s = slo_ttft_s, slo_tpot_s
         self.count = 0
         self.finished_count = 0
         self.meets_slo = 0
+        self.ttft_ns_sum = self.e2e_ns_sum = 0  # exact integer sums
+        self.tpot_sum = 0.0
+        self.tpot_count = 0  # finished requests with more than one output token
         self.first_arrival_ns: int | None = None
         self.last_finish_ns: int | None = None
         self.prompt_done = self.output_done = self.hit_tokens_done = 0
@@ -75,15 +75,19 @@ class Recorder:
         r = seq.req
         arr, first = seq.arrival_ns, seq.first_ns
         self._arrived(arr)
-        ttft = (first - arr) / NS
-        e2e = (now_ns - arr) / NS
+        ttft_ns = first - arr
+        self.ttft_ns_sum += ttft_ns
+        self.e2e_ns_sum += now_ns - arr
         out = r.output_tokens
-        tpot = (now_ns - first) / NS / (out - 1) if out > 1 else math.nan
-        self.ttft.append(ttft)
-        self.tpot.append(tpot)
-        self.e2e.append(e2e)
         self.finished_count += 1
-        if ttft <= self.slo_ttft_s and (out <= 1 or tpot <= self.slo_tpot_s):
+        if out > 1:
+            # NOTE: the same operations as _latency_keys, so the sum and percentiles agree.
+            tpot = (now_ns - first) / NS / (out - 1)
+            self.tpot_sum += tpot
+            self.tpot_count += 1
+            if ttft_ns / NS <= self.slo_ttft_s and tpot <= self.slo_tpot_s:
+                self.meets_slo += 1
+        elif ttft_ns / NS <= self.slo_ttft_s:
             self.meets_slo += 1
         if self.last_finish_ns is None or now_ns > self.last_finish_ns:
             self.last_finish_ns = now_ns
@@ -138,11 +142,138 @@ class Recorder:
         )
 
 
-def _pct(a: np.ndarray) -> dict[str, float]:
-    if a.size == 0:
-        return {"mean": math.nan, "p50": math.nan, "p90": math.nan, "p99": math.nan}
-    p50, p90, p99 = np.percentile(a, [50, 90, 99])
-    return {"mean": float(a.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99)}
+_CHUNK_RECORDS = 4096
+_BINS = 4096  # histogram bins per selection pass
+_COLLECT = 1 << 16  # values gathered at most to finish a selection
+
+
+def _records(sink):
+    """The records written so far, as int64 arrays of shape (n, 13), chunk by chunk."""
+    sink.flush()
+    sink.seek(0)
+    try:
+        while chunk := sink.read(_RECORD.size * _CHUNK_RECORDS):
+            yield np.frombuffer(chunk, dtype="<i8").reshape(-1, _RECORD.size // 8)
+    finally:
+        sink.seek(0, io.SEEK_END)
+
+
+def _latency_keys(raw: np.ndarray) -> dict[str, np.ndarray]:
+    """Finished requests' TTFT and E2E (ns) and TPOT (the int64 bit patterns of the float seconds:
+    for non-negative floats they sort as the floats do), as int64 sort keys."""
+    done = raw[raw[:, 12] < 0]
+    arr, first, fin, out = done[:, 1], done[:, 2], done[:, 3], done[:, 5]
+    multi = out > 1
+    # Same operations, in the same order, as Recorder.finished computes TPOT.
+    tpot = (fin[multi] - first[multi]) / NS / (out[multi] - 1)
+    return {"ttft_s": first - arr, "tpot_s": tpot.view(np.int64), "e2e_s": fin - arr}
+
+
+def _order_statistics(sink, wanted: dict[str, set[int]]) -> dict[str, dict[int, int]]:
+    """The k-th smallest key (0-based) of each metric for each k in ``wanted[metric]``, exactly,
+    in a few passes over the record file and with memory bounded independently of its length.
+
+    Each pass counts the keys of every unresolved rank's interval into ``_BINS`` bins and narrows
+    the interval to the bin that holds the rank; once that bin holds at most ``_COLLECT`` keys (or
+    one value), one more pass gathers them and the rank is read off sorted. Keys are int64, so
+    the interval shrinks by ``_BINS``× a pass: at most six passes for any range.
+    """
+    lo = {m: None for m in wanted}
+    hi = dict(lo)
+    for raw in _records(sink):
+        for m, v in _latency_keys(raw).items():
+            if m in wanted and v.size:
+                a, b = int(v.min()), int(v.max())
+                lo[m] = a if lo[m] is None else min(lo[m], a)
+                hi[m] = b if hi[m] is None else max(hi[m], b)
+    # Per (metric, rank): [lo, hi, keys below lo, collect?]
+    state = {(m, k): [lo[m], hi[m], 0, False] for m, ks in wanted.items() for k in ks}
+    result: dict[str, dict[int, int]] = {m: {} for m in wanted}
+    while state:
+        for (m, k), st in list(state.items()):
+            if st[0] == st[1]:
+                result[m][k] = st[0]
+                del state[(m, k)]
+        if not state:
+            break
+        counts = {key: None for key in state}
+        gathered: dict[tuple, list] = {key: [] for key, st in state.items() if st[3]}
+        for raw in _records(sink):
+            keys = _latency_keys(raw)
+            for key, (a, b, _, collect) in state.items():
+                v = keys[key[0]]
+                v = v[(v >= a) & (v <= b)]
+                if collect:
+                    gathered[key].append(v)
+                    continue
+                width = -(-(b - a + 1) // _BINS)
+                c = np.bincount((v - a) // width, minlength=_BINS)
+                counts[key] = c if counts[key] is None else counts[key] + c
+        for key, st in list(state.items()):
+            m, k = key
+            a, b, below, collect = st
+            if collect:
+                v = np.sort(np.concatenate(gathered[key]))
+                result[m][k] = int(v[k - below])
+                del state[key]
+                continue
+            width = -(-(b - a + 1) // _BINS)
+            cum = np.cumsum(counts[key])
+            j = int(np.searchsorted(cum, k - below, side="right"))
+            before = int(cum[j - 1]) if j else 0
+            st[0], st[1] = a + j * width, min(b, a + (j + 1) * width - 1)
+            st[2] = below + before
+            st[3] = int(cum[j]) - before <= _COLLECT
+    return result
+
+
+def _quantile_ranks(n: int, q: float) -> tuple[int, int, float]:
+    """Neighbouring ranks and weight of quantile ``q`` of n sorted values (numpy's default
+    'linear' method, Hyndman & Fan type 7, computed with the same operations)."""
+    virtual = (n - 1) * q
+    prev = math.floor(virtual)
+    gamma = virtual - prev
+    prev = min(max(prev, 0), n - 1)
+    return prev, min(prev + 1, n - 1), gamma
+
+
+def _lerp(a: float, b: float, t: float) -> float:
+    """numpy's linear interpolation between neighbours (exact at both ends)."""
+    diff = b - a
+    return b - diff * (1 - t) if t >= 0.5 else a + diff * t
+
+
+_PERCENTILES = (("p50", 50), ("p90", 90), ("p99", 99))
+
+
+def _latency_summaries(rec: Recorder) -> dict[str, dict[str, float]]:
+    """Mean and exact p50/p90/p99 of TTFT, TPOT and E2E (seconds) from the record file."""
+    counts = {"ttft_s": rec.finished_count, "tpot_s": rec.tpot_count, "e2e_s": rec.finished_count}
+    wanted: dict[str, set[int]] = {}
+    for m, n in counts.items():
+        for _, p in _PERCENTILES:
+            if n:
+                i, j, _ = _quantile_ranks(n, p / 100)
+                wanted.setdefault(m, set()).update((i, j))
+    stats = _order_statistics(rec.sink, wanted) if wanted else {}
+
+    def seconds(m: str, key: int) -> float:
+        if m == "tpot_s":
+            return float(np.int64(key).view(np.float64))
+        return key / NS
+
+    out = {}
+    means = {"ttft_s": rec.ttft_ns_sum / NS, "tpot_s": rec.tpot_sum, "e2e_s": rec.e2e_ns_sum / NS}
+    for m, n in counts.items():
+        if not n:
+            out[m] = {"mean": math.nan, "p50": math.nan, "p90": math.nan, "p99": math.nan}
+            continue
+        d = {"mean": means[m] / n}
+        for name, p in _PERCENTILES:
+            i, j, g = _quantile_ranks(n, p / 100)
+            d[name] = _lerp(seconds(m, stats[m][i]), seconds(m, stats[m][j]), g)
+        out[m] = d
+    return out
 
 
 class Results:
@@ -155,11 +286,7 @@ class Results:
         t0 = rec.first_arrival_ns or 0
         t1 = rec.last_finish_ns if rec.last_finish_ns is not None else t0
         span = (t1 - t0) / NS
-        tpot = np.frombuffer(rec.tpot, dtype=np.float64) if done else np.zeros(0)
-
-        def arr(a):
-            return np.frombuffer(a, dtype=np.float64) if done else np.zeros(0)
-
+        lat = _latency_summaries(rec)
         self.summary = {
             "scenario": info.get("scenario", ""),
             "requests": n,
@@ -167,9 +294,9 @@ class Results:
             "dropped": n - done,
             "drop_reasons": dict(sorted(rec.drop_reasons.items())),
             "duration_s": span,
-            "ttft_s": _pct(arr(rec.ttft)),
-            "tpot_s": _pct(tpot[~np.isnan(tpot)]),
-            "e2e_s": _pct(arr(rec.e2e)),
+            "ttft_s": lat["ttft_s"],
+            "tpot_s": lat["tpot_s"],
+            "e2e_s": lat["e2e_s"],
             "throughput": {
                 "requests_per_s": done / span if span > 0 else math.nan,
                 "output_tokens_per_s": rec.output_done / span if span > 0 else math.nan,

@@ -72,7 +72,8 @@ class RooflineModel:
         for _ in range(k):
             compute = a * x / f
             memory = (b * x + c) / bw
-            ns = round((fixed_s + layers * ((compute if compute > memory else memory) + launch)) * ns_per_s)
+            attn = (compute if compute > memory else memory) + launch
+            ns = round((fixed_s + layers * attn) * ns_per_s)
             t += ns if ns > 1 else 1
             out.append(t)
             x += step
