@@ -19,8 +19,7 @@ before ``now`` whenever someone looks (``sync``). Hence fast-forward and ``exact
 
 from __future__ import annotations
 
-from bisect import bisect_left
-
+from .latency.pricer import DecodeRun
 from .scheduler import Batch, Scheduler, Seq
 
 
@@ -38,11 +37,11 @@ class Replica:
         self.busy_ns = 0
         self._version = 0
         self._busy = False
-        # The run in flight: batch, first iteration index, iteration end times.
+        # The run in flight: batch, first iteration index, its iterations' end times.
         self._batch: Batch | None = None
         self._it0 = 0
         self._start_ns = 0
-        self._ends: list[int] = []
+        self._run: DecodeRun | None = None
         self._k = 0
 
     # ---- what routers see ----------------------------------------------------------------------
@@ -81,15 +80,15 @@ class Replica:
             self._schedule_boundary(now)
         elif self._k > 1:
             # Stop the run at the first iteration end at or after now.
-            j = bisect_left(self._ends, now)
+            j = self._run.count_before(now)
             if j < self._k - 1:
                 self._k = j + 1
-                self._schedule_boundary(self._ends[j])
+                self._schedule_boundary(self._run.cut(j))
 
     def sync(self, now: int) -> None:
         """Apply the block allocations of run iterations that started before ``now``."""
         if self._k > 1:
-            started = bisect_left(self._ends, now) + 1  # iteration i starts at ends[i-1]
+            started = self._run.count_before(now) + 1  # iteration i starts when i - 1 ends
             self.scheduler_allocate(min(started, self._k))
 
     def scheduler_allocate(self, iterations: int) -> None:
@@ -135,20 +134,13 @@ class Replica:
         self._start_ns = now
         if batch.prefills:
             self._k = 1
-            self._ends = [
-                now
-                + self.pricer.iteration_ns(
-                    batch.tokens,
-                    batch.logits,
-                    batch.seqs,
-                    batch.kv_tokens,
-                    batch.qk_pairs,
-                    batch.seqs,
-                )
-            ]
+            ns = self.pricer.iteration_ns(
+                batch.tokens, batch.logits, batch.seqs, batch.kv_tokens, batch.qk_pairs, batch.seqs
+            )
+            self._run = DecodeRun.single(now, now + ns)
         else:
             self._plan_decode_run(batch, now)
-        self._schedule_boundary(self._ends[self._k - 1])
+        self._schedule_boundary(self._run.end)
 
     def _plan_decode_run(self, batch: Batch, now: int) -> None:
         """Price the pure-decode iterations until the next completion or block shortage."""
@@ -166,4 +158,4 @@ class Replica:
             room = s.cache.free if s.waiting else s.cache.available()
             k = 1 + s.decode_iterations_affordable(it0 + 1, k_max - 1, room)
         self._k = k
-        self._ends = self.pricer.decode_run_ends(n, s.dec_sum + n, k, now)
+        self._run = self.pricer.decode_run(n, s.dec_sum + n, k, now)

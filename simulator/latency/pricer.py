@@ -6,25 +6,41 @@ NOTE: the dense part is three dict lookups on the hot path: the per-layer ops by
 LM head by sampling sequences and the step overhead by batch size. Each table is bounded by a
 scheduler limit (max_num_batched_tokens, max_num_seqs), so memory does not grow with the trace.
 Attention depends on the batch's context lengths, which rarely repeat, so it is priced directly
-(one closed-form evaluation); ``attention_s`` memoizes nothing on purpose. A run of pure-decode
-iterations is priced in one call (``decode_run_ends``): by the latency model's fused loop where it
-has one (the roofline), else op by op or as numpy arrays; exact stepping uses the same function
-with one iteration, so both modes get the same integers.
+(one closed-form evaluation); ``attention_s`` memoizes nothing on purpose.
 
 Simulated time is kept in integer nanoseconds so that the sum of many iterations is exact: the
 decode fast-forward and exact stepping then add the same integers and agree to the nanosecond.
+
+Pure-decode iterations (``decode_run``): n sequences whose summed context is x read
+attention's KV; x grows by n each iteration, everything else stays. Latency models that can say
+so (``decode_attention_terms``) price such attention as max(cf·x, mb·x + mc) + const. Where the
+memory term wins by a margin the iteration costs an affine function of x, kept in fixed point:
+
+    ns(x) = (X0 + P·x) >> 32    (round half up of α + β·x nanoseconds, α, β from the model)
+
+and a run of k such iterations ends after Σ ns(x0 + n·i), a floor sum computed in O(log) time
+(``floor_sum``). Its intermediate end times are materialized only as far as someone asks (an
+arrival that cuts the run, a cache lookup), so a long run costs O(1) to plan. Elsewhere (compute
+bound, or a latency model without those terms) each iteration is priced on its own. Exact
+stepping prices one-iteration runs with the same function, so both modes get the same integers.
+A pure-decode iteration's price may differ by 1 ns from ``iteration_ns`` of the same shape (the
+fixed-point rounding), which never mixes with it within one mode.
 """
 
 from __future__ import annotations
 
-from itertools import accumulate
-
-import numpy as np
+from bisect import bisect_left
 
 from ..catalog import ModelSpec
 from .ops import StepOverhead, attention_op, dense_layer_ops, lm_head_op
 
 NS_PER_S = 1_000_000_000
+_FRAC = 32  # fraction bits of the fixed-point decode price
+_ONE, _HALF = 1 << _FRAC, 1 << (_FRAC - 1)
+# Memory-bound tests: per iteration, and stricter at both ends of a run, which then implies the
+# per-iteration test at every iteration in between (both terms are affine in the context).
+_POINT_MARGIN, _RUN_MARGIN = 1.001, 1.002
+_EAGER = 16  # runs up to this long are materialized at once (cheaper than the floor sum)
 
 
 class IterationPricer:
@@ -39,10 +55,8 @@ class IterationPricer:
         self._overhead: dict[int, float] = {}  # step overhead, by batch size
         # A calibration profile counts prices outside its measured ranges; the roofline has none.
         self._check = getattr(latency, "check_range", None)
-        self._decode_dense: dict[int, float] = {}  # dense_s(n, n, n), by decode batch size n
-        # A latency model may price a whole decode run in one call (the roofline does); range
-        # checks need every op, so a profile takes the generic path.
-        self._fused = getattr(latency, "decode_run_ends", None) if self._check is None else None
+        self._decode: dict[int, tuple] = {}  # decode iteration constants, by batch size
+        self._attention_terms = getattr(latency, "decode_attention_terms", None)
 
     def dense_s(self, tokens: int, logits: int, seqs: int) -> float:
         """Seconds of everything but attention for an iteration (memoized)."""
@@ -91,51 +105,125 @@ class IterationPricer:
         )
         return max(1, round(s * NS_PER_S))
 
-    def decode_run_ends(self, batch: int, kv_first: int, k: int, start_ns: int) -> list[int]:
-        """End times (ns) of ``k`` pure-decode iterations from ``start_ns``: ``batch`` sequences
-        whose summed context (tokens read by attention) is ``kv_first`` in the first iteration and
-        grows by ``batch`` in each. Exact stepping calls this with k = 1, so both modes add the
-        same integers."""
-        dense = self._decode_dense.get(batch)
-        if dense is None:
-            dense = self._decode_dense[batch] = self.dense_s(batch, batch, batch)
-        op = attention_op(self.model, self.tp, batch, kv_first, kv_first, batch, batch)
-        if self._fused is not None:
-            return self._fused(op, batch, k, dense, self.model.layers, start_ns)
-        return list(accumulate(self._decode_durations(op, batch, k, dense), initial=start_ns))[1:]
+    def _decode_terms(self, batch: int):
+        """Per-batch-size constants of decode iterations (memoized; bounded by max_num_seqs):
+        (fixed seconds, cf, mb, mc, const, X0, P), X0 and P None when not affine-capable."""
+        t = self._decode.get(batch)
+        if t is None:
+            fixed = self.dense_s(batch, batch, batch)
+            op = attention_op(self.model, self.tp, batch, 0, 0, batch, batch)
+            terms = self._attention_terms(op) if self._attention_terms is not None else None
+            if terms is None:
+                t = (fixed, None, None, None, None, None, None)
+            else:
+                cf, mb, mc, const = terms
+                layers = self.model.layers
+                alpha_ns = (fixed + layers * (mc + const)) * NS_PER_S
+                x0 = round(alpha_ns * _ONE) + _HALF
+                p = round(layers * mb * NS_PER_S * _ONE)
+                affine = x0 >> _FRAC >= 1 and p >= 0
+                t = (fixed, cf, mb, mc, const, x0 if affine else None, p if affine else None)
+            self._decode[batch] = t
+        return t
 
-    def _decode_durations(self, op, batch: int, k: int, dense: float) -> list[int]:
-        """Per-iteration nanoseconds of a decode run under a latency model without a fused
-        decode-run path (a calibration profile)."""
-        layers = self.model.layers
-        kv_first = op.kv_tokens
-        if k <= 8:
-            # NOTE: for short runs numpy's call overhead dominates; the scalar path performs the
-            # same IEEE operations in the same order, so it returns the same integers.
-            price = self.latency.price
-            out = []
-            for i in range(k):
-                op.kv_tokens = op.qk_pairs = kv_first + batch * i
-                if self._check is not None:
-                    self._check(op)
-                out.append(max(1, round((dense + layers * price(op)) * NS_PER_S)))
-            return out
-        kv = kv_first + batch * np.arange(k, dtype=np.int64)
-        op.kv_tokens = op.qk_pairs = kv
+    def _decode_ns(self, terms, batch: int, x: int) -> int:
+        """One pure-decode iteration at summed context x (the definition both modes use)."""
+        fixed, cf, mb, mc, const, x0, p = terms
+        if cf is None:  # a latency model without decode terms: price the op
+            op = attention_op(self.model, self.tp, batch, x, x, batch, batch)
+            return max(1, round((fixed + self.model.layers * self.latency.price(op)) * NS_PER_S))
+        memory = mb * x + mc
+        if x0 is not None and cf * x * _POINT_MARGIN < memory:
+            return (x0 + p * x) >> _FRAC
+        compute = cf * x
+        attn = (compute if compute > memory else memory) + const
+        return max(1, round((fixed + self.model.layers * attn) * NS_PER_S))
+
+    def decode_run(self, batch: int, kv_first: int, k: int, start_ns: int) -> DecodeRun:
+        """The run of ``k`` pure-decode iterations from ``start_ns``: ``batch`` sequences whose
+        summed context (tokens read by attention) is ``kv_first`` in the first iteration and grows
+        by ``batch`` in each."""
+        terms = self._decode_terms(batch)
+        last = kv_first + batch * (k - 1)
         if self._check is not None:
-            self._check(op)
-        many = getattr(self.latency, "price_many", None)
-        if many is not None:
-            attn = layers * many(op)
-        else:  # a latency model without a vectorized path: price element by element
-            attn = np.array(
-                [
-                    layers
-                    * self.latency.price(
-                        attention_op(self.model, self.tp, batch, int(x), int(x), batch, batch)
-                    )
-                    for x in kv
-                ]
-            )
-        s = dense + attn
-        return np.maximum(1, np.rint(s * NS_PER_S)).astype(np.int64).tolist()
+            for x in {kv_first, last}:
+                self._check(attention_op(self.model, self.tp, batch, x, x, batch, batch))
+        _, cf, mb, mc, _, x0, p = terms
+        if (
+            x0 is not None
+            and cf * kv_first * _RUN_MARGIN < mb * kv_first + mc
+            and cf * last * _RUN_MARGIN < mb * last + mc
+        ):
+            # Memory-bound with a margin at both ends, hence (affine terms) at every iteration
+            # in between: the per-iteration test of _decode_ns holds for all of them.
+            if k <= _EAGER:
+                ends, t, x = [], start_ns, kv_first
+                for _ in range(k):
+                    t += (x0 + p * x) >> _FRAC
+                    ends.append(t)
+                    x += batch
+                return DecodeRun(start_ns, k, t, ends)
+            end = start_ns + floor_sum(k, _ONE, batch * p, x0 + kv_first * p)
+            return DecodeRun(start_ns, k, end, [], kv_first, batch, x0, p)
+        ends, t = [], start_ns
+        for i in range(k):
+            t += self._decode_ns(terms, batch, kv_first + batch * i)
+            ends.append(t)
+        return DecodeRun(start_ns, k, t, ends)
+
+
+class DecodeRun:
+    """The end times of a run of ``k`` iterations from ``start``; ``end`` is the last one.
+
+    End times are materialized lazily, as far as ``count_before`` needs them, for runs priced in
+    closed form (``x`` is then the context of the next iteration to materialize)."""
+
+    __slots__ = ("start", "k", "end", "ends", "_x", "_step", "_x0", "_p")
+
+    def __init__(self, start, k, end, ends, x=0, step=0, x0=0, p=0):
+        self.start, self.k, self.end, self.ends = start, k, end, ends
+        self._x, self._step, self._x0, self._p = x, step, x0, p
+
+    @classmethod
+    def single(cls, start: int, end: int) -> DecodeRun:
+        return cls(start, 1, end, [end])
+
+    def count_before(self, t: int) -> int:
+        """How many of the run's iterations end before ``t`` (bisect_left over the ends)."""
+        if t > self.end:
+            return self.k
+        ends = self.ends
+        if len(ends) == self.k or (ends and ends[-1] >= t):
+            return bisect_left(ends, t)
+        now = ends[-1] if ends else self.start
+        x, step, x0, p = self._x, self._step, self._x0, self._p
+        while now < t:
+            now += (x0 + p * x) >> _FRAC
+            ends.append(now)
+            x += step
+        self._x = x
+        return len(ends) - 1
+
+    def cut(self, j: int) -> int:
+        """Keep iterations 0..j (materialized by ``count_before``); return the new end."""
+        self.k = j + 1
+        self.end = self.ends[j]
+        return self.end
+
+
+def floor_sum(n: int, m: int, a: int, b: int) -> int:
+    """Σ_{i=0}^{n-1} floor((a·i + b) / m) for n ≥ 0, m ≥ 1, a, b ≥ 0, in O(log m) steps (the
+    Euclid-like reduction, e.g. AtCoder Library's floor_sum)."""
+    total = 0
+    while True:
+        if a >= m:
+            q, a = divmod(a, m)
+            total += n * (n - 1) // 2 * q
+        if b >= m:
+            q, b = divmod(b, m)
+            total += n * q
+        y = a * n + b
+        if y < m:
+            return total
+        n, b = divmod(y, m)
+        m, a = a, m

@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 
 from ..errors import KvsimError
-from .ops import OP_KINDS, Op
+from .ops import OP_KINDS, Attention, Op, attention_kv_linear
 
 PROFILE_VERSION = 1
 NOT_MEASURABLE_ON_ONE_GPU = ("step_overhead", "allreduce")
@@ -118,12 +118,20 @@ class ProfileModel:
             return self.fallback.price(op)
         return f(op)
 
-    def price_many(self, op: Op) -> np.ndarray:
-        """Elementwise prices of an op whose features are arrays (same arithmetic as price)."""
-        fit = self.fits.get(op.kind)
+    def decode_attention_terms(self, op: Attention) -> tuple[float, float, float, float] | None:
+        """(cf, mb, mc, const) with price = max(cf·x, mb·x + mc) + const for attention ops like
+        ``op`` whose kv_tokens = qk_pairs = x (pure decode); None if an extra term varies with x."""
+        fit = self.fits.get("attention")
         if fit is None:
-            return self.fallback.price_many(op)
-        return predict(fit.params, op.flops(), op.bytes(), op.features())
+            return self.fallback.decode_attention_terms(op)
+        a, b, c = attention_kv_linear(op)
+        const = fit.launch
+        features = op.features()
+        for name, coef in fit.extra.items():
+            if name in ("kv_tokens", "qk_pairs"):
+                return None
+            const += coef * features[name]
+        return fit.per_flop * a, fit.per_byte * b, fit.per_byte * c, const
 
     def check_range(self, op: Op) -> None:
         fit = self.fits.get(op.kind)

@@ -4,6 +4,7 @@ driven by a profile: iteration times equal the fitted functions."""
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 
@@ -104,6 +105,33 @@ def test_iteration_times_equal_the_fitted_functions(tmp_path):
     assert round(float(r["finish_s"]) * 1e9) == t2
     assert res.summary["latency_model"] == "profile"
     assert res.summary["latency_fallback_ops"] == ["step_overhead"]
+
+
+def test_profile_fast_forward_equals_exact_steps(tmp_path):
+    """Decode runs under a profile (affine attention terms with extra segment/sequence costs)
+    give the same per-request times with and without fast-forward; long outputs make long runs
+    that are priced in closed form and cut by arrivals."""
+    path, _ = _profile(tmp_path)
+    rng = random.Random(3)
+    rows = [
+        {
+            "arrival_s": i * 0.05,
+            "prompt_tokens": rng.randint(20, 900),
+            "output_tokens": rng.randint(1, 400),
+        }
+        for i in range(40)
+    ]
+    trace = write_kvsim_trace(tmp_path / "t.jsonl", rows)
+    out = []
+    for exact in (False, True):
+        doc = scenario_doc(
+            trace,
+            latency={"type": "profile", "path": str(path)},
+            simulation={"exact_steps": exact},
+        )
+        out.append(simulate(scenario_from_dict(doc, base_dir=tmp_path)))
+    assert out[0].requests_csv() == out[1].requests_csv()
+    assert out[0].summary["iterations"] == out[1].summary["iterations"] > 400
 
 
 def test_missing_op_is_an_error_unless_fallback(tmp_path):

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kvsim.simulator.catalog import get_gpu, get_model
 from kvsim.simulator.errors import KvsimError
 from kvsim.simulator.latency import IterationPricer, RooflineModel
 from kvsim.simulator.latency.ops import AllReduce, Gemm, StepOverhead
+from kvsim.simulator.latency.pricer import floor_sum
 
 
 def test_gemm_is_compute_bound_when_large_and_memory_bound_when_small():
@@ -47,36 +50,70 @@ def test_step_overhead_and_memoized_dense_part():
     assert p.dense_s(64, 64, 65) > a and len(p._layers) == 1  # overhead priced apart
 
 
+def _singles(p, batch, kv, k, start):
+    """End times from k one-iteration runs (what exact stepping does)."""
+    out, t = [], start
+    for i in range(k):
+        t = p.decode_run(batch, kv + batch * i, 1, t).end
+        out.append(t)
+    return out
+
+
+@pytest.mark.parametrize("k", [1, 5, 16, 17, 300])
 @pytest.mark.parametrize("batch, kv", [(32, 50_000), (1, 10), (256, 4_000_000)])
-def test_decode_run_prices_equal_single_iteration_prices(batch, kv):
-    """A fused run of k iterations adds the same integers as k one-iteration runs, and each equals
-    the iteration price of the same batch shape (the path prefills and exact stepping take)."""
+def test_decode_run_equals_single_iterations(batch, kv, k):
+    """A run of k iterations (eager, or closed form with lazily materialized ends) ends where k
+    one-iteration runs end; every intermediate end is the same too, and each iteration is within
+    1 ns of the mixed-batch price of the same shape."""
     p = IterationPricer(get_model("llama-3.1-70b"), 4, RooflineModel(get_gpu("h200")))
-    run = p.decode_run_ends(batch, kv, 20, 1000)
-    singles, t = [], 1000
-    for i in range(20):
-        t = p.decode_run_ends(batch, kv + batch * i, 1, t)[0]
-        singles.append(t)
-        assert p.decode_run_ends(batch, kv + batch * i, 1, 0)[0] == p.iteration_ns(
-            batch, batch, batch, kv + batch * i, kv + batch * i, batch
-        )
-    assert run == singles
-    steps = [b - a for a, b in zip([1000] + run, run, strict=False)]
+    run = p.decode_run(batch, kv, k, 1000)
+    singles = _singles(p, batch, kv, k, 1000)
+    assert run.end == singles[-1]
+    assert run.count_before(singles[-1] + 1) == k
+    for j in sorted({0, k // 3, k // 2, k - 1}):
+        assert run.count_before(singles[j]) == j  # bisect_left semantics
+        assert run.count_before(singles[j] + 1) == j + 1
+        assert run.ends[j] == singles[j]
+    steps = [b - a for a, b in zip([1000] + singles, singles, strict=False)]
     assert steps == sorted(steps)  # longer contexts cost more
+    for i in (0, k - 1):
+        x = kv + batch * i
+        assert abs(steps[i] - p.iteration_ns(batch, batch, batch, x, x, batch)) <= 1
 
 
-def test_decode_run_compute_bound_branch_matches_price():
-    """A GPU so slow at math that decode attention is compute-bound takes the full max()."""
+def test_decode_run_cut_keeps_a_prefix():
+    p = IterationPricer(get_model("llama-3.1-8b"), 1, RooflineModel(get_gpu("h100-sxm")))
+    run = p.decode_run(64, 100_000, 200, 0)
+    singles = _singles(p, 64, 100_000, 200, 0)
+    j = run.count_before(singles[120] - 5)
+    assert j == 120 and run.cut(j) == singles[120] and run.k == 121
+    assert run.count_before(singles[150]) == 121  # everything of the cut run ends before
+
+
+def test_decode_run_compute_bound_iterations_take_the_full_max():
+    """A GPU so slow at math that decode attention is compute-bound prices each iteration with
+    the full roofline max(), the same as the mixed-batch path (no fixed point)."""
     import dataclasses
 
     g = dataclasses.replace(get_gpu("h100-sxm"), bf16_tflops=0.001)
-    m = RooflineModel(g)
-    p = IterationPricer(get_model("llama-3.1-8b"), 1, m)
-    run = p.decode_run_ends(8, 1000, 5, 0)
+    p = IterationPricer(get_model("llama-3.1-8b"), 1, RooflineModel(g))
+    run = p.decode_run(8, 1000, 40, 0)
     t = 0
-    for i in range(5):
+    for i in range(40):
         t += p.iteration_ns(8, 8, 8, 1000 + 8 * i, 1000 + 8 * i, 8)
-        assert run[i] == t
+        assert run.ends[i] == t
+    assert run.end == _singles(p, 8, 1000, 40, 0)[-1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    n=st.integers(0, 60),
+    m=st.integers(1, 10**6),
+    a=st.integers(0, 10**7),
+    b=st.integers(0, 10**7),
+)
+def test_floor_sum_equals_the_sum(n, m, a, b):
+    assert floor_sum(n, m, a, b) == sum((a * i + b) // m for i in range(n))
 
 
 def test_tensor_parallel_makes_an_iteration_faster():
