@@ -202,7 +202,7 @@ class DecodeRun:
             ends.append(now)
             x += step
         self._x = x
-        return len(ends) - 1
+        return len(ends) - 1 if ends else 0  # t <= start: nothing ended yet
 
     def cut(self, j: int) -> int:
         """Keep iterations 0..j (materialized by ``count_before``); return the new end."""

@@ -69,6 +69,7 @@ def test_decode_run_equals_single_iterations(batch, kv, k):
     run = p.decode_run(batch, kv, k, 1000)
     singles = _singles(p, batch, kv, k, 1000)
     assert run.end == singles[-1]
+    assert p.decode_run(batch, kv, k, 1000).count_before(1000) == 0  # at the start: none ended
     assert run.count_before(singles[-1] + 1) == k
     for j in sorted({0, k // 3, k // 2, k - 1}):
         assert run.count_before(singles[j]) == j  # bisect_left semantics
