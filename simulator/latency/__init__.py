@@ -8,7 +8,12 @@ from .roofline import RooflineModel
 
 
 class LatencyModel(Protocol):
-    """Anything that prices an op in seconds on one GPU."""
+    """Anything that prices an op in seconds on one GPU.
+
+    Optional: ``decode_attention_terms(op) -> (cf, mb, mc, const) | None`` states pure-decode
+    attention as max(cf·x, mb·x + mc) + const of the summed context x, which lets decode runs be
+    priced in closed form (see ``pricer``); without it each decode iteration is priced alone.
+    """
 
     name: str
 
