@@ -147,3 +147,24 @@ def test_catalogs_and_hf_config(tmp_path):
     assert m.params == pytest.approx(8.03e9, rel=0.01)
     with pytest.raises(KvsimError, match="not in the catalog"):
         get_model("gpt-17")
+
+
+class _PriceOnly:
+    """A latency model with only ``price`` (no decode terms): decode iterations priced alone."""
+
+    name = "price-only"
+
+    def __init__(self, inner):
+        self.price = inner.price
+
+
+def test_decode_run_without_decode_terms_prices_each_iteration():
+    inner = RooflineModel(get_gpu("h100-sxm"))
+    p = IterationPricer(get_model("llama-3.1-8b"), 1, _PriceOnly(inner))
+    run = p.decode_run(16, 20_000, 50, 7)
+    t = 7
+    for i in range(50):
+        x = 20_000 + 16 * i
+        t += p.iteration_ns(16, 16, 16, x, x, 16)
+        assert run.ends[i] == t
+    assert run.end == _singles(p, 16, 20_000, 50, 7)[-1] == t
