@@ -251,10 +251,8 @@ def _latency_summaries(rec: Recorder) -> dict[str, dict[str, float]]:
     counts = {"ttft_s": rec.finished_count, "tpot_s": rec.tpot_count, "e2e_s": rec.finished_count}
     wanted: dict[str, set[int]] = {}
     for m, n in counts.items():
-        for _, p in _PERCENTILES:
-            if n:
-                i, j, _ = _quantile_ranks(n, p / 100)
-                wanted.setdefault(m, set()).update((i, j))
+        if n:
+            wanted[m] = {r for _, p in _PERCENTILES for r in _quantile_ranks(n, p / 100)[:2]}
     stats = _order_statistics(rec.sink, wanted) if wanted else {}
 
     def seconds(m: str, key: int) -> float:

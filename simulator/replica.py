@@ -19,7 +19,7 @@ before ``now`` whenever someone looks (``sync``). Hence fast-forward and ``exact
 
 from __future__ import annotations
 
-from .latency.pricer import DecodeRun
+from .latency.pricer import IterationRun
 from .scheduler import Batch, Scheduler, Seq
 
 
@@ -37,12 +37,10 @@ class Replica:
         self.busy_ns = 0
         self._version = 0
         self._busy = False
-        # The run in flight: batch, first iteration index, its iterations' end times.
+        # The run in flight: batch, first iteration index, its iterations (None when idle).
         self._batch: Batch | None = None
         self._it0 = 0
-        self._start_ns = 0
-        self._run: DecodeRun | None = None
-        self._k = 0
+        self._run: IterationRun | None = None
 
     # ---- what routers see ----------------------------------------------------------------------
     @property
@@ -51,7 +49,8 @@ class Replica:
 
     @property
     def in_flight(self) -> int:
-        return self.scheduler.in_flight
+        s = self.scheduler
+        return len(s.waiting) + len(s.prefilling) + len(s.decoding)
 
     @property
     def num_running(self) -> int:
@@ -78,18 +77,18 @@ class Replica:
         if not self._busy:
             self._busy = True
             self._schedule_boundary(now)
-        elif self._k > 1:
+        elif self._run is not None and self._run.k > 1:
             # Stop the run at the first iteration end at or after now.
             j = self._run.count_before(now)
-            if j < self._k - 1:
-                self._k = j + 1
+            if j < self._run.k - 1:
                 self._schedule_boundary(self._run.cut(j))
 
     def sync(self, now: int) -> None:
         """Apply the block allocations of run iterations that started before ``now``."""
-        if self._k > 1:
-            started = self._run.count_before(now) + 1  # iteration i starts when i - 1 ends
-            self.scheduler_allocate(min(started, self._k))
+        run = self._run
+        if run is not None and run.k > 1:
+            started = run.count_before(now) + 1  # iteration i starts when i - 1 ends
+            self.scheduler_allocate(min(started, run.k))
 
     def scheduler_allocate(self, iterations: int) -> None:
         """Allocate the decode blocks of the run's first ``iterations`` iterations.
@@ -114,10 +113,11 @@ class Replica:
             return  # superseded by a truncated run
         now = self.env.now
         if self._batch is not None:
-            self.scheduler_allocate(self._k)
-            self.scheduler.complete(self._batch, self._k, now)
-            self.iterations += self._k
-            self.busy_ns += now - self._start_ns
+            k = self._run.k
+            self.scheduler_allocate(k)
+            self.scheduler.complete(self._batch, k, now)
+            self.iterations += k
+            self.busy_ns += now - self._run.start
         self._start(now)
 
     def _start(self, now: int) -> None:
@@ -127,17 +127,15 @@ class Replica:
         if batch is None:
             self._busy = False
             self._batch = None
-            self._k = 0
+            self._run = None
             return
         self._batch = batch
         self._it0 = s.it
-        self._start_ns = now
         if batch.prefills:
-            self._k = 1
             ns = self.pricer.iteration_ns(
                 batch.tokens, batch.logits, batch.seqs, batch.kv_tokens, batch.qk_pairs, batch.seqs
             )
-            self._run = DecodeRun.single(now, now + ns)
+            self._run = IterationRun.single(now, now + ns)
         else:
             self._plan_decode_run(batch, now)
         self._schedule_boundary(self._run.end)
@@ -157,5 +155,4 @@ class Replica:
             k_max = s.next_finish_it() - it0 + 1
             room = s.cache.free if s.waiting else s.cache.available()
             k = 1 + s.decode_iterations_affordable(it0 + 1, k_max - 1, room)
-        self._k = k
         self._run = self.pricer.decode_run(n, s.dec_sum + n, k, now)

@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from .catalog import get_gpu, get_model
-from .errors import KvsimError
+from .errors import KvsimError, read_yaml_mapping
 from .policies import EVICTION, ROUTING
 
 
@@ -314,16 +314,7 @@ def apply_overrides(doc: dict, overrides: list[str], source: str) -> dict:
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
     """Read, override and validate a scenario file; raises :class:`KvsimError` on bad input."""
     path = Path(path)
-    if not path.is_file():
-        raise KvsimError(f"{path}: scenario file not found")
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise KvsimError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(doc, dict):
-        raise KvsimError(f"{path}: a scenario is a YAML mapping (model:, hardware:, workload: …)")
+    doc = read_yaml_mapping(path, "scenario file", " (model:, hardware:, workload: …)")
     return scenario_from_dict(doc, source=str(path), base_dir=path.parent, overrides=overrides)
 
 

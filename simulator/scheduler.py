@@ -120,7 +120,6 @@ class Scheduler:
         self.dec_sum = 0  # Σ computed over decoding sequences at iteration `it`
         self.finish_heap: list[tuple[int, int, Seq]] = []
         self.queued_tokens = 0  # prompt tokens still to prefill (waiting + prefilling)
-        self.in_flight = 0  # requests added and not finished (waiting or running)
         self.preemptions = 0
         self.now_ns = 0
         self._order = 0
@@ -136,7 +135,6 @@ class Scheduler:
     def add(self, seq: Seq) -> None:
         self.waiting.append(seq)
         self.queued_tokens += seq.num_tokens
-        self.in_flight += 1
 
     # ---- decode sequences, kept lazily ---------------------------------------------------------
     def _join_decode(self, s: Seq) -> None:
@@ -386,7 +384,6 @@ class Scheduler:
             s.next_unit += 1
 
     def _finish(self, s: Seq, now_ns: int) -> None:
-        self.in_flight -= 1
         self._release(s)
         s.phase = DONE
         self.on_finish(s, now_ns)
@@ -416,5 +413,3 @@ class Scheduler:
         assert cache.tree.evictable_blocks == evictable, "evictable block count drifted"
         queued = sum(s.num_tokens - s.computed for s in list(self.waiting) + self.prefilling)
         assert queued == self.queued_tokens, f"queued tokens {self.queued_tokens} != {queued}"
-        running = len(self.waiting) + len(self.prefilling) + len(self.decoding)
-        assert running == self.in_flight, f"in flight {self.in_flight} != {running}"

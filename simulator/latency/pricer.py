@@ -29,6 +29,7 @@ fixed-point rounding), which never mixes with it within one mode.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 
 from ..catalog import ModelSpec
@@ -139,7 +140,7 @@ class IterationPricer:
         attn = (compute if compute > memory else memory) + const
         return max(1, round((fixed + self.model.layers * attn) * NS_PER_S))
 
-    def decode_run(self, batch: int, kv_first: int, k: int, start_ns: int) -> DecodeRun:
+    def decode_run(self, batch: int, kv_first: int, k: int, start_ns: int) -> IterationRun:
         """The run of ``k`` pure-decode iterations from ``start_ns``: ``batch`` sequences whose
         summed context (tokens read by attention) is ``kv_first`` in the first iteration and grows
         by ``batch`` in each."""
@@ -156,27 +157,25 @@ class IterationPricer:
         ):
             # Memory-bound with a margin at both ends, hence (affine terms) at every iteration
             # in between: the per-iteration test of _decode_ns holds for all of them.
+            run = IterationRun(start_ns, k, 0, [], kv_first, batch, x0, p)
             if k <= _EAGER:
-                ends, t, x = [], start_ns, kv_first
-                for _ in range(k):
-                    t += (x0 + p * x) >> _FRAC
-                    ends.append(t)
-                    x += batch
-                return DecodeRun(start_ns, k, t, ends)
-            end = start_ns + floor_sum(k, _ONE, batch * p, x0 + kv_first * p)
-            return DecodeRun(start_ns, k, end, [], kv_first, batch, x0, p)
+                run.fill(math.inf)
+                run.end = run.ends[-1]
+            else:
+                run.end = start_ns + floor_sum(k, _ONE, batch * p, x0 + kv_first * p)
+            return run
         ends, t = [], start_ns
         for i in range(k):
             t += self._decode_ns(terms, batch, kv_first + batch * i)
             ends.append(t)
-        return DecodeRun(start_ns, k, t, ends)
+        return IterationRun(start_ns, k, t, ends)
 
 
-class DecodeRun:
+class IterationRun:
     """The end times of a run of ``k`` iterations from ``start``; ``end`` is the last one.
 
-    End times are materialized lazily, as far as ``count_before`` needs them, for runs priced in
-    closed form (``x`` is then the context of the next iteration to materialize)."""
+    A run priced in fixed point materializes its end times lazily (``fill``), as far as
+    ``count_before`` needs them; ``x`` is then the context of the next iteration to add."""
 
     __slots__ = ("start", "k", "end", "ends", "_x", "_step", "_x0", "_p")
 
@@ -185,24 +184,30 @@ class DecodeRun:
         self._x, self._step, self._x0, self._p = x, step, x0, p
 
     @classmethod
-    def single(cls, start: int, end: int) -> DecodeRun:
+    def single(cls, start: int, end: int) -> IterationRun:
         return cls(start, 1, end, [end])
+
+    def fill(self, until: float) -> None:
+        """Materialize end times up to the first at or after ``until`` (at most k of them)."""
+        ends = self.ends
+        now = ends[-1] if ends else self.start
+        x, step, x0, p = self._x, self._step, self._x0, self._p
+        for _ in range(self.k - len(ends)):
+            if now >= until:
+                break
+            now += (x0 + p * x) >> _FRAC
+            ends.append(now)
+            x += step
+        self._x = x
 
     def count_before(self, t: int) -> int:
         """How many of the run's iterations end before ``t`` (bisect_left over the ends)."""
         if t > self.end:
             return self.k
         ends = self.ends
-        if len(ends) == self.k or (ends and ends[-1] >= t):
-            return bisect_left(ends, t)
-        now = ends[-1] if ends else self.start
-        x, step, x0, p = self._x, self._step, self._x0, self._p
-        while now < t:
-            now += (x0 + p * x) >> _FRAC
-            ends.append(now)
-            x += step
-        self._x = x
-        return len(ends) - 1 if ends else 0  # t <= start: nothing ended yet
+        if len(ends) < self.k and (not ends or ends[-1] < t):
+            self.fill(t)
+        return bisect_left(ends, t)
 
     def cut(self, j: int) -> int:
         """Keep iterations 0..j (materialized by ``count_before``); return the new end."""

@@ -22,9 +22,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from ..errors import KvsimError
+from ..errors import KvsimError, read_yaml_mapping
 from .ops import OP_KINDS, Attention, Op, attention_kv_linear
 
 PROFILE_VERSION = 1
@@ -149,12 +148,5 @@ def load_profile(path: str | Path, roofline, allow_fallback: bool, required) -> 
     Ops in ``required`` that it lacks are an error unless ``allow_fallback``; those, and the ops
     it declares not measurable, are priced by ``roofline``."""
     path = Path(path)
-    if not path.is_file():
-        raise KvsimError(f"{path}: calibration profile not found")
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise KvsimError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(doc, dict):
-        raise KvsimError(f"{path}: a profile is a YAML mapping")
+    doc = read_yaml_mapping(path, "calibration profile")
     return ProfileModel(doc, str(path), roofline, allow_fallback, required)
