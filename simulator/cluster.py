@@ -21,33 +21,46 @@ from .latency import IterationPricer, RooflineModel
 from .latency.profile import load_profile
 from .metrics import Recorder, Results
 from .policies import EVICTION, ROUTING
+from .policies.eviction import EvictionContext
 from .policies.routing import choose
 from .replica import Replica
-from .scenario import Scenario, SyntheticWorkload
+from .scenario import Scenario, SyntheticWorkload, TraceWorkload
 from .scheduler import Scheduler, Seq
 
 GIB = 1 << 30
 
 
+def check_fits(scenario: Scenario, model: ModelSpec, gpu: GpuSpec) -> None:
+    """One line if the model's weights (every expert) do not fit on the GPUs given."""
+    cache, tp = scenario.cache, scenario.cluster.tensor_parallel
+    usable = gpu.memory_gib * GIB * cache.gpu_memory_utilization
+    if model.weight_bytes / tp > usable:
+        raise KvsimError(
+            f"model: {model.name} does not fit: {model.weight_bytes / tp / GIB:.1f} GiB of weights "
+            f"per GPU at tensor_parallel {tp}, but {gpu.name} × gpu_memory_utilization "
+            f"{cache.gpu_memory_utilization} leaves {usable / GIB:.1f} GiB; raise "
+            "cluster.tensor_parallel"
+        )
+
+
 def kv_capacity_blocks(scenario: Scenario, model: ModelSpec, gpu: GpuSpec) -> int:
     """KV blocks per replica: explicit, or sized as vLLM does (GPU memory × utilization −
     weights − activation reserve, divided by the bytes of one block)."""
+    check_fits(scenario, model, gpu)
     cache, tp = scenario.cache, scenario.cluster.tensor_parallel
     if cache.num_gpu_blocks != "auto":
         return int(cache.num_gpu_blocks)
     sched = scenario.scheduler
     b = model.dtype_bytes
-    kv_heads_per_rank = max(1, model.kv_heads // tp)
     # Peak activations of the largest batch (QKV, MLP intermediate, residual) plus fp32 logits.
-    act = (
-        sched.max_num_batched_tokens
-        * b
-        * (
-            (model.heads // tp + 2 * kv_heads_per_rank) * model.head_dim
-            + 2 * model.intermediate // tp
-            + 2 * model.hidden
-        )
-    )
+    width = 2 * model.hidden
+    if model.attention is not None:
+        width += max(1, model.heads // tp) * model.head_dim + model.kv_dim(tp)
+    if model.mlp is not None:
+        width += 2 * model.intermediate // tp
+    if model.moe is not None:
+        width += 2 * model.moe.top_k * model.moe.intermediate // tp
+    act = sched.max_num_batched_tokens * b * width
     act += sched.max_num_seqs * (model.vocab // tp) * 4
     per_gpu = (
         gpu.memory_gib * GIB * cache.gpu_memory_utilization
@@ -55,7 +68,7 @@ def kv_capacity_blocks(scenario: Scenario, model: ModelSpec, gpu: GpuSpec) -> in
         - gpu.activation_reserve_gib * GIB
         - act
     )
-    block_bytes = cache.block_size * model.layers * 2 * kv_heads_per_rank * model.head_dim * b
+    block_bytes = cache.block_size * model.kv_bytes_per_token_rank(tp)
     blocks = int(per_gpu // block_bytes)
     if blocks < 1:
         raise KvsimError(
@@ -145,18 +158,28 @@ class Cluster:
         tp = scenario.cluster.tensor_parallel
         latency = RooflineModel(self.gpu)
         if scenario.latency.type == "profile":
-            required = ["gemm", "attention", "step_overhead"] + (["allreduce"] if tp > 1 else [])
+            required = ["gemm", "elementwise", "step_overhead"]
+            required += ["attention"] if self.model.attention is not None else []
+            required += ["allreduce"] if tp > 1 else []
             latency = load_profile(
                 scenario.profile_path(), latency, scenario.latency.fallback == "roofline", required
             )
         self.latency = latency
         sc, cc = scenario.scheduler, scenario.cache
         self.replicas: list[Replica] = []
+        # NOTE: one pricer for all replicas of the same model, GPU and TP: its memo tables are
+        # pure functions of the shape, so they are filled once, not once per replica.
+        pricer = IterationPricer(self.model, tp, latency)
         for i in range(scenario.cluster.replicas):
+            context = EvictionContext(cc.block_size, cc.layout, self.model, pricer.recompute_s)
+            policy = EVICTION.create(cc.eviction.type, context, **cc.eviction.params)
             cache = KVCache(
                 self.capacity,
                 cc.block_size,
-                EVICTION.create(cc.eviction.type, **cc.eviction.params),
+                policy,
+                layout=cc.layout,
+                prefix_caching=cc.enable_prefix_caching,
+                recompute_s=pricer.recompute_s,
             )
             sched = Scheduler(
                 cache,
@@ -167,13 +190,7 @@ class Cluster:
                 on_finish=self._finisher(i),
             )
             self.replicas.append(
-                Replica(
-                    self.env,
-                    i,
-                    sched,
-                    IterationPricer(self.model, tp, latency),
-                    scenario.simulation.exact_steps,
-                )
+                Replica(self.env, i, sched, pricer, scenario.simulation.exact_steps)
             )
         self.router = ROUTING.create(scenario.routing.type, **scenario.routing.params)
         self._router_reads_cache = getattr(self.router, "reads_cache", False)
@@ -192,12 +209,23 @@ class Cluster:
         if total > self.model.max_position:
             return f"longer than the model's context ({self.model.max_position} tokens)"
         bt = self.scenario.cache.block_size
-        if -(-total // bt) > self.capacity:
+        if req.blocks and req.unit_tokens % bt:
+            raise KvsimError(
+                f"{self._source()}: request {req.id}: content unit of {req.unit_tokens} tokens is "
+                f"not a multiple of cache.block_size {bt}; use a block_size that divides it"
+            )
+        # The KV a request ever holds: its prompt and every generated token but the last (whose
+        # KV is never computed). Nodes cache full blocks only, so this is exact.
+        if -(-(total - 1) // bt) > self.capacity:
             return f"needs more KV blocks than a replica has ({self.capacity})"
         sc = self.scenario.scheduler
         if not sc.enable_chunked_prefill and req.prompt_tokens > sc.max_num_batched_tokens:
             return "prompt exceeds max_num_batched_tokens with chunked prefill disabled"
         return None
+
+    def _source(self) -> str:
+        w = self.scenario.workload
+        return str(self.scenario.trace_path()) if isinstance(w, TraceWorkload) else "workload"
 
     def _next_arrival(self) -> None:
         req = next(self._stream, None)

@@ -6,8 +6,9 @@ formed. Simulated time is integer nanoseconds.
 
 Decode fast-forward (DESIGN §4): when a batch holds only decodes and no waiting request can be
 admitted, the batch cannot change before the next completion, except by a new arrival, as long as
-no block shortage forces a preemption and, while requests wait, no eviction changes what fits
-(the run is cut before either), and the batch did not just preempt (admission reopens after).
+no block shortage forces a preemption and, while requests wait or under a time-dependent eviction
+policy, no eviction happens (the run is cut before either), and the batch did not just preempt
+(admission reopens after).
 The next iterations are priced one by one (same integers as exact stepping) and one timeout
 covers them all.
 NOTE: cancellation is lazy: a request that reaches this replica mid-run bumps ``_version`` and
@@ -61,12 +62,7 @@ class Replica:
         return len(self.scheduler.waiting)
 
     def cached_prefix_tokens(self, request) -> int:
-        if not request.blocks:
-            return 0
-        nodes = self.scheduler.cache.tree.match(
-            request.blocks, request.prompt_tokens, request.unit_tokens
-        )
-        return sum(n.tokens for n in nodes)
+        return self.scheduler.cache.cached_tokens(request)
 
     # ---- arrivals ------------------------------------------------------------------------------
     def submit(self, seq: Seq) -> None:
@@ -98,7 +94,7 @@ class Replica:
         s = self.scheduler
         target = self._it0 + iterations
         if s.alloc_it < target:
-            s.cache.allocate(s.decode_blocks_between(s.alloc_it, target))
+            s.cache.allocate(s.decode_blocks_between(s.alloc_it, target), self.env.now)
             s.alloc_it = target
 
     # ---- the engine loop -----------------------------------------------------------------------
@@ -131,9 +127,15 @@ class Replica:
             return
         self._batch = batch
         self._it0 = s.it
-        if batch.prefills:
+        if batch.prefills or batch.extra_ops:
             ns = self.pricer.iteration_ns(
-                batch.tokens, batch.logits, batch.seqs, batch.kv_tokens, batch.qk_pairs, batch.seqs
+                batch.tokens,
+                batch.logits,
+                batch.seqs,
+                batch.kv_tokens,
+                batch.qk_pairs,
+                batch.segments,
+                batch.extra_ops,
             )
             self._run = IterationRun.single(now, now + ns)
         else:
@@ -151,8 +153,11 @@ class Replica:
         else:
             # Iteration it0's blocks are allocated; later ones must fit without preemption. While
             # requests wait, the run may not evict: an eviction can free more than it needs and
-            # make the head of the queue admissible, which would change the batch.
+            # make the head of the queue admissible, which would change the batch. Nor may it
+            # evict under a time-dependent policy: its victims must be chosen at the exact
+            # boundary, which the next run's first iteration is.
             k_max = s.next_finish_it() - it0 + 1
-            room = s.cache.free if s.waiting else s.cache.available()
+            evict = not s.waiting and not s.cache.time_dependent
+            room = s.cache.available() if evict else s.cache.free
             k = 1 + s.decode_iterations_affordable(it0 + 1, k_max - 1, room)
-        self._run = self.pricer.decode_run(n, s.dec_sum + n, k, now)
+        self._run = self.pricer.decode_run(n, s.dec_sum + n, k, now, s.dec_segs)

@@ -60,7 +60,14 @@ class CacheConfig(_Strict):
         "auto", description="KV blocks per replica; auto sizes them from GPU memory as vLLM does"
     )
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    enable_prefix_caching: bool = True
+    enable_prefix_caching: bool = Field(
+        True, description="reuse cached prompt units across requests (vLLM)"
+    )
+    layout: Literal["contiguous", "msa"] = Field(
+        "contiguous",
+        description="contiguous: reuse the cached prefix up to the first hole (vLLM); msa: reuse "
+        "every cached unit and recompute the holes (multi-segment attention, AsymCache)",
+    )
     eviction: Policy = Field(default_factory=lambda: PolicyRef(type="lru"))
 
     @field_validator("num_gpu_blocks")
@@ -343,10 +350,16 @@ def _check_semantics(s: Scenario, source: str) -> None:
         model = get_model(s.model, s.base_dir)
     except KvsimError as e:
         raise KvsimError(f"{source}: model: {e}") from None
-    if model.heads % s.cluster.tensor_parallel:
+    if model.attention is not None and model.heads % s.cluster.tensor_parallel:
         raise KvsimError(
             f"{source}: cluster.tensor_parallel: {s.cluster.tensor_parallel} does not divide "
             f"the model's {model.heads} attention heads"
+        )
+    layouts = getattr(EVICTION.resolve(s.cache.eviction.type), "layouts", None)
+    if layouts is not None and s.cache.layout not in layouts:
+        raise KvsimError(
+            f"{source}: cache.eviction: {s.cache.eviction.type!r} needs cache.layout "
+            f"{' or '.join(layouts)}, not {s.cache.layout!r}"
         )
     if s.latency.type == "profile" and not s.profile_path().is_file():
         raise KvsimError(f"{source}: latency.path: profile {s.profile_path()} not found")

@@ -21,23 +21,45 @@ from collections import deque
 from dataclasses import dataclass
 
 from .cache import KVCache
+from .cache.kv_cache import MSA
 
 WAITING, PREFILL, DECODE, DONE = 0, 1, 2, 3
 
 
 class Seq:
-    """A request's state on one replica."""
+    """A request's state on one replica, with its token ledger (DESIGN §9, S1).
+
+    Positions 0 … num_tokens−1 are the prompt, then the generated tokens. The ledger says where
+    each position's KV comes from (cf. vLLM's ``| comp | new_comp | ext_comp | new |``)::
+
+        | reused | computed | reused  | computed | to compute ........... |
+        0        a          b         c          d = computed       num_tokens
+                 └─ a hole ─┘                    └─ the cursor
+
+    - *reused*: ranges whose KV the replica's cache had (``reused``; the nodes are held), taken at
+      admission — under ``contiguous`` at most one, at the start; under ``msa`` any, holes between;
+    - *computed*: KV this replica computed for it, in position order, skipping reused ranges
+      (holes, new prompt tokens, then each generated token's KV once it is fed back);
+    - *to compute*: the positions at and after the cursor that no reused range covers.
+    Every position before the cursor has KV; reused ranges after it are counted in ``ahead``.
+    """
 
     __slots__ = (
         "req",
         "arrival_ns",
         "num_tokens",
         "computed",
+        "ahead",
+        "reused",
+        "next_range",
         "generated",
         "nodes",
         "node_tokens",
         "next_unit",
+        "parent",
+        "reused_units",
         "priv_blocks",
+        "segments",
         "phase",
         "order",
         "first_ns",
@@ -46,6 +68,7 @@ class Seq:
         "admitted",
         "preemptions",
         "recomputed",
+        "done_before",
         "base_it",
         "base_c",
         "base_g",
@@ -55,27 +78,70 @@ class Seq:
 
     def __init__(self, req, arrival_ns: int):
         self.req = req
+        """The request (trace record)."""
         self.arrival_ns = arrival_ns
+        """When it reached this replica."""
         self.num_tokens = req.prompt_tokens
+        """Prompt plus generated tokens."""
         self.computed = 0
+        """The cursor: every position before it has KV (reused or computed)."""
+        self.ahead = 0
+        """Reused tokens at or after the cursor (msa holes not yet recomputed lie before them)."""
+        self.reused: tuple[tuple[int, int], ...] = ()
+        """Reused token ranges (start, end), from the cache's Hit at admission."""
+        self.next_range = 0
+        """Index of the first reused range at or after the cursor."""
         self.generated = 0
+        """Tokens sampled so far (the first one is the first token)."""
         self.nodes: list = []
+        """Prefix-tree nodes it holds: its reused units, then units it computed and committed."""
         self.node_tokens = 0
+        """Tokens in ``nodes``; its private tokens are computed + ahead − node_tokens."""
         self.next_unit = 0
+        """The next prompt unit to commit as a node (or to step over, if reused)."""
+        self.parent = None
+        """The node of unit ``next_unit − 1``, parent of the next committed unit."""
+        self.reused_units: dict | None = None
+        """msa: reused nodes by unit index (the units that commit steps over)."""
         self.priv_blocks = 0
+        """Pool blocks of its private tokens (materialized lazily while decoding)."""
+        self.segments = 1
+        """KV segments its decode reads (see ``_segments``)."""
         self.phase = WAITING
+        """WAITING, PREFILL, DECODE or DONE."""
         self.order = -1
+        """Admission order on the replica (the newest running is preempted first)."""
         self.first_ns: int | None = None
+        """When its first token was sampled."""
         self.hit_tokens = 0
+        """Tokens reused at its first admission."""
         self.hit_units = 0
+        """Units found resident at its first admission (the prefix-hit ratio counts these)."""
         self.admitted = False
+        """Admitted at least once."""
         self.preemptions = 0
+        """Times it was preempted."""
         self.recomputed = 0
+        """Tokens it computed more than once (after preemptions)."""
+        self.done_before: list | None = None
+        """Ranges it computed in earlier admissions (None until a preemption)."""
+        # Decoding is kept lazily against the scheduler's iteration counter ``it``:
+        self.base_it = 0
+        """Iteration at which it joined the decoding set."""
+        self.base_c = 0
+        """``computed`` at ``base_it`` (it grows by one per iteration since)."""
+        self.base_g = 0
+        """``generated`` at ``base_it``."""
+        self.hist_key = 0
+        """Its bucket in the scheduler's block-need histogram: (private tokens − it) mod bs."""
+        self.finish_it = 0
+        """The iteration that samples its last token."""
 
 
 @dataclass(slots=True)
 class Batch:
-    """One iteration's work: every decoding sequence plus prefill chunks ``(seq, tokens)``."""
+    """One iteration's work: every decoding sequence plus prefill chunks ``(seq, tokens)``, the
+    aggregate shape attention is priced on, and extra ops priced once (DESIGN §9, S3)."""
 
     decodes: int
     prefills: list
@@ -83,15 +149,48 @@ class Batch:
     logits: int
     kv_tokens: int
     qk_pairs: int
+    segments: int
     preempted: bool = False
+    extra_ops: tuple = ()
 
     @property
     def seqs(self) -> int:
         return self.decodes + len(self.prefills)
 
 
+def _tri(a: int, b: int) -> int:
+    """Σ_{p=a}^{b−1} (p + 1): the (query, key) pairs of queries at positions a … b−1 that each
+    see every earlier position and themselves."""
+    return (b * (b + 1) - a * (a + 1)) // 2
+
+
+def _segments(reused, num_tokens: int, end: int) -> int:
+    """KV segments a sequence's attention reads over positions [0, end).
+
+    The sequence's block table lists its reused blocks first (in position order), then its own
+    blocks in the order they are computed (holes and new tokens in position order). A segment is
+    a run contiguous both in the table and in position: each reused range, and each run of
+    computed positions — except that a computed run right after a single reused prefix continues
+    it. So ``contiguous`` always reads 1 segment; an msa hole adds two."""
+    segs = 0
+    prev = 0
+    for a, b in reused:
+        if a >= end:
+            break
+        segs += 1 + (a > prev)  # the reused range, and the hole before it if any
+        prev = b
+    if prev < min(end, num_tokens):
+        segs += 1  # the computed run after the last reused range
+    if reused and reused[0][0] == 0 and len(reused) == 1 and segs == 2:
+        segs = 1  # a prefix hit and the tail computed after it are one run
+    return max(segs, 1)
+
+
 class Scheduler:
-    """Batch formation and KV accounting of one replica, driven by its engine loop."""
+    """Batch formation and KV accounting of one replica, driven by its engine loop.
+
+    It sees the KV cache only through ``lookup``, ``try_allocate``, ``allocate`` (decode blocks
+    whose fit it checked), ``commit_unit`` and ``release`` (DESIGN §9, S1)."""
 
     def __init__(
         self,
@@ -109,19 +208,34 @@ class Scheduler:
         self.max_seqs = max_num_seqs
         self.chunk = chunk_tokens
         self.chunked = enable_chunked_prefill
+        self.msa = cache.layout == MSA
         self.on_first_token = on_first_token or (lambda seq, now: None)
         self.on_finish = on_finish or (lambda seq, now: None)
         self.waiting: deque[Seq] = deque()
+        """Sequences not admitted (preempted ones re-queue at the head), FCFS."""
         self.prefilling: list[Seq] = []
+        """Admitted sequences still computing their prompt, in admission order."""
         self.decoding: dict[int, Seq] = {}
+        """Sequences generating tokens, by admission order (kept lazily: see Seq.base_it)."""
         self.it = 0
-        self.alloc_it = 0  # decode iterations whose blocks are allocated (it, or it + 1)
+        """Iterations started so far (the decoding sequences' shared clock)."""
+        self.alloc_it = 0
+        """Decode iterations whose blocks are allocated (``it``, or ``it + 1`` mid-iteration)."""
         self.hist = [0] * self.bt
-        self.dec_sum = 0  # Σ computed over decoding sequences at iteration `it`
+        """Decoding sequences by (private tokens − it) mod block size: the bucket that needs a
+        new block at iteration ``it`` is ``hist[−it mod block size]``."""
+        self.dec_sum = 0
+        """Σ computed over decoding sequences at iteration ``it`` (their attention's context)."""
+        self.dec_segs = 0
+        """Σ KV segments over decoding sequences."""
         self.finish_heap: list[tuple[int, int, Seq]] = []
-        self.queued_tokens = 0  # prompt tokens still to prefill (waiting + prefilling)
+        """(finish iteration, order, seq) of decoding sequences; stale entries are skipped."""
+        self.queued_tokens = 0
+        """Prompt tokens still to compute (waiting + prefilling)."""
         self.preemptions = 0
+        """Preemptions so far."""
         self.now_ns = 0
+        """Simulated time of the boundary being processed."""
         self._order = 0
 
     # ---- state seen from outside -------------------------------------------------------------
@@ -144,6 +258,7 @@ class Scheduler:
         s.finish_it = self.it + s.req.output_tokens - s.generated - 1
         self.hist[s.hist_key] += 1
         self.dec_sum += s.computed
+        self.dec_segs += s.segments
         self.decoding[s.order] = s
         heapq.heappush(self.finish_heap, (s.finish_it, s.order, s))
 
@@ -158,6 +273,7 @@ class Scheduler:
         s.priv_blocks = self.cache.blocks_for(held - s.node_tokens)
         self.hist[s.hist_key] -= 1
         self.dec_sum -= s.computed
+        self.dec_segs -= s.segments
         del self.decoding[s.order]
 
     def decode_blocks_needed(self, it: int) -> int:
@@ -212,20 +328,23 @@ class Scheduler:
             return self.prefilling[-1]
         return self.decoding[best]
 
-    def _release(self, s: Seq) -> None:
-        for node in s.nodes:
-            self.cache.tree.release(node)
-        self.cache.release(s.priv_blocks)
-        s.nodes, s.node_tokens, s.next_unit, s.priv_blocks = [], 0, 0, 0
+    def _release(self, s: Seq, now_ns: int) -> None:
+        self.cache.release(s.nodes, s.priv_blocks, now_ns)
+        s.nodes, s.node_tokens, s.priv_blocks = [], 0, 0
+        s.parent = s.reused_units = None
 
     def _preempt(self, s: Seq) -> None:
         if s.phase == DECODE:
             self._leave_decode(s)
         else:
             self.prefilling.remove(s)
-            self.queued_tokens -= s.num_tokens - s.computed
-        self._release(s)
-        s.computed = 0
+            self.queued_tokens -= s.num_tokens - s.computed - s.ahead
+        # Remember what it computed itself, to count what it will compute a second time.
+        done = _gaps(s.reused, s.computed)
+        s.done_before = _union(s.done_before, done) if s.done_before else done
+        self._release(s, self.now_ns)
+        s.computed = s.ahead = s.next_range = 0
+        s.reused = ()
         s.phase = WAITING
         s.preemptions += 1
         self.preemptions += 1
@@ -236,13 +355,14 @@ class Scheduler:
     def schedule(self) -> Batch | None:
         """Form the next iteration's batch and allocate its blocks; None when there is no work."""
         cache = self.cache
+        now = self.now_ns
         preempted = False
         need = self.decode_blocks_needed(self.it) if self.decoding else 0
         while need > cache.available():
             self._preempt(self._newest_running())
             preempted = True
             need = self.decode_blocks_needed(self.it) if self.decoding else 0
-        cache.allocate(need)
+        cache.allocate(need, now)
         self.alloc_it = self.it + 1
         budget = self.max_tokens - len(self.decoding)
         n_dec = len(self.decoding)
@@ -253,8 +373,8 @@ class Scheduler:
                 break
             if s.phase != PREFILL:
                 continue  # preempted while making room for an older sequence
-            n = min(s.num_tokens - s.computed, budget, self.chunk)
-            need = cache.blocks_for(s.computed + n - s.node_tokens) - s.priv_blocks
+            n = min(s.num_tokens - s.computed - s.ahead, budget, self.chunk)
+            need = cache.blocks_for(s.computed + s.ahead - s.node_tokens + n) - s.priv_blocks
             # NOTE: the newest running sequence is never one scheduled earlier in this loop:
             # prefills are visited oldest first, so victims are `s` itself or newer.
             while need > cache.available() and s.phase == PREFILL:
@@ -262,7 +382,7 @@ class Scheduler:
                 preempted = True
             if s.phase != PREFILL:
                 break
-            cache.allocate(need)
+            cache.allocate(need, now)
             s.priv_blocks += need
             prefills.append((s, n))
             budget -= n
@@ -287,50 +407,55 @@ class Scheduler:
         logits = n_dec
         kv = self.dec_sum + n_dec
         qk = kv
+        segs = self.dec_segs
         for s, n in prefills:
-            c = s.computed
             tokens += n
-            kv += c + n
-            qk += n * c + n * (n + 1) // 2
-            if c + n == s.num_tokens:
+            if s.ahead:  # msa: the chunk's queries skip the reused ranges ahead
+                end, pairs, _ = _walk(s, n)
+                segs += _segments(s.reused, s.num_tokens, end)
+            else:
+                c = s.computed
+                end, pairs = c + n, n * c + n * (n + 1) // 2
+                segs += s.segments
+            kv += end
+            qk += pairs
+            if end == s.num_tokens:
                 logits += 1
-        return Batch(n_dec, prefills, tokens, logits, kv, qk, preempted)
+        return Batch(n_dec, prefills, tokens, logits, kv, qk, segs, preempted)
 
     def _admit(self, s: Seq, budget: int) -> int:
         """Admit the head of the queue with a first chunk; return its tokens, or 0 if it waits."""
         cache = self.cache
-        req = s.req
-        nodes = (
-            cache.tree.match(req.blocks, req.prompt_tokens, req.unit_tokens) if req.blocks else []
-        )
-        raw_units = len(nodes)
-        hit = sum(n.tokens for n in nodes)
-        while nodes and hit >= s.num_tokens:  # at least one token must be computed for logits
-            hit -= nodes.pop().tokens
-        remaining = s.num_tokens - hit
+        now = self.now_ns
+        hit = cache.lookup(s.req, now, s.num_tokens)
+        remaining = s.num_tokens - hit.tokens
         n = min(remaining, budget, self.chunk)
         if not self.chunked and n < remaining:
             return 0
-        pinned = sum(node.blocks for node in nodes if node.refs == 0)
-        need = cache.blocks_for(n)
-        if need > cache.available() - pinned:
+        if not cache.try_allocate(cache.blocks_for(n), now, hit):
             return 0
-        now = self.now_ns
-        for node in nodes:
-            cache.tree.acquire(node, now)
-        cache.allocate(need)
         if not s.admitted:
             s.admitted = True
-            s.hit_tokens, s.hit_units = hit, raw_units
-        else:
-            s.recomputed += remaining
-        s.nodes, s.node_tokens, s.next_unit = nodes, hit, len(nodes)
-        s.computed = hit
-        s.priv_blocks = need
+            s.hit_tokens, s.hit_units = hit.tokens, hit.units
+        s.nodes = list(hit.nodes)
+        s.node_tokens = hit.tokens
+        s.reused = hit.ranges
+        if self.msa and hit.nodes:
+            s.computed, s.ahead, s.next_range = 0, hit.tokens, 0
+            _skip_reused(s)
+            s.segments = _segments(hit.ranges, s.num_tokens, s.num_tokens)
+            s.reused_units = {node.depth: node for node in hit.nodes}
+            s.next_unit, s.parent = 0, None
+        else:  # a prefix (or nothing): the cursor starts after it, one segment
+            s.computed, s.ahead, s.next_range = hit.tokens, 0, len(hit.ranges)
+            s.segments = 1
+            s.next_unit = len(hit.nodes)
+            s.parent = hit.nodes[-1] if hit.nodes else None
+        s.priv_blocks = cache.blocks_for(n)
         s.phase = PREFILL
         s.order = self._order
         self._order += 1
-        self.queued_tokens -= hit
+        self.queued_tokens -= hit.tokens
         self.prefilling.append(s)
         return n
 
@@ -348,9 +473,9 @@ class Scheduler:
                 self._leave_decode(s)
                 self._finish(s, now_ns)
         for s, n in batch.prefills:
-            s.computed += n
+            self._advance(s, n)
             self.queued_tokens -= n
-            self._insert_units(s, now_ns)
+            self._commit_units(s, now_ns)
             if s.computed == s.num_tokens:
                 s.generated += 1
                 s.num_tokens += 1
@@ -363,36 +488,62 @@ class Scheduler:
                 else:
                     self._join_decode(s)
 
-    def _insert_units(self, s: Seq, now_ns: int) -> None:
-        """Cache the content units whose tokens are now all computed."""
+    def _advance(self, s: Seq, n: int) -> None:
+        """Move the cursor past ``n`` computed tokens (and the reused ranges they reach)."""
+        if s.ahead:
+            end, _, spans = _walk(s, n)
+        else:
+            end, spans = s.computed + n, ((s.computed, s.computed + n),)
+        if s.done_before:  # tokens it computed before a preemption are computed again
+            s.recomputed += sum(_overlap(s.done_before, a, b) for a, b in spans)
+        s.computed = end
+        if s.ahead:
+            _skip_reused(s)
+
+    def _commit_units(self, s: Seq, now_ns: int) -> None:
+        """Cache the prompt units whose full blocks are now computed (DESIGN §5: a unit becomes a
+        node when all its tokens have KV; here, its full blocks)."""
         req = s.req
         ids = req.blocks
         unit = req.unit_tokens
+        prompt = req.prompt_tokens
+        commit = self.cache.commit_unit
+        bt = self.bt
+        reused = s.reused_units
         while s.next_unit < len(ids):
             u = s.next_unit
-            end = min((u + 1) * unit, req.prompt_tokens)
-            # A partial last unit is cached only when nothing follows it in private blocks, so
-            # that private and node blocks stay block-aligned.
-            if s.computed < end or (end - u * unit < unit and s.computed != end):
+            if reused is not None:
+                node = reused.get(u)
+                if node is not None:  # reused: step over it
+                    s.parent = node
+                    s.next_unit += 1
+                    continue
+            start = u * unit
+            length = unit if prompt - start > unit else prompt - start
+            if s.computed < start + length - length % bt:
                 break
-            node, freed = self.cache.insert_or_share(ids[u], u, end - u * unit, now_ns)
+            node, freed = commit(ids[u], s.parent, u, start, length, now_ns)
             if node is None:
-                break  # conflicting partial unit: later units stay private too
+                break  # not cacheable (conflicting or blockless unit): later units stay private
             s.nodes.append(node)
             s.node_tokens += node.tokens
             s.priv_blocks -= freed
+            s.parent = node
             s.next_unit += 1
 
     def _finish(self, s: Seq, now_ns: int) -> None:
-        self._release(s)
+        self._release(s, now_ns)
         s.phase = DONE
         self.on_finish(s, now_ns)
 
     def check_invariants(self) -> None:
-        """Raise AssertionError unless blocks are conserved and reference counts are exact."""
+        """Raise AssertionError unless blocks are conserved, reference counts are exact, and
+        (contiguous) the resident set is prefix-closed."""
         cache = self.cache
         holders = list(self.prefilling) + list(self.decoding.values())
-        private = sum(s.priv_blocks for s in self.prefilling)
+        private = 0
+        for s in self.prefilling:
+            private += s.priv_blocks
         for s in self.decoding.values():
             held = s.base_c + (self.alloc_it - s.base_it)
             private += cache.blocks_for(held - s.node_tokens)
@@ -409,7 +560,75 @@ class Scheduler:
                 refs[id(n)] = refs.get(id(n), 0) + 1
         for n in nodes:
             assert n.refs == refs.get(id(n), 0) >= 0, f"{n} has refs {n.refs}, expected {refs}"
+            assert n.free == (n.refs == 0), n
         evictable = sum(n.blocks for n in nodes if n.refs == 0)
         assert cache.tree.evictable_blocks == evictable, "evictable block count drifted"
-        queued = sum(s.num_tokens - s.computed for s in list(self.waiting) + self.prefilling)
+        if cache.tree.leaf_only:
+            for n in nodes:
+                p = n.parent
+                assert p is None or cache.tree.nodes.get(p.id) is p, f"{n}'s parent was evicted"
+        queued = sum(s.num_tokens - s.computed - s.ahead for s in self.waiting)
+        queued += sum(s.num_tokens - s.computed - s.ahead for s in self.prefilling)
         assert queued == self.queued_tokens, f"queued tokens {self.queued_tokens} != {queued}"
+
+
+def _skip_reused(s: Seq) -> None:
+    """Move the cursor over reused ranges that start at it."""
+    r = s.reused
+    i = s.next_range
+    while i < len(r) and r[i][0] == s.computed:
+        s.computed = r[i][1]
+        s.ahead -= r[i][1] - r[i][0]
+        i += 1
+    s.next_range = i
+
+
+def _walk(s: Seq, n: int) -> tuple[int, int, list[tuple[int, int]]]:
+    """The next ``n`` positions to compute from the cursor, skipping reused ranges: returns the
+    end (one past the last), their (query, key) pairs and the computed spans."""
+    r = s.reused
+    i = s.next_range
+    pos, left, pairs = s.computed, n, 0
+    spans = []
+    while True:
+        stop = r[i][0] if i < len(r) else pos + left
+        take = min(left, stop - pos)
+        if take > 0:
+            pairs += _tri(pos, pos + take)
+            spans.append((pos, pos + take))
+            pos += take
+            left -= take
+        if not left:
+            return pos, pairs, spans
+        pos = r[i][1]
+        i += 1
+
+
+def _gaps(reused, end: int) -> list[tuple[int, int]]:
+    """The positions in [0, end) that no reused range covers."""
+    out, prev = [], 0
+    for a, b in reused:
+        if a >= end:
+            break
+        if a > prev:
+            out.append((prev, a))
+        prev = b
+    if prev < end:
+        out.append((prev, end))
+    return out
+
+
+def _union(a: list, b: list) -> list:
+    """Union of two sorted lists of disjoint ranges."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(a + b):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _overlap(ranges, a: int, b: int) -> int:
+    """Tokens of [a, b) inside the sorted disjoint ``ranges``."""
+    return sum(max(0, min(b, hi) - max(a, lo)) for lo, hi in ranges)

@@ -42,3 +42,29 @@ def scenario_doc(trace: Path | str, fmt: str = "kvsim", **overrides) -> dict:
         else:
             doc[section] = value
     return doc
+
+
+class OldestFootprint:
+    """A time-dependent eviction policy that owns its candidates (for tests): evict the node with
+    the largest (now − last use) × blocks, deepest first among equals. Which node that is depends
+    on the clock when blocks differ, so evictions must happen at exact iteration boundaries."""
+
+    time_dependent = True
+
+    def __init__(self, context):
+        self.cands: dict[int, object] = {}
+
+    def add(self, node, now_ns):
+        self.cands[id(node)] = node
+
+    def remove(self, node):
+        del self.cands[id(node)]
+
+    def pop(self, now_ns):
+        if not self.cands:
+            return None
+        node = max(
+            self.cands.values(),
+            key=lambda n: ((now_ns - n.last_access_ns) * n.blocks, n.depth, n.id),
+        )
+        return self.cands.pop(id(node))

@@ -1,12 +1,19 @@
 """Catalogs of model architectures and GPUs, each figure with its source.
 
-A model is named by its catalog key or by the path of a Hugging Face ``config.json``.
+A model is named by its catalog key or by the path of a Hugging Face ``config.json``. A model is a
+stack of decoder layers described by *kind* (DESIGN §9, S3): attention layers (grouped-query
+attention, or DeepSeek's multi-head latent attention), recurrent layers (SSM / linear attention,
+with a fixed-size state per sequence), dense gated MLPs and mixture-of-experts MLPs. Cost is
+additive over these components, so a model records how many layers of each it has; a Llama layer
+is one attention component plus one dense MLP component, a Nemotron-H layer is one of them alone.
+KV bytes count attention layers only; weights count every expert; FLOPs count the active ones.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -17,35 +24,183 @@ from ..errors import KvsimError
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """A decoder-only transformer's shape, as far as serving cost depends on it."""
+class AttentionSpec:
+    """The attention layers of a model (identical shapes).
 
-    name: str
-    params: float
+    ``kv_lora_rank`` > 0 means multi-head latent attention (DeepSeek-V2, arXiv 2405.04434 §2.1):
+    the cache holds one latent of ``kv_lora_rank + rope_dim`` elements per token and layer, shared
+    by all heads, instead of per-head keys and values."""
+
     layers: int
-    hidden: int
     heads: int
     kv_heads: int
-    head_dim: int
-    intermediate: int
-    vocab: int
-    max_position: int
-    dtype_bytes: int = 2
-    source: str = ""
+    head_dim: int  # query/key dimension per head (MLA: nope + rope)
+    v_head_dim: int
+    kv_lora_rank: int = 0
+    q_lora_rank: int = 0
+    rope_dim: int = 0
 
     @property
-    def kv_dim(self) -> int:
-        """K and V elements per token per layer: 2 · kv_heads · head_dim."""
-        return 2 * self.kv_heads * self.head_dim
+    def is_latent(self) -> bool:
+        return self.kv_lora_rank > 0
+
+    def kv_dim(self, tp: int = 1) -> int:
+        """KV-cache elements per token per layer on one tensor-parallel rank."""
+        if self.is_latent:  # the latent is replicated on every rank (vLLM's MLA backend)
+            return self.kv_lora_rank + self.rope_dim
+        return max(1, self.kv_heads // tp) * (self.head_dim + self.v_head_dim)
+
+    def weights(self, hidden: int) -> int:
+        h, d, dv = self.heads, self.head_dim, self.v_head_dim
+        if self.is_latent:
+            r, rope, nope = self.kv_lora_rank, self.rope_dim, self.head_dim - self.rope_dim
+            q = hidden * h * d if not self.q_lora_rank else self.q_lora_rank * (hidden + h * d)
+            return q + hidden * (r + rope) + r * h * (nope + dv) + h * dv * hidden
+        return hidden * (h * d + self.kv_heads * (d + dv)) + h * dv * hidden
+
+
+@dataclass(frozen=True)
+class MlpSpec:
+    """Dense gated MLP layers (SwiGLU: gate and up projections, then down)."""
+
+    layers: int
+    intermediate: int
+
+    def weights(self, hidden: int) -> int:
+        return 3 * hidden * self.intermediate
+
+
+@dataclass(frozen=True)
+class MoeSpec:
+    """Mixture-of-experts MLP layers: ``experts`` routed experts of which ``top_k`` run per token,
+    plus always-active shared experts of ``shared_intermediate`` in all."""
+
+    layers: int
+    experts: int
+    top_k: int
+    intermediate: int  # per routed expert
+    shared_intermediate: int = 0
+
+    def weights(self, hidden: int) -> int:
+        routed = self.experts * 3 * hidden * self.intermediate
+        return routed + 3 * hidden * self.shared_intermediate + hidden * self.experts
+
+    def active_weights(self, hidden: int) -> int:
+        return self.top_k * 3 * hidden * self.intermediate + 3 * hidden * self.shared_intermediate
+
+
+@dataclass(frozen=True)
+class RecurrentSpec:
+    """Recurrent layers (Mamba-2 SSM or Gated DeltaNet linear attention): per sequence a state of
+    ``heads × head_dim × state_dim`` fp32 values plus a short convolution window, independent of
+    the context length."""
+
+    layers: int
+    kind: str  # "mamba2" | "gdn"
+    heads: int
+    head_dim: int
+    state_dim: int
+    groups: int = 1
+    conv_kernel: int = 4
+    conv_dim: int = 0  # channels of the causal convolution (its window is part of the state)
+    in_proj: int = 0  # output width of the input projection
+    state_dtype_bytes: int = 4
+
+    @property
+    def inner(self) -> int:
+        return self.heads * self.head_dim
+
+    def state_bytes(self, dtype_bytes: int) -> int:
+        """Bytes of one sequence's recurrent state over all recurrent layers."""
+        ssm = self.heads * self.head_dim * self.state_dim * self.state_dtype_bytes
+        conv = self.conv_dim * (self.conv_kernel - 1) * dtype_bytes
+        return self.layers * (ssm + conv)
+
+    def weights(self, hidden: int) -> int:
+        return hidden * self.in_proj + self.inner * hidden + self.conv_dim * self.conv_kernel
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A decoder-only model's shape, as far as serving cost depends on it."""
+
+    name: str
+    params: float  # every parameter, every expert
+    layers: int  # decoder layers
+    hidden: int
+    vocab: int
+    max_position: int
+    attention: AttentionSpec | None = None
+    mlp: MlpSpec | None = None
+    moe: MoeSpec | None = None
+    recurrent: RecurrentSpec | None = None
+    dtype_bytes: int = 2
+    tie_embeddings: bool = False
+    source: str = ""
+    sources: dict = field(default_factory=dict, compare=False)
+
+    # ---- shorthands used by the op vocabulary and calibration grids --------------------------
+    @property
+    def heads(self) -> int:
+        return self.attention.heads if self.attention else 0
+
+    @property
+    def kv_heads(self) -> int:
+        return self.attention.kv_heads if self.attention else 0
+
+    @property
+    def head_dim(self) -> int:
+        return self.attention.head_dim if self.attention else 0
+
+    @property
+    def intermediate(self) -> int:
+        return self.mlp.intermediate if self.mlp else 0
+
+    @property
+    def attention_layers(self) -> int:
+        return self.attention.layers if self.attention else 0
+
+    def kv_dim(self, tp: int = 1) -> int:
+        """KV-cache elements per token per attention layer on one rank."""
+        return self.attention.kv_dim(tp) if self.attention else 0
 
     @property
     def kv_bytes_per_token(self) -> int:
-        """KV-cache bytes of one token over all layers."""
-        return self.layers * self.kv_dim * self.dtype_bytes
+        """KV-cache bytes of one token over all attention layers (one rank, TP 1)."""
+        return self.attention_layers * self.kv_dim(1) * self.dtype_bytes
+
+    def kv_bytes_per_token_rank(self, tp: int) -> int:
+        """KV-cache bytes of one token over all attention layers on one tensor-parallel rank."""
+        return self.attention_layers * self.kv_dim(tp) * self.dtype_bytes
+
+    @property
+    def state_bytes(self) -> int:
+        """Recurrent-state bytes of one sequence (0 for pure attention models)."""
+        return self.recurrent.state_bytes(self.dtype_bytes) if self.recurrent else 0
 
     @property
     def weight_bytes(self) -> float:
         return self.params * self.dtype_bytes
+
+    @property
+    def active_params(self) -> float:
+        """Parameters one token runs through (routed experts counted top_k times)."""
+        if not self.moe:
+            return self.params
+        idle = self.moe.layers * (
+            self.moe.weights(self.hidden) - self.moe.active_weights(self.hidden)
+        )
+        return self.params - idle
+
+
+def shape_params(m: ModelSpec) -> int:
+    """Parameters from a model's shapes: every layer kind, norms and embeddings."""
+    h = m.hidden
+    total = m.vocab * h * (1 if m.tie_embeddings else 2) + h  # embeddings, LM head, final norm
+    for comp in (m.attention, m.mlp, m.moe, m.recurrent):
+        if comp is not None:
+            total += comp.layers * (comp.weights(h) + h)  # + its pre-norm
+    return total
 
 
 @dataclass(frozen=True)
@@ -83,36 +238,157 @@ def gpu_catalog() -> dict[str, dict]:
     return {k: v for k, v in _load("hardware.yaml").items() if k != "defaults"}
 
 
+class _Fields:
+    """Typed reads of a config mapping; a bad value is one line naming the file and the field."""
+
+    def __init__(self, cfg: dict, where: str):
+        self.cfg, self.where = cfg, where
+
+    def has(self, key: str) -> bool:
+        return self.cfg.get(key) is not None
+
+    def int(self, key: str, default: int | None = None, minimum: int = 1) -> int:
+        if key not in self.cfg and default is None:
+            raise KvsimError(f"{self.where}: lacks field {key!r}")
+        value = self.cfg.get(key)
+        if value is None and default is not None:
+            value = default
+        if value is None:
+            raise KvsimError(f"{self.where}: field {key!r} is null; expected an integer")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise KvsimError(f"{self.where}: field {key!r} is {value!r}; expected an integer")
+        if isinstance(value, float) and not value.is_integer():
+            raise KvsimError(f"{self.where}: field {key!r} is {value!r}; expected an integer")
+        if value < minimum or value > 1 << 40:
+            raise KvsimError(
+                f"{self.where}: field {key!r} is {value!r}; expected an integer in "
+                f"[{minimum}, {1 << 40}]"
+            )
+        return int(value)
+
+
+def _attention(f: _Fields, layers: int, hidden: int) -> AttentionSpec:
+    heads = f.int("num_attention_heads")
+    if f.has("kv_lora_rank"):  # multi-head latent attention (DeepSeek-V2/V3)
+        rope, nope = f.int("qk_rope_head_dim"), f.int("qk_nope_head_dim")
+        return AttentionSpec(
+            layers, heads, heads, nope + rope, f.int("v_head_dim"),
+            kv_lora_rank=f.int("kv_lora_rank"),
+            q_lora_rank=f.int("q_lora_rank", 0, minimum=0),
+            rope_dim=rope,
+        )  # fmt: skip
+    kv = f.int("num_key_value_heads", heads)
+    head_dim = f.int("head_dim", hidden // heads)
+    if heads % kv:
+        raise KvsimError(
+            f"{f.where}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}"
+        )
+    return AttentionSpec(layers, heads, kv, head_dim, head_dim)
+
+
+def _moe_layers(f: _Fields, layers: int) -> int:
+    """How many of ``layers`` decoder layers have a mixture-of-experts MLP."""
+    cfg = f.cfg
+    if f.has("first_k_dense_replace"):  # DeepSeek: the first k layers are dense
+        first, freq = f.int("first_k_dense_replace", minimum=0), f.int("moe_layer_freq", 1)
+        return sum(1 for i in range(first, layers) if i % freq == 0)
+    step = f.int("decoder_sparse_step", 1)  # Qwen-MoE: every step-th layer, minus mlp_only_layers
+    only = cfg.get("mlp_only_layers") or []
+    if not isinstance(only, list):
+        raise KvsimError(f"{f.where}: field 'mlp_only_layers' must be a list of layer indices")
+    return sum(1 for i in range(layers) if (i + 1) % step == 0 and i not in only)
+
+
 def _hf_config(path: Path) -> ModelSpec:
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise KvsimError(f"{path}: cannot read model config.json ({e})") from None
-    try:
-        hidden, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
-        layers, inter = int(cfg["num_hidden_layers"]), int(cfg["intermediate_size"])
-        kv_heads = int(cfg.get("num_key_value_heads", heads))
-        head_dim = int(cfg.get("head_dim") or hidden // heads)
-        vocab = int(cfg["vocab_size"])
-    except KeyError as e:
-        raise KvsimError(f"{path}: config.json lacks field {e.args[0]!r}") from None
-    # Parameters from the shapes: attention, gated MLP, norms, embeddings (untied unless said).
-    attn = hidden * (heads + 2 * kv_heads) * head_dim + heads * head_dim * hidden
-    mlp = 3 * hidden * inter
-    embed = vocab * hidden * (1 if cfg.get("tie_word_embeddings") else 2)
-    return ModelSpec(
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise KvsimError(f"{path}: cannot read model config.json ({type(e).__name__})") from None
+    if not isinstance(cfg, dict):
+        raise KvsimError(f"{path}: a model config.json is a JSON object")
+    f = _Fields(cfg, str(path))
+    hidden, layers, vocab = f.int("hidden_size"), f.int("num_hidden_layers"), f.int("vocab_size")
+    attention = _attention(f, layers, hidden)
+    experts = cfg.get("num_local_experts") or cfg.get("num_experts") or cfg.get("n_routed_experts")
+    mlp = moe = None
+    if experts:
+        experts = f.int(
+            next(k for k in ("num_local_experts", "num_experts", "n_routed_experts") if f.has(k))
+        )
+        expert_inter = f.int("moe_intermediate_size", cfg.get("intermediate_size"))
+        shared = 0
+        if f.has("shared_expert_intermediate_size"):  # Qwen-MoE: one shared expert
+            shared = f.int("shared_expert_intermediate_size", minimum=0)
+        elif f.has("n_shared_experts"):  # DeepSeek: n shared experts of the routed size
+            shared = f.int("n_shared_experts", minimum=0) * expert_inter
+        n_moe = _moe_layers(f, layers)
+        moe = MoeSpec(n_moe, experts, f.int("num_experts_per_tok"), expert_inter, shared)
+        if moe.top_k > experts:
+            raise KvsimError(
+                f"{path}: num_experts_per_tok {moe.top_k} exceeds the {experts} experts"
+            )
+        if n_moe < layers:
+            mlp = MlpSpec(layers - n_moe, f.int("intermediate_size"))
+    else:
+        mlp = MlpSpec(layers, f.int("intermediate_size"))
+    spec = ModelSpec(
         name=str(path),
-        params=float(layers * (attn + mlp + 2 * hidden) + embed),
+        params=0.0,
         layers=layers,
         hidden=hidden,
-        heads=heads,
-        kv_heads=kv_heads,
-        head_dim=head_dim,
-        intermediate=inter,
         vocab=vocab,
-        max_position=int(cfg.get("max_position_embeddings", 131072)),
+        max_position=f.int("max_position_embeddings", 131072),
+        attention=attention,
+        mlp=mlp,
+        moe=moe,
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         source=str(path),
     )
+    return _with_params(spec, None)
+
+
+def _with_params(spec: ModelSpec, stated: float | None) -> ModelSpec:
+    from dataclasses import replace
+
+    return replace(spec, params=float(stated if stated is not None else shape_params(spec)))
+
+
+def _catalog_model(key: str, entry: dict) -> ModelSpec:
+    """A catalog entry: flat fields for the attention and MLP shape, optional sections."""
+    e = dict(entry)
+    where = f"model catalog entry {key!r}"
+    f = _Fields(e, where)
+    layers, hidden = f.int("layers"), f.int("hidden")
+    attn = e.get("attention", {})
+    fa = _Fields(attn, where + " attention")
+    attention = None
+    if attn is not None:
+        n_attn = fa.int("layers", layers)
+        heads = f.int("heads")
+        head_dim = f.int("head_dim", hidden // heads)
+        attention = AttentionSpec(n_attn, heads, f.int("kv_heads", heads), head_dim, head_dim)
+    moe = None
+    if "moe" in e:
+        m = _Fields(e["moe"], where + " moe")
+        moe = MoeSpec(
+            m.int("layers", layers), m.int("experts"), m.int("top_k"), m.int("intermediate"),
+            m.int("shared_intermediate", 0, minimum=0),
+        )  # fmt: skip
+    mlp_layers = f.int("mlp_layers", layers - (moe.layers if moe else 0), minimum=0)
+    mlp = MlpSpec(mlp_layers, f.int("intermediate")) if mlp_layers else None
+    spec = ModelSpec(
+        name=key,
+        params=0.0,
+        layers=layers,
+        hidden=hidden,
+        vocab=f.int("vocab"),
+        max_position=f.int("max_position"),
+        attention=attention,
+        mlp=mlp,
+        moe=moe,
+        source=str(e.get("source", "")),
+    )
+    return _with_params(spec, float(e["params"]) if "params" in e else None)
 
 
 def get_model(name: str, base_dir: Path | None = None) -> ModelSpec:
@@ -120,9 +396,7 @@ def get_model(name: str, base_dir: Path | None = None) -> ModelSpec:
     key = name.lower()
     catalog = model_catalog()
     if key in catalog:
-        entry = dict(catalog[key])
-        entry["params"] = float(entry["params"])
-        return ModelSpec(name=key, **entry)
+        return _catalog_model(key, catalog[key])
     if name.endswith(".json"):
         path = Path(name)
         if not path.is_absolute() and base_dir is not None:
@@ -140,3 +414,12 @@ def get_gpu(name: str) -> GpuSpec:
         raise KvsimError(f"hardware {name!r} is not in the catalog; allowed: {', '.join(catalog)}")
     entry = {k: (v if k == "source" else float(v)) for k, v in catalog[key].items()}
     return GpuSpec(name=key, **entry)
+
+
+def expected_active_experts(experts: int, top_k: int, tokens: int) -> float:
+    """Expected number of distinct experts a batch of ``tokens`` tokens routes to, under uniform
+    routing: a token misses a given expert with probability C(E−1, k)/C(E, k) = 1 − k/E, so
+    E·(1 − (1 − k/E)^T) experts run (k of them for one token, all E for large batches)."""
+    if tokens <= 0:
+        return 0.0
+    return experts * (1.0 - math.pow(1.0 - top_k / experts, tokens))

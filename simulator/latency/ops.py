@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from ..catalog import ModelSpec
+from ..catalog import ModelSpec, expected_active_experts
 
 
 @dataclass(slots=True)
@@ -55,6 +55,8 @@ class Attention(Op):
 
     ``qk_pairs`` is Σ over sequences of attended (query, key) pairs (causal part counted once),
     ``kv_tokens`` Σ of KV tokens read, ``segments`` Σ of contiguous KV segments read.
+    ``kv_dim`` is the cached elements per token (2·kv_heads·head_dim; the latent's width for
+    multi-head latent attention), ``head_dim`` the per-head width the matmuls run over.
     """
 
     q_tokens: int = 0
@@ -65,6 +67,7 @@ class Attention(Op):
     heads: int = 0
     kv_heads: int = 0
     head_dim: int = 0
+    kv_dim: int = 0
     kind = "attention"
 
     def flops(self) -> float:
@@ -72,9 +75,26 @@ class Attention(Op):
         return 4.0 * self.heads * self.head_dim * self.qk_pairs
 
     def bytes(self) -> float:
-        kv = 2.0 * self.kv_tokens * self.kv_heads * self.head_dim
+        kv = float(self.kv_tokens * self.kv_dim)
         qo = 2.0 * self.q_tokens * self.heads * self.head_dim
         return (kv + qo) * self.dtype_bytes
+
+
+@dataclass(slots=True)
+class Elementwise(Op):
+    """A memory-bound elementwise pass (RMSNorm with its residual add, rotary embedding, SiLU·mul):
+    ``tensors`` tensors of ``tokens × width`` elements read or written once each."""
+
+    tokens: int = 0
+    width: int = 0
+    tensors: int = 2
+    kind = "elementwise"
+
+    def flops(self) -> float:
+        return 4.0 * self.tokens * self.width
+
+    def bytes(self) -> float:
+        return float(self.tokens * self.width * self.tensors * self.dtype_bytes)
 
 
 @dataclass(slots=True)
@@ -225,6 +245,7 @@ OP_KINDS = {
     for cls in (
         Gemm,
         Attention,
+        Elementwise,
         SsmScan,
         SsmStep,
         ScdEncode,
@@ -239,20 +260,79 @@ OP_KINDS = {
 }
 
 
-def dense_layer_ops(model: ModelSpec, tp: int, tokens: int) -> list[Op]:
-    """The token-parallel ops of one transformer layer (projections, MLP, TP all-reduces)."""
-    hd, b = model.head_dim, model.dtype_bytes
-    q_heads = model.heads // tp
-    kv_heads = max(1, model.kv_heads // tp)
-    ops: list[Op] = [
-        Gemm(b, tokens, model.hidden, (q_heads + 2 * kv_heads) * hd),  # QKV projection
-        Gemm(b, tokens, q_heads * hd, model.hidden),  # output projection
-        Gemm(b, tokens, model.hidden, 2 * model.intermediate // tp),  # gate + up
-        Gemm(b, tokens, model.intermediate // tp, model.hidden),  # down
-    ]
+def token_ops(model: ModelSpec, tp: int, tokens: int) -> list[tuple[float, Op]]:
+    """The token-parallel work of one forward pass over ``tokens`` tokens, as (count, op) pairs:
+    every layer kind's projections, MLP or experts, elementwise passes and tensor-parallel
+    all-reduces. Attention itself (which depends on the context) and the LM head are priced apart.
+
+    The elementwise passes follow vLLM's fused kernels: per layer component a fused residual add
+    + RMSNorm (reads input and residual, writes both: 4 tensors of ``hidden``); rotary embedding
+    on the queries and keys of attention layers (read and write); SiLU·mul on the MLP's gate/up
+    output (reads 2, writes 1 of ``intermediate``). A mixture-of-experts layer runs, on average,
+    ``expected_active_experts`` experts, each over its share of the routed tokens (uniform routing;
+    a GEMM per active expert, as a fused-MoE kernel's grouped GEMM does), plus its shared experts
+    and the router; expert weights are split over the tensor-parallel ranks."""
+    out: list[tuple[float, Op]] = []
+    b, h = model.dtype_bytes, model.hidden
+    norms = 0
+    a = model.attention
+    if a is not None:
+        n, heads = a.layers, max(1, a.heads // tp)
+        if a.is_latent:
+            r, rope, nope = a.kv_lora_rank, a.rope_dim, a.head_dim - a.rope_dim
+            if a.q_lora_rank:
+                out += [(n, Gemm(b, tokens, h, a.q_lora_rank)),
+                        (n, Gemm(b, tokens, a.q_lora_rank, heads * a.head_dim))]  # fmt: skip
+            else:
+                out.append((n, Gemm(b, tokens, h, heads * a.head_dim)))
+            out += [
+                (n, Gemm(b, tokens, h, r + rope)),  # latent down-projection (replicated)
+                (n, Gemm(b, tokens, r, heads * (nope + a.v_head_dim))),  # latent up-projection
+                (n, Gemm(b, tokens, heads * a.v_head_dim, h)),  # output projection
+                (n, Elementwise(b, tokens, heads * rope + rope, 2)),  # rotary
+            ]
+        else:
+            kvh = max(1, a.kv_heads // tp)
+            out += [
+                (n, Gemm(b, tokens, h, heads * a.head_dim + kvh * (a.head_dim + a.v_head_dim))),
+                (n, Gemm(b, tokens, heads * a.v_head_dim, h)),
+                (n, Elementwise(b, tokens, (heads + kvh) * a.head_dim, 2)),  # rotary on q, k
+            ]
+        norms += n
+    if model.mlp is not None:
+        n, inter = model.mlp.layers, model.mlp.intermediate // tp
+        out += [
+            (n, Gemm(b, tokens, h, 2 * inter)),  # gate + up
+            (n, Elementwise(b, tokens, inter, 3)),  # SiLU · mul
+            (n, Gemm(b, tokens, inter, h)),  # down
+        ]
+        norms += n
+    moe = model.moe
+    if moe is not None:
+        n, inter = moe.layers, max(1, moe.intermediate // tp)
+        active = expected_active_experts(moe.experts, moe.top_k, tokens)
+        per_expert = -(-tokens * moe.top_k // max(1, round(active)))
+        out += [
+            (n, Gemm(b, tokens, h, moe.experts)),  # router
+            (n * active, Gemm(b, per_expert, h, 2 * inter)),
+            (n * active, Gemm(b, per_expert, inter, h)),
+            (n, Elementwise(b, tokens * moe.top_k, inter, 3)),
+        ]
+        if moe.shared_intermediate:
+            shared = max(1, moe.shared_intermediate // tp)
+            out += [
+                (n, Gemm(b, tokens, h, 2 * shared)),
+                (n, Elementwise(b, tokens, shared, 3)),
+                (n, Gemm(b, tokens, shared, h)),
+            ]
+        norms += n
+    if model.recurrent is not None:
+        norms += model.recurrent.layers
+    out.append((norms + 1, Elementwise(b, tokens, h, 4)))  # residual add + RMSNorm (+ final norm)
     if tp > 1:
-        ops += [AllReduce(b, tokens * model.hidden * b, tp)] * 2
-    return ops
+        # One all-reduce after each tensor-parallel component's row-parallel projection.
+        out.append((norms, AllReduce(b, tokens * h * b, tp)))
+    return out
 
 
 def attention_op(
@@ -264,7 +344,13 @@ def attention_op(
     seqs: int,
     segments: int,
 ) -> Attention:
-    """The batched attention op of one layer on one rank."""
+    """The batched attention op of one attention layer on one rank."""
+    a = model.attention
+    if a.is_latent:  # absorbed MLA: every head attends over the shared latent (K: r + rope, V: r)
+        head_dim = (2 * a.kv_lora_rank + a.rope_dim) // 2
+        kv_heads = 1
+    else:
+        head_dim, kv_heads = a.head_dim, max(1, a.kv_heads // tp)
     return Attention(
         model.dtype_bytes,
         q_tokens,
@@ -272,9 +358,10 @@ def attention_op(
         qk_pairs,
         seqs,
         segments,
-        model.heads // tp,
-        max(1, model.kv_heads // tp),
-        model.head_dim,
+        max(1, a.heads // tp),
+        kv_heads,
+        head_dim,
+        a.kv_dim(tp),
     )
 
 
@@ -286,11 +373,11 @@ def attention_kv_linear(op: Attention) -> tuple[float, float, float]:
     exact integer in floating point, so a·kv and b·kv + c equal ``op.flops()`` and ``op.bytes()``
     bit for bit; decode runs use this to price an iteration without building an op."""
     a = 4.0 * op.heads * op.head_dim
-    b = 2.0 * op.kv_heads * op.head_dim * op.dtype_bytes
+    b = float(op.kv_dim * op.dtype_bytes)
     c = 2.0 * op.q_tokens * op.heads * op.head_dim * op.dtype_bytes
     return a, b, c
 
 
 def lm_head_op(model: ModelSpec, tp: int, logits: int) -> Gemm:
     """The vocabulary projection for the sequences that sample a token this iteration."""
-    return Gemm(model.dtype_bytes, logits, model.hidden, model.vocab // tp)
+    return Gemm(model.dtype_bytes, logits, model.hidden, -(-model.vocab // tp))

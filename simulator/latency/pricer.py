@@ -1,8 +1,12 @@
 """Prices one engine iteration of a replica: the sum of its ops, in integer nanoseconds.
 
-An iteration of a batch with T new tokens over L layers costs
-    L · (Σ dense ops(T) + attention(batch)) + lm_head(sampling seqs) + step_overhead(seqs).
-NOTE: the dense part is three dict lookups on the hot path: the per-layer ops by token count, the
+An iteration of a batch with T new tokens costs
+    Σ_kinds count · token ops(T) + L_attn · attention(batch) + lm_head(sampling seqs)
+    + step_overhead(seqs) + Σ extra ops,
+where the token ops are every layer kind's projections, MLP or experts, elementwise passes and
+all-reduces (``ops.token_ops``), and extra ops are what a batch carries besides the forward pass
+(transfers' codec work, state copies, loads from a CPU tier: DESIGN §9, S3).
+NOTE: the dense part is three dict lookups on the hot path: the token ops by token count, the
 LM head by sampling sequences and the step overhead by batch size. Each table is bounded by a
 scheduler limit (max_num_batched_tokens, max_num_seqs), so memory does not grow with the trace.
 Attention depends on the batch's context lengths, which rarely repeat, so it is priced directly
@@ -33,7 +37,7 @@ import math
 from bisect import bisect_left
 
 from ..catalog import ModelSpec
-from .ops import StepOverhead, attention_op, dense_layer_ops, lm_head_op
+from .ops import StepOverhead, attention_op, lm_head_op, token_ops
 
 NS_PER_S = 1_000_000_000
 _FRAC = 32  # fraction bits of the fixed-point decode price
@@ -51,24 +55,21 @@ class IterationPricer:
         self.model = model
         self.tp = tp
         self.latency = latency
-        self._layers: dict[int, float] = {}  # L × per-layer dense ops, by token count
+        self.attention_layers = model.attention_layers
+        self._layers: dict[int, float] = {}  # every layer's token ops, by token count
         self._head: dict[int, float] = {}  # LM head, by sequences sampling a token
         self._overhead: dict[int, float] = {}  # step overhead, by batch size
         # A calibration profile counts prices outside its measured ranges; the roofline has none.
         self._check = getattr(latency, "check_range", None)
-        self._decode: dict[int, tuple] = {}  # decode iteration constants, by batch size
+        self._decode: dict[tuple[int, int], tuple] = {}  # decode constants by (batch, segments)
         self._attention_terms = getattr(latency, "decode_attention_terms", None)
+        self._recompute: dict[tuple[int, int], float] = {}  # by (start token, tokens)
 
     def dense_s(self, tokens: int, logits: int, seqs: int) -> float:
         """Seconds of everything but attention for an iteration (memoized)."""
         s = self._layers.get(tokens)
         if s is None:
-            ops = dense_layer_ops(self.model, self.tp, tokens)
-            if self._check is not None:
-                for op in ops:
-                    self._check(op)
-            price = self.latency.price
-            s = self._layers[tokens] = self.model.layers * sum(price(op) for op in ops)
+            s = self._layers[tokens] = self.layers_s(tokens)
         if logits:
             h = self._head.get(logits)
             if h is None:
@@ -82,14 +83,33 @@ class IterationPricer:
             o = self._overhead[seqs] = self.latency.price(StepOverhead(batch_size=seqs))
         return s + o
 
+    def layers_s(self, tokens: int) -> float:
+        """Seconds of every layer's token ops for ``tokens`` tokens (not memoized)."""
+        ops = token_ops(self.model, self.tp, tokens)
+        if self._check is not None:
+            for _, op in ops:
+                self._check(op)
+        price = self.latency.price
+        return sum(count * price(op) for count, op in ops)
+
     def attention_s(
         self, q_tokens: int, kv_tokens: int, qk_pairs: int, seqs: int, segments: int
     ) -> float:
-        """Seconds of attention over all layers for a batch's aggregate shape."""
+        """Seconds of attention over all attention layers for a batch's aggregate shape."""
+        if not self.attention_layers:
+            return 0.0
         op = attention_op(self.model, self.tp, q_tokens, kv_tokens, qk_pairs, seqs, segments)
         if self._check is not None:
             self._check(op)
-        return self.model.layers * self.latency.price(op)
+        return self.attention_layers * self.latency.price(op)
+
+    def extra_s(self, ops) -> float:
+        """Seconds of a batch's extra ops (priced once per iteration)."""
+        price = self.latency.price
+        if self._check is not None:
+            for op in ops:
+                self._check(op)
+        return sum(price(op) for op in ops)
 
     def iteration_ns(
         self,
@@ -99,61 +119,92 @@ class IterationPricer:
         kv_tokens: int,
         qk_pairs: int,
         segments: int,
+        extra_ops=(),
     ) -> int:
         """Nanoseconds of one iteration (at least 1)."""
         s = self.dense_s(tokens, logits, seqs) + self.attention_s(
             tokens, kv_tokens, qk_pairs, seqs, segments
         )
+        if extra_ops:
+            s += self.extra_s(extra_ops)
         return max(1, round(s * NS_PER_S))
 
-    def _decode_terms(self, batch: int):
-        """Per-batch-size constants of decode iterations (memoized; bounded by max_num_seqs):
-        (fixed seconds, cf, mb, mc, const, X0, P), X0 and P None when not affine-capable."""
-        t = self._decode.get(batch)
+    def recompute_s(self, start_token: int, tokens: int) -> float:
+        """Seconds that computing ``tokens`` prompt tokens after ``start_token`` tokens of context
+        adds to an iteration: their token ops and their attention over the context (one
+        sequence, one segment); memoized. This is AsymCache's ΔT of a unit at its position."""
+        key = (start_token, tokens)
+        s = self._recompute.get(key)
+        if s is None:
+            end = start_token + tokens
+            qk = tokens * start_token + tokens * (tokens + 1) // 2
+            layers = self._layers.get(tokens)
+            if layers is None:
+                layers = self._layers[tokens] = self.layers_s(tokens)
+            s = layers + self.attention_s(tokens, end, qk, 1, 1)
+            self._recompute[key] = s
+        return s
+
+    def _decode_terms(self, batch: int, segments: int):
+        """Constants of decode iterations of ``batch`` sequences reading ``segments`` KV segments
+        in all (memoized by both: a profile may price segments): (fixed seconds, cf, mb, mc,
+        const, X0, P), X0 and P None when not affine-capable."""
+        t = self._decode.get((batch, segments))
         if t is None:
             fixed = self.dense_s(batch, batch, batch)
-            op = attention_op(self.model, self.tp, batch, 0, 0, batch, batch)
-            terms = self._attention_terms(op) if self._attention_terms is not None else None
-            if terms is None:
+            terms = None
+            if self.attention_layers and self._attention_terms is not None:
+                op = attention_op(self.model, self.tp, batch, 0, 0, batch, segments)
+                terms = self._attention_terms(op)
+            if not self.attention_layers:
+                # No attention: every decode iteration costs the same, an affine run of slope 0.
+                x0 = round(fixed * NS_PER_S * _ONE) + _HALF
+                t = (fixed, 0.0, 0.0, 0.0, 0.0, x0 if x0 >> _FRAC >= 1 else None, 0)
+            elif terms is None:
                 t = (fixed, None, None, None, None, None, None)
             else:
                 cf, mb, mc, const = terms
-                layers = self.model.layers
+                layers = self.attention_layers
                 alpha_ns = (fixed + layers * (mc + const)) * NS_PER_S
                 x0 = round(alpha_ns * _ONE) + _HALF
                 p = round(layers * mb * NS_PER_S * _ONE)
                 affine = x0 >> _FRAC >= 1 and p >= 0
                 t = (fixed, cf, mb, mc, const, x0 if affine else None, p if affine else None)
-            self._decode[batch] = t
+            self._decode[(batch, segments)] = t
         return t
 
-    def _decode_ns(self, terms, batch: int, x: int) -> int:
+    def _decode_ns(self, terms, batch: int, x: int, segments: int) -> int:
         """One pure-decode iteration at summed context x (the definition both modes use)."""
         fixed, cf, mb, mc, const, x0, p = terms
         if cf is None:  # a latency model without decode terms: price the op
-            op = attention_op(self.model, self.tp, batch, x, x, batch, batch)
-            return max(1, round((fixed + self.model.layers * self.latency.price(op)) * NS_PER_S))
+            op = attention_op(self.model, self.tp, batch, x, x, batch, segments)
+            attn = self.attention_layers * self.latency.price(op)
+            return max(1, round((fixed + attn) * NS_PER_S))
         memory = mb * x + mc
-        if x0 is not None and cf * x * _POINT_MARGIN < memory:
+        if x0 is not None and cf * x * _POINT_MARGIN <= memory:
             return (x0 + p * x) >> _FRAC
         compute = cf * x
         attn = (compute if compute > memory else memory) + const
-        return max(1, round((fixed + self.model.layers * attn) * NS_PER_S))
+        return max(1, round((fixed + self.attention_layers * attn) * NS_PER_S))
 
-    def decode_run(self, batch: int, kv_first: int, k: int, start_ns: int) -> IterationRun:
+    def decode_run(
+        self, batch: int, kv_first: int, k: int, start_ns: int, segments: int | None = None
+    ) -> IterationRun:
         """The run of ``k`` pure-decode iterations from ``start_ns``: ``batch`` sequences whose
         summed context (tokens read by attention) is ``kv_first`` in the first iteration and grows
-        by ``batch`` in each."""
-        terms = self._decode_terms(batch)
+        by ``batch`` in each, reading ``segments`` KV segments in all (default: one each)."""
+        if segments is None:
+            segments = batch
+        terms = self._decode_terms(batch, segments)
         last = kv_first + batch * (k - 1)
-        if self._check is not None:
+        if self._check is not None and self.attention_layers:
             for x in {kv_first, last}:
-                self._check(attention_op(self.model, self.tp, batch, x, x, batch, batch))
+                self._check(attention_op(self.model, self.tp, batch, x, x, batch, segments))
         _, cf, mb, mc, _, x0, p = terms
         if (
             x0 is not None
-            and cf * kv_first * _RUN_MARGIN < mb * kv_first + mc
-            and cf * last * _RUN_MARGIN < mb * last + mc
+            and cf * kv_first * _RUN_MARGIN <= mb * kv_first + mc
+            and cf * last * _RUN_MARGIN <= mb * last + mc
         ):
             # Memory-bound with a margin at both ends, hence (affine terms) at every iteration
             # in between: the per-iteration test of _decode_ns holds for all of them.
@@ -166,7 +217,7 @@ class IterationPricer:
             return run
         ends, t = [], start_ns
         for i in range(k):
-            t += self._decode_ns(terms, batch, kv_first + batch * i)
+            t += self._decode_ns(terms, batch, kv_first + batch * i, segments)
             ends.append(t)
         return IterationRun(start_ns, k, t, ends)
 

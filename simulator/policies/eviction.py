@@ -1,29 +1,69 @@
-"""Eviction policies: which unreferenced prefix-tree node leaves the GPU first.
+"""Eviction policies: which free prefix-tree node leaves the GPU first (DESIGN §5.1, §9 S2).
 
-A policy only ranks (SGLang's eviction strategies are the model): ``key(node)`` returns a sort key,
-and the node with the smallest key is evicted. Keys must not change while a node sits unreferenced
-and must never decrease when it is accessed (they may read fields set on access), so the tree can
-keep candidates in a lazily re-keyed heap: O(log n) a victim.
-Optional hook ``on_access(node, now_ns)`` lets a policy learn from accesses.
+A policy is created as ``Policy(context, **params)`` with an :class:`EvictionContext` (block
+size, layout, the model, and ``recompute_s(start_token, tokens)`` priced by the replica's own
+latency model). It takes one of two shapes:
+
+- it only **ranks** (SGLang's eviction strategies are the model): ``key(node)`` returns a sort
+  key, the smallest is evicted. Keys may read fields set on access and release and must never
+  decrease while a node is resident; the tree keeps candidates in a lazily re-keyed heap;
+- it **owns its candidate set**: ``add(node, now_ns)``, ``remove(node)``, ``pop(now_ns)``.
+
+Optional: ``on_access(node, now_ns, prev_access_ns)`` hears every acquire with the time the node
+was last in use (reuse intervals); ``reads_recompute_cost = True`` asks the cache to price each
+node's ``recompute_s`` at insert (otherwise it is 0.0: nobody pays for what no one reads);
+``time_dependent = True`` says victims depend on the clock, so
+evictions then happen only at exact iteration boundaries (fast-forwarded decode runs stop before
+one); ``layouts`` names the cache layouts it supports.
+
+A node's fields a policy may read: ``depth`` (unit index), ``start_token``, ``tokens``, ``blocks``,
+``hits``, ``last_access_ns`` (stamped at acquire and at release), ``created_ns``,
+``recompute_s`` (priced at insert) and ``policy_data`` (its own).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from .registry import Registry
 
-EVICTION = Registry("eviction")
+
+@dataclass(frozen=True)
+class EvictionContext:
+    """What an eviction policy may know about its replica."""
+
+    block_tokens: int
+    layout: str
+    model: object
+    recompute_s: Callable[[int, int], float]
+    """Seconds to recompute ``tokens`` tokens at position ``start_token`` on this replica."""
 
 
-class EvictionPolicy(Protocol):
+class RankingPolicy(Protocol):
     def key(self, node) -> tuple: ...
+
+
+class CandidateSetPolicy(Protocol):
+    def add(self, node, now_ns: int) -> None: ...
+
+    def remove(self, node) -> None: ...
+
+    def pop(self, now_ns: int): ...
+
+
+EVICTION = Registry("eviction", interfaces=({"key": 1}, {"add": 2, "remove": 1, "pop": 1}))
 
 
 @EVICTION.register("lru")
 class LRU:
-    """Least recently used first; among equals, the deepest node first (vLLM frees a request's
-    blocks tail first, so the tail of a prefix goes before its head)."""
+    """Least recently used first (vLLM's free-block queue): a node's time is when it was last
+    released (a request frees its blocks when it finishes or is preempted); among equals, the
+    deepest node first (vLLM frees a sequence's tail first)."""
+
+    def __init__(self, context: EvictionContext | None = None):
+        pass
 
     def key(self, node) -> tuple:
         return (node.last_access_ns, -node.depth)
@@ -33,6 +73,9 @@ class LRU:
 class LFU:
     """Least frequently used first; ties broken as LRU."""
 
+    def __init__(self, context: EvictionContext | None = None):
+        pass
+
     def key(self, node) -> tuple:
         return (node.hits, node.last_access_ns, -node.depth)
 
@@ -40,6 +83,9 @@ class LFU:
 @EVICTION.register("fifo")
 class FIFO:
     """Oldest inserted first; among equals, the deepest first."""
+
+    def __init__(self, context: EvictionContext | None = None):
+        pass
 
     def key(self, node) -> tuple:
         return (node.created_ns, -node.depth)

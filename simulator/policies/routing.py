@@ -4,7 +4,8 @@ A policy ranks replicas: ``key(request, replica)`` returns a sort key and the re
 smallest key wins (ties go to the lowest index, so routing is deterministic). Replicas expose
 ``index``, ``routed`` (requests sent there so far), ``queued_tokens`` (prompt tokens not yet
 prefilled), ``in_flight`` (requests waiting or running), ``num_running``, ``num_waiting`` and
-``cached_prefix_tokens(request)``; a policy that calls the latter sets ``reads_cache = True``.
+``cached_prefix_tokens(request)`` (the tokens its cache would reuse); a policy that calls the
+latter sets ``reads_cache = True``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Protocol
 
 from .registry import Registry
 
-ROUTING = Registry("routing")
+ROUTING = Registry("routing", interfaces=({"key": 2},))
 
 
 class RoutingPolicy(Protocol):

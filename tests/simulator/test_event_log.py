@@ -31,20 +31,28 @@ def _gemm(t, i, o):
     return _roof(2 * t * i * o, 2 * (t * i + i * o + t * o))
 
 
+def _elementwise(t, width, tensors):
+    """A memory-bound pass over ``tensors`` bf16 tensors of t × width (4 flops an element)."""
+    return _roof(4 * t * width, 2 * t * width * tensors)
+
+
 def iteration_ns(seqs: list[tuple[int, int]], logits: int) -> int:
     """One iteration: ``seqs`` is [(context already cached, new tokens)], ``logits`` sampling."""
     g, _, _ = _gpu()
     t = sum(q for _, q in seqs)
     dense = (
         _gemm(t, H, (HEADS + 2 * KV_HEADS) * HD)
+        + _elementwise(t, (HEADS + KV_HEADS) * HD, 2)  # rotary on q and k
         + _gemm(t, HEADS * HD, H)
         + _gemm(t, H, 2 * INTER)
+        + _elementwise(t, INTER, 3)  # SiLU · mul
         + _gemm(t, INTER, H)
     )
+    norms = (2 * L + 1) * _elementwise(t, H, 4)  # fused residual add + RMSNorm, and the final one
     pairs = sum(q * c + q * (q + 1) // 2 for c, q in seqs)
     kv_read = sum(c + q for c, q in seqs)
     attn = _roof(4 * HEADS * HD * pairs, 2 * (2 * kv_read * KV_HEADS * HD + 2 * t * HEADS * HD))
-    total = L * dense + L * attn
+    total = L * dense + norms + L * attn
     if logits:
         total += _gemm(logits, H, VOCAB)
     total += g.step_overhead_s + g.step_overhead_per_seq_s * len(seqs)

@@ -34,7 +34,8 @@ UNIT = 64
 
 @st.composite
 def workloads(draw):
-    """Requests with shared prefixes over a few documents; small pools force eviction/preemption."""
+    """Requests with shared prefixes over a few documents; small pools force eviction/preemption
+    (and, under msa with policies that evict inner units, holes to reuse around)."""
     n = draw(st.integers(1, 25))
     rows, t, next_id = [], 0.0, 1000
     docs = [list(range(d * 100, d * 100 + 8)) for d in range(3)]
@@ -76,16 +77,17 @@ settings.load_profile("kvsim")
     rows=workloads(),
     blocks=st.integers(30, 200),
     replicas=st.integers(1, 3),
-    eviction=st.sampled_from(["lru", "lfu", "fifo"]),
+    eviction=st.sampled_from(["lru", "lfu", "fifo", "helpers:OldestFootprint"]),
+    layout=st.sampled_from(["contiguous", "msa"]),
     routing=st.sampled_from(["round_robin", "least_loaded", "prefix_aware"]),
     budget=st.sampled_from([64, 256]),
     chunked=st.booleans(),
 )
 def test_invariants_hold_and_fast_equals_exact(
-    tmp_path, checked, rows, blocks, replicas, eviction, routing, budget, chunked
+    tmp_path, checked, rows, blocks, replicas, eviction, layout, routing, budget, chunked
 ):
     over = dict(
-        cache={"num_gpu_blocks": blocks, "eviction": eviction},
+        cache={"num_gpu_blocks": blocks, "eviction": eviction, "layout": layout},
         cluster={"replicas": replicas},
         routing=routing,
         scheduler={

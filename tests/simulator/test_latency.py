@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -168,3 +169,182 @@ def test_decode_run_without_decode_terms_prices_each_iteration():
         t += p.iteration_ns(16, 16, 16, x, x, 16)
         assert run.ends[i] == t
     assert run.end == _singles(p, 16, 20_000, 50, 7)[-1] == t
+
+
+# Hugging Face config.json fields of three MoE models (copied from the model repositories).
+MIXTRAL_8X7B = {  # https://huggingface.co/mistralai/Mixtral-8x7B-v0.1/blob/main/config.json
+    "model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336,
+    "num_attention_heads": 32, "num_key_value_heads": 8, "num_hidden_layers": 32,
+    "num_local_experts": 8, "num_experts_per_tok": 2, "vocab_size": 32000,
+    "max_position_embeddings": 32768, "tie_word_embeddings": False,
+}  # fmt: skip
+QWEN15_MOE = {  # https://huggingface.co/Qwen/Qwen1.5-MoE-A2.7B/blob/main/config.json
+    "model_type": "qwen2_moe", "hidden_size": 2048, "intermediate_size": 5632,
+    "moe_intermediate_size": 1408, "shared_expert_intermediate_size": 5632,
+    "num_experts": 60, "num_experts_per_tok": 4, "decoder_sparse_step": 1, "mlp_only_layers": [],
+    "num_attention_heads": 16, "num_key_value_heads": 16, "num_hidden_layers": 24,
+    "vocab_size": 151936, "max_position_embeddings": 8192, "tie_word_embeddings": False,
+}  # fmt: skip
+DEEPSEEK_V2_LITE = {  # https://huggingface.co/deepseek-ai/DeepSeek-V2-Lite/blob/main/config.json
+    "model_type": "deepseek_v2", "hidden_size": 2048, "intermediate_size": 10944,
+    "moe_intermediate_size": 1408, "n_routed_experts": 64, "n_shared_experts": 2,
+    "num_experts_per_tok": 6, "first_k_dense_replace": 1, "moe_layer_freq": 1,
+    "num_attention_heads": 16, "num_key_value_heads": 16, "num_hidden_layers": 27,
+    "kv_lora_rank": 512, "q_lora_rank": None, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
+    "v_head_dim": 128, "vocab_size": 102400, "max_position_embeddings": 163840,
+    "tie_word_embeddings": False,
+}  # fmt: skip
+
+
+def _hf(tmp_path, cfg, name="config.json"):
+    (tmp_path / name).write_text(json.dumps(cfg))
+    return get_model(name, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "cfg, total_b, active_b, input_embedding, moe_layers, kv_bytes",
+    [
+        # Model cards: 46.7B total / 12.9B active (embeddings counted).
+        (MIXTRAL_8X7B, 46.7, 12.9, False, 32, 32 * 2 * 8 * 128 * 2),
+        # 14.3B total / 2.7B activated (embeddings counted).
+        (QWEN15_MOE, 14.3, 2.7, False, 24, 24 * 2 * 16 * 128 * 2),
+        # 15.7B total / 2.4B activated, without the input embedding table (0.21B); MLA caches
+        # one latent of kv_lora_rank + rope dims per token and layer.
+        (DEEPSEEK_V2_LITE, 15.7, 2.4, True, 26, 27 * (512 + 64) * 2),
+    ],
+)
+def test_moe_configs_are_read_as_moe(
+    tmp_path, cfg, total_b, active_b, input_embedding, moe_layers, kv_bytes
+):
+    """Weights count every expert (the published totals), a token runs top_k of them, and KV
+    bytes count attention layers only (MLA: the latent)."""
+    m = _hf(tmp_path, cfg)
+    assert m.moe is not None and m.moe.layers == moe_layers
+    assert m.params / 1e9 == pytest.approx(total_b, rel=0.01)
+    active = m.active_params - (m.vocab * m.hidden if input_embedding else 0)
+    assert active / 1e9 == pytest.approx(active_b, rel=0.03)
+    assert m.kv_bytes_per_token == kv_bytes
+
+
+def test_moe_iteration_prices_active_experts(tmp_path):
+    """One token reads top_k experts' weights; a large batch reads all of them (expected
+    distinct experts under uniform routing); FLOPs follow the routed tokens."""
+    from kvsim.simulator.catalog import expected_active_experts
+    from kvsim.simulator.latency.ops import token_ops
+
+    m = _hf(tmp_path, MIXTRAL_8X7B)
+    assert expected_active_experts(8, 2, 1) == pytest.approx(2.0)
+    assert expected_active_experts(8, 2, 64) == pytest.approx(8.0, rel=1e-6)
+    ops = token_ops(m, 1, 1)
+    gemm_weights = sum(c * o.in_dim * o.out_dim for c, o in ops if o.kind == "gemm")
+    attn = 32 * (4096 * (32 * 128 + 2 * 8 * 128) + 32 * 128 * 4096)
+    router = 32 * 4096 * 8
+    two_experts = 32 * 2 * 3 * 4096 * 14336
+    assert gemm_weights == pytest.approx(attn + router + two_experts)
+    flops_big = sum(c * o.flops() for c, o in token_ops(m, 1, 4096) if o.kind == "gemm")
+    expected = 2 * 4096 * (attn + router + two_experts)  # every token: 2 experts' GEMMs
+    assert flops_big == pytest.approx(expected, rel=0.01)
+
+
+def test_elementwise_ops_are_priced_per_layer_kind():
+    """Llama: per layer a rotary pass on q and k, SiLU·mul on the MLP, and a fused residual add
+    + RMSNorm per component (2 a layer) plus the final norm; memory-bound at any size."""
+    from kvsim.simulator.latency.ops import token_ops
+
+    m = get_model("llama-3.1-8b")
+    ew = [(c, o) for c, o in token_ops(m, 1, 512) if o.kind == "elementwise"]
+    assert sorted((c, o.width, o.tensors) for c, o in ew) == [
+        (32, (32 + 8) * 128, 2),
+        (32, 14336, 3),
+        (65, 4096, 4),
+    ]
+    r = RooflineModel(get_gpu("h100-sxm"))
+    for _, o in ew:
+        assert o.bytes() / r.bytes_per_s > o.flops() / r.flops_per_s
+
+
+def test_a_model_that_does_not_fit_is_a_one_line_error(tmp_path):
+    from helpers import scenario_doc, write_kvsim_trace
+
+    from kvsim.simulator import scenario_from_dict, simulate
+
+    trace = write_kvsim_trace(tmp_path / "t.jsonl", [{"arrival_s": 0, "prompt_tokens": 10,
+                                                      "output_tokens": 2}])  # fmt: skip
+    (tmp_path / "mixtral.json").write_text(json.dumps(MIXTRAL_8X7B))
+    for blocks in ("auto", 1000):  # weights must fit even with an explicit KV pool
+        doc = scenario_doc(trace, model="mixtral.json", hardware="a100-80g",
+                           cache={"num_gpu_blocks": blocks})  # fmt: skip
+        with pytest.raises(KvsimError, match=r"model: .*mixtral.json does not fit: 87.0 GiB of "
+                                             r"weights per GPU at tensor_parallel 1"):  # fmt: skip
+            simulate(scenario_from_dict(doc, base_dir=tmp_path))
+    doc["cluster"] = {"tensor_parallel": 2}
+    assert simulate(scenario_from_dict(doc, base_dir=tmp_path)).summary["finished"] == 1
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("num_attention_heads", "abc", "field 'num_attention_heads' is 'abc'; expected an integer"),
+        ("num_attention_heads", 0, "field 'num_attention_heads' is 0; expected an integer in"),
+        ("num_attention_heads", None, "field 'num_attention_heads' is null"),
+        ("hidden_size", 4096.5, "field 'hidden_size' is 4096.5; expected an integer"),
+        ("num_key_value_heads", 7, "not a multiple of num_key_value_heads 7"),
+        ("num_experts_per_tok", 9, "num_experts_per_tok 9 exceeds the 8 experts"),
+    ],
+)
+def test_bad_config_values_are_one_line_errors(tmp_path, field, value, message):
+    cfg = dict(MIXTRAL_8X7B, **{field: value})
+    with pytest.raises(KvsimError, match=re.escape(message)):
+        _hf(tmp_path, cfg)
+
+
+def test_extra_ops_are_priced_once_per_iteration():
+    from kvsim.simulator.latency.ops import Copy
+
+    m = RooflineModel(get_gpu("h100-sxm"))
+    p = IterationPricer(get_model("llama-3.1-8b"), 1, m)
+    load = Copy(2, 64 << 20, "h2d")
+    base = p.iteration_ns(100, 1, 1, 100, 5050, 1)
+    once = p.iteration_ns(100, 1, 1, 100, 5050, 1, (load,))
+    twice = p.iteration_ns(100, 1, 1, 100, 5050, 1, (load, load))
+    assert once - base == pytest.approx(m.price(load) * 1e9, abs=1)
+    assert twice - base == pytest.approx(2 * m.price(load) * 1e9, abs=1)
+
+
+class _SegmentPriced:
+    """A latency model whose attention costs 1 µs per KV segment read (as a calibration profile
+    with a segments term prices it)."""
+
+    name = "segment-priced"
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def price(self, op):
+        extra = 1e-6 * op.segments if op.kind == "attention" else 0.0
+        return self.inner.price(op) + extra
+
+    def decode_attention_terms(self, op):
+        cf, mb, mc, const = self.inner.decode_attention_terms(op)
+        return cf, mb, mc, const + 1e-6 * op.segments
+
+
+def test_decode_runs_key_their_memo_on_segments():
+    """Two batches of the same size reading different numbers of KV segments (msa holes) cost
+    differently, in runs and one at a time."""
+    p = IterationPricer(
+        get_model("llama-3.1-8b"), 1, _SegmentPriced(RooflineModel(get_gpu("h100-sxm")))
+    )
+    one = p.decode_run(8, 8000, 40, 0, segments=8)
+    four = p.decode_run(8, 8000, 40, 0, segments=32)
+    per_iteration_ns = 32 * 1e-6 * 24 * 1e9  # 24 more segments in each of 32 layers
+    assert four.end - one.end == pytest.approx(40 * per_iteration_ns, abs=40)
+    assert _singles_seg(p, 8, 8000, 40, 0, 32)[-1] == four.end
+
+
+def _singles_seg(p, batch, kv, k, start, segments):
+    out, t = [], start
+    for i in range(k):
+        t = p.decode_run(batch, kv + batch * i, 1, t, segments).end
+        out.append(t)
+    return out

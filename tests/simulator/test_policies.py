@@ -1,81 +1,14 @@
-"""Eviction and routing policies, driven without a SimPy environment."""
+"""Routing policies and the policy registries, driven without a SimPy environment (eviction
+order is pinned in test_prefix_tree)."""
 
 from __future__ import annotations
 
 import pytest
 
-from kvsim.simulator.cache import KVCache
 from kvsim.simulator.errors import KvsimError
 from kvsim.simulator.policies import EVICTION, ROUTING
 from kvsim.simulator.policies.routing import choose
 from kvsim.traces import Request
-
-
-def _cache(policy: str, capacity: int = 100) -> KVCache:
-    return KVCache(capacity, 16, EVICTION.create(policy))
-
-
-def _add(cache, node_id, depth, now, tokens=16):
-    node, _ = cache.insert_or_share(node_id, depth, tokens, now)
-    cache.free -= node.blocks  # the request's private block became the node's
-    return node
-
-
-def _victims(cache, n):
-    out = []
-    for _ in range(n):
-        v = cache.tree.pop_victim()
-        out.append(v.id)
-        cache.free += v.blocks
-    return out
-
-
-def test_lru_evicts_least_recent_and_deepest_first_on_ties():
-    c = _cache("lru")
-    chain = [_add(c, i, i, now=10) for i in range(3)]  # one request's prefix, same access time
-    other = _add(c, 99, 0, now=5)
-    for n in reversed(chain):  # released tail first, as vLLM frees blocks
-        c.tree.release(n)
-    c.tree.release(other)
-    assert _victims(c, 4) == [99, 2, 1, 0]
-
-
-def test_lru_reaccess_protects_a_node():
-    c = _cache("lru")
-    a, b = _add(c, 1, 0, now=1), _add(c, 2, 0, now=2)
-    c.tree.release(a)
-    c.tree.release(b)
-    c.tree.acquire(a, now_ns=3)  # a hit refreshes a
-    c.tree.release(a)
-    assert _victims(c, 2) == [2, 1]
-
-
-def test_lfu_and_fifo():
-    c = _cache("lfu")
-    a, b = _add(c, 1, 0, now=1), _add(c, 2, 0, now=2)
-    c.tree.acquire(a, 3)  # a now has 2 hits
-    c.tree.release(a)
-    c.tree.release(a)
-    c.tree.release(b)
-    assert _victims(c, 2) == [2, 1]
-    f = _cache("fifo")
-    a, b = _add(f, 1, 0, now=1), _add(f, 2, 0, now=2)
-    f.tree.acquire(a, 5)
-    f.tree.release(a)
-    f.tree.release(a)
-    f.tree.release(b)
-    assert _victims(f, 2) == [1, 2]
-
-
-def test_allocate_evicts_only_what_it_needs_and_referenced_nodes_stay():
-    c = _cache("lru", capacity=4)
-    held = _add(c, 1, 0, now=1)
-    free_node = _add(c, 2, 0, now=2)
-    c.tree.release(free_node)
-    assert c.available() == 3
-    c.allocate(3)
-    assert 1 in c.tree.nodes and 2 not in c.tree.nodes and held.refs == 1
-    assert c.free == 0 and c.evictions == 1
 
 
 def test_registry_errors_and_dotted_paths():
@@ -84,6 +17,30 @@ def test_registry_errors_and_dotted_paths():
     assert EVICTION.resolve("kvsim.simulator.policies.eviction:LFU").policy_name == "lfu"
     with pytest.raises(KvsimError, match="cannot be imported"):
         ROUTING.resolve("nowhere.module:Thing")
+
+
+@pytest.mark.parametrize(
+    "path, why",
+    [
+        ("os:system", "is not a class"),
+        ("builtins:int", "does not implement the eviction interface"),
+        ("collections:OrderedDict", "does not implement the eviction interface"),
+        ("kvsim.simulator.policies.routing:LeastLoaded", "does not implement the eviction"),
+        ("..", "not a valid import path"),
+    ],
+)
+def test_a_dotted_path_must_name_a_policy_class_of_the_family(path, why):
+    """Resolved before anything is instantiated: a function, a builtin or another family's
+    policy is refused (an eviction key takes a node, a routing key a request and a replica)."""
+    with pytest.raises(KvsimError, match=why):
+        EVICTION.resolve(path)
+    with pytest.raises(KvsimError, match="does not implement the routing interface"):
+        ROUTING.resolve("kvsim.simulator.policies.eviction:LRU")
+
+
+def test_bad_policy_parameters_are_one_line_errors():
+    with pytest.raises(KvsimError, match=r"eviction policy 'lru': bad parameters \{'p': 1\}"):
+        EVICTION.create("lru", None, p=1)
 
 
 class _Rep:
