@@ -64,25 +64,48 @@ def _unpack(theta, scales, names) -> dict:
 
 
 def fit_arrays(flops, nbytes, extras: dict, t) -> dict:
-    """Non-negative parameters of the roofline form for one op's points."""
+    """Non-negative parameters of the roofline form for one op's points.
+
+    The max() makes the least-squares problem non-convex: started from the fit of a sum of the
+    terms, the optimizer can settle with one of the rates at 0. Each split of the points at an
+    arithmetic intensity (FLOP per byte) — those below priced by their bytes, those above by
+    their FLOPs — is a linear problem that NNLS solves exactly; the split whose solution fits the
+    max form best, and the sum fit, start the bounded trust-region refinement, and the best of
+    the results is kept. Exact points of the form are fitted exactly (a test pins it)."""
     names = list(extras)
-    cols = [np.ones_like(t), flops, nbytes] + [extras[n] for n in names]
-    a = np.stack(cols, axis=1)
+    n = len(t)
+    cols = [np.ones_like(t), flops, nbytes] + [extras[k] for k in names]
     # Scale each column so that its typical contribution is of the order of a typical time.
     typical = np.median(t)
     col_med = np.array([np.median(np.abs(c)) if np.any(c) else 1.0 for c in cols])
     scales = typical / np.where(col_med > 0, col_med, 1.0)
     w = 1.0 / t  # relative error
-    x0, _ = nnls((a * scales) * w[:, None], t * w)
+    a = np.stack(cols, axis=1) * scales * w[:, None]
 
     def residual(theta):
         return predict(_unpack(theta, scales, names), flops, nbytes, extras) / t - 1.0
 
-    x0 = np.maximum(x0, 1e-9)
-    sol = least_squares(residual, x0, bounds=(0.0, np.inf), method="trf", x_scale="jac",
-                        max_nfev=2000)  # fmt: skip
-    best = sol.x if np.sum(residual(sol.x) ** 2) <= np.sum(residual(x0) ** 2) else x0
-    return _unpack(best, scales, names)
+    def cost(theta):
+        return float(np.sum(residual(theta) ** 2))
+
+    starts = [nnls(a, t * w)[0]]
+    order = np.argsort(flops / np.where(nbytes > 0, nbytes, 1.0), kind="stable")
+    split = []
+    for k in range(n + 1):
+        memory_bound = np.zeros(n, dtype=bool)
+        memory_bound[order[:k]] = True
+        ak = a.copy()
+        ak[memory_bound, 1] = 0.0
+        ak[~memory_bound, 2] = 0.0
+        split.append(nnls(ak, t * w)[0])
+    starts.append(min(split, key=cost))
+    results = []
+    for x0 in starts:
+        x0 = np.maximum(x0, 1e-9)
+        sol = least_squares(residual, x0, bounds=(0.0, np.inf), method="trf", x_scale="jac",
+                            max_nfev=2000)  # fmt: skip
+        results += [x0, sol.x]
+    return _unpack(min(results, key=cost), scales, names)
 
 
 def fit_op(kind: str, rows: list[Measurement], folds: int = 5, seed: int = 0) -> OpFitResult:
