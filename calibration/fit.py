@@ -7,12 +7,13 @@ bounded trust-region least squares, started from a non-negative linear least-squ
 Quality is held-out error: 5-fold cross-validation (deterministic folds), reporting the mean
 absolute percentage error and the worst relative error; the parameters written are a fit on all
 points.
+
+A fitted launch cost above ``MAX_LAUNCH_S`` on GPU timings is refused: it means times in the
+wrong unit (``measurements`` states the time-scale rule).
 """
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,17 +25,15 @@ from kvsim.simulator.errors import KvsimError
 from kvsim.simulator.latency.ops import OP_KINDS
 from kvsim.simulator.latency.profile import NOT_MEASURABLE_ON_ONE_GPU, PROFILE_VERSION, predict
 
+from .measurements import Measurement, read_measurements
+
 # Linear extra terms per op: costs the roofline does not see.
 EXTRA_TERMS = {"attention": ("segments", "seqs"), "ssm_step": ("batch",)}
-MEASUREMENT_COLUMNS = ("op", "seconds", "features", "device", "driver", "cuda", "torch", "triton",
-                       "date")  # fmt: skip
-
-
-@dataclass
-class Measurement:
-    op: str
-    features: dict
-    seconds: float
+# A kernel launch (the fixed cost of one call) is microseconds on a GPU; a fitted one of a
+# millisecond or more means the times are not in seconds (ms written as s, typically).
+MAX_LAUNCH_S = 1e-3
+FORM = "launch_s + max(s_per_flop * flops, s_per_byte * bytes) + sum(extra * feature)"
+DEVICE_KEYS = ("device", "driver", "cuda", "torch", "triton", "date", "timer")
 
 
 @dataclass
@@ -109,7 +108,9 @@ def fit_arrays(flops, nbytes, extras: dict, t) -> dict:
 
 
 def fit_op(kind: str, rows: list[Measurement], folds: int = 5, seed: int = 0) -> OpFitResult:
-    """Fit one op and measure its held-out error with k-fold cross-validation."""
+    """Fit one op and measure its held-out error with k-fold cross-validation.
+
+    ``rows`` are validated measurements (``read_measurements``): every row has every feature."""
     if len(rows) < 4:
         raise KvsimError(f"op {kind!r}: {len(rows)} measurements are too few to fit (need 4+)")
     flops, nbytes, extras, t = _design(kind, rows)
@@ -124,58 +125,54 @@ def fit_op(kind: str, rows: list[Measurement], folds: int = 5, seed: int = 0) ->
         pred = predict(p, flops[test], nbytes[test], {n: v[test] for n, v in extras.items()})
         errors[test] = np.abs(pred - t[test]) / t[test]
     params = fit_arrays(flops, nbytes, extras, t)
-    names = [n for n in rows[0].features if n != "path"]
+    names = [n for n, v in rows[0].features.items() if not isinstance(v, str)]
     ranges = {n: [float(min(r.features[n] for r in rows)), float(max(r.features[n] for r in rows))]
-              for n in names if isinstance(rows[0].features[n], (int, float))}  # fmt: skip
+              for n in names}  # fmt: skip
     return OpFitResult(params, float(errors.mean()), float(errors.max()), len(rows), ranges)
 
 
-def read_measurements(path: str | Path) -> tuple[list[Measurement], dict]:
-    """Measurements and the device metadata from a calibration CSV."""
-    path = Path(path)
-    if not path.is_file():
-        raise KvsimError(f"{path}: measurements file not found")
-    rows, meta = [], {}
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in MEASUREMENT_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise KvsimError(f"{path}:1: missing column {missing[0]!r}")
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            if row["op"] not in OP_KINDS:
-                raise KvsimError(f"{where}: field 'op' is {row['op']!r}; known: {sorted(OP_KINDS)}")
-            try:
-                seconds = float(row["seconds"])
-                features = json.loads(row["features"])
-            except (ValueError, json.JSONDecodeError):
-                raise KvsimError(f"{where}: bad 'seconds' or 'features' value") from None
-            if not seconds > 0:
-                raise KvsimError(f"{where}: field 'seconds' is {row['seconds']!r}; must be > 0")
-            rows.append(Measurement(row["op"], features, seconds))
-            meta = {k: row[k] for k in MEASUREMENT_COLUMNS[3:]}
-    return rows, meta
+def grid_record(run: dict, rows: list[Measurement], measurements: str) -> dict:
+    """The profile's ``grid`` section: whose shapes were measured, and how many points per op."""
+    points: dict[str, int] = {}
+    for r in rows:
+        points[r.op] = points.get(r.op, 0) + 1
+    return {"model": run["model"], "tensor_parallel": run["tensor_parallel"],
+            "full": run["grid"] == "full", "points": points,
+            "measurements": measurements}  # fmt: skip
 
 
-def write_measurements(path: str | Path, rows: list[Measurement], meta: dict) -> None:
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(MEASUREMENT_COLUMNS)
-        for r in rows:
-            w.writerow([r.op, repr(r.seconds), json.dumps(r.features, sort_keys=True),
-                        *(meta.get(k, "") for k in MEASUREMENT_COLUMNS[3:])])  # fmt: skip
+def build_profile(
+    rows: list[Measurement],
+    run: dict,
+    grid: dict,
+    *,
+    source: str = "measurements",
+) -> dict:
+    """A profile document from measurements: one fit per op measured.
 
-
-def build_profile(rows: list[Measurement], meta: dict, grid: dict | None = None) -> dict:
-    """A profile document from measurements: one fit per op measured."""
+    Args:
+        rows, run: from ``read_measurements``. grid: the ``grid`` section (``grid_record``).
+        source: names the measurements in error messages.
+    Raises:
+        KvsimError: too few points for an op, or a fitted launch cost that is no GPU's.
+    """
     by_op: dict[str, list[Measurement]] = {}
     for r in rows:
         by_op.setdefault(r.op, []).append(r)
     ops = {}
     for kind in sorted(by_op):
-        res = fit_op(kind, by_op[kind])
+        try:
+            res = fit_op(kind, by_op[kind])
+        except KvsimError as e:
+            raise KvsimError(f"{source}: {e}") from None
+        launch = res.params["launch_s"]
+        if run["timer"] == "cuda_events" and launch > MAX_LAUNCH_S:
+            raise KvsimError(
+                f"{source}: op {kind!r}: fitted launch_s {launch:.3g} s; a kernel launch costs "
+                f"microseconds (allowed ≤ {MAX_LAUNCH_S:g} s): are the times in ms instead of s?"
+            )
         ops[kind] = {
-            "form": "launch_s + max(s_per_flop * flops, s_per_byte * bytes) + sum(extra * feature)",
+            "form": FORM,
             "params": res.params,
             "ranges": res.ranges,
             "points": res.points,
@@ -184,8 +181,8 @@ def build_profile(rows: list[Measurement], meta: dict, grid: dict | None = None)
         }
     return {
         "kvsim_profile": PROFILE_VERSION,
-        "device": meta,
-        "grid": grid or {},
+        "device": {k: run[k] for k in DEVICE_KEYS},
+        "grid": grid,
         "ops": ops,
         "not_measured": {
             k: (
@@ -203,10 +200,13 @@ def write_profile(path: str | Path, profile: dict) -> None:
 
 
 def fit_file(measurements: str | Path, out: str | Path) -> dict:
-    """``kvsim fit``: refit a profile from a measurements CSV."""
-    rows, meta = read_measurements(measurements)
-    if not rows:
-        raise KvsimError(f"{measurements}: no measurements")
-    profile = build_profile(rows, meta, {"measurements": Path(measurements).name})
+    """``kvsim fit``: refit a profile from a measurements CSV and write it to ``out``.
+
+    Raises:
+        KvsimError: a bad measurements file (nothing is written).
+    """
+    rows, run = read_measurements(measurements)
+    grid = grid_record(run, rows, Path(measurements).name)
+    profile = build_profile(rows, run, grid, source=str(measurements))
     write_profile(out, profile)
     return profile

@@ -25,8 +25,9 @@ from kvsim.kernels.msa import interpreting
 from kvsim.simulator.catalog import ModelSpec
 from kvsim.simulator.errors import KvsimError
 
-from .fit import Measurement, build_profile, write_measurements, write_profile
+from .fit import fit_file
 from .grids import grid
+from .measurements import Measurement, write_measurements
 
 PAGE = 16
 
@@ -186,13 +187,16 @@ def _tensors(fn) -> list[torch.Tensor]:
 
 
 def device_meta() -> dict:
+    """The device, software and timer of this run (the device part of the run record)."""
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     import triton
 
     meta = {"torch": str(torch.__version__), "triton": str(triton.__version__), "date": now,
-            "cuda": str(torch.version.cuda or ""), "driver": "", "device": ""}  # fmt: skip
+            "cuda": str(torch.version.cuda or ""), "driver": "", "device": "",
+            "timer": "interpreter"}  # fmt: skip
     if torch.cuda.is_available() and not interpreting():
         meta["device"] = torch.cuda.get_device_name(0)
+        meta["timer"] = "cuda_events"
         try:
             meta["driver"] = subprocess.run(
                 ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
@@ -220,15 +224,28 @@ def require_device() -> None:
         )
 
 
-def calibrate(model: ModelSpec, tp: int, out_dir: str | Path, full: bool, ops: list[str] | None,
-              log=print) -> dict:  # fmt: skip
-    """Measure every op of the grid, write measurements.csv and profile.yaml into ``out_dir``."""
+def calibrate(
+    model: ModelSpec,
+    tp: int,
+    out_dir: str | Path,
+    full: bool,
+    ops: list[str] | None,
+    log=print,
+    **limits,
+) -> dict:
+    """Measure every op of the grid, write measurements.csv, then fit it into profile.yaml.
+
+    The profile is fitted from the CSV as written (``fit.fit_file``: the same checks and held-out
+    limits as ``kvsim fit``); ``limits`` are its ``max_mape``, ``max_error``, ``accept_error`` and
+    ``show``. A refused fit raises after measurements.csv is written, so that the run is kept.
+    """
     require_device()
     points = grid(model, tp, full)
     if ops:
         points = {k: v for k, v in points.items() if k in ops}
     gen = torch.Generator(device="cuda" if _setup()[0] == "cuda" else "cpu").manual_seed(0)
-    meta = device_meta()
+    run = {"model": model.name, "tensor_parallel": tp, "grid": "full" if full else "tiny",
+           **device_meta()}  # fmt: skip
     rows: list[Measurement] = []
     for op, pts in points.items():
         t0 = time.perf_counter()
@@ -237,10 +254,5 @@ def calibrate(model: ModelSpec, tp: int, out_dir: str | Path, full: bool, ops: l
         log(f"  {op:12} {len(pts):4} points  {time.perf_counter() - t0:6.1f} s")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_measurements(out / "measurements.csv", rows, meta)
-    grid_info = {"model": model.name, "tensor_parallel": tp, "full": full,
-                 "points": {k: len(v) for k, v in points.items()},
-                 "measurements": "measurements.csv"}  # fmt: skip
-    profile = build_profile(rows, meta, grid_info)
-    write_profile(out / "profile.yaml", profile)
-    return profile
+    write_measurements(out / "measurements.csv", rows, run)
+    return fit_file(out / "measurements.csv", out / "profile.yaml", **limits)

@@ -12,9 +12,10 @@ import pytest
 import yaml
 from helpers import scenario_doc, write_kvsim_trace
 
-from kvsim.calibration.fit import read_measurements
+from kvsim.calibration.fit import fit_file
 from kvsim.calibration.grids import grid
 from kvsim.calibration.measure import calibrate
+from kvsim.calibration.measurements import read_measurements
 from kvsim.simulator import scenario_from_dict, simulate
 from kvsim.simulator.catalog import get_gpu, get_model
 from kvsim.simulator.errors import KvsimError
@@ -25,14 +26,26 @@ def test_tiny_pipeline_measures_fits_and_loads(tmp_path):
     model = get_model("llama-3.1-8b")
     profile = calibrate(model, 1, tmp_path, full=False, ops=None, log=lambda *a: None)
     points = grid(model, 1, full=False)
-    rows, meta = read_measurements(tmp_path / "measurements.csv")
-    assert len(rows) == sum(len(v) for v in points.values())
+    rows, run = read_measurements(tmp_path / "measurements.csv")
+    assert [(r.op, r.features) for r in rows] == [(k, f) for k, v in points.items() for f in v]
     assert all(r.seconds > 0 for r in rows)
-    assert meta["device"].endswith("triton interpreter") and meta["torch"] and meta["date"]
+    assert run["device"].endswith("triton interpreter") and run["torch"] and run["date"]
+    assert (run["model"], run["tensor_parallel"], run["grid"], run["timer"]) == (
+        "llama-3.1-8b",
+        1,
+        "tiny",
+        "interpreter",
+    )
     assert set(profile["ops"]) == set(points)
     for entry in profile["ops"].values():
         assert entry["heldout_mape"] >= 0 and entry["points"] >= 4
         assert min(entry["params"]["launch_s"], entry["params"]["s_per_byte"]) >= 0
+    assert profile["grid"] == {"model": "llama-3.1-8b", "tensor_parallel": 1, "full": False,
+                               "points": {k: len(v) for k, v in points.items()},
+                               "measurements": "measurements.csv"}  # fmt: skip
+    # kvsim fit of the run's CSV writes the same profile (run record included).
+    refit = fit_file(tmp_path / "measurements.csv", tmp_path / "refit.yaml")
+    assert refit == profile == yaml.safe_load((tmp_path / "profile.yaml").read_text())
     from kvsim.simulator.latency import RooflineModel
 
     m = load_profile(
