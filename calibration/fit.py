@@ -8,8 +8,11 @@ Quality is held-out error: 5-fold cross-validation (deterministic folds), report
 absolute percentage error and the worst relative error; the parameters written are a fit on all
 points.
 
-A fitted launch cost above ``MAX_LAUNCH_S`` on GPU timings is refused: it means times in the
-wrong unit (``measurements`` states the time-scale rule).
+A profile is refused (not written) when an op's held-out MAPE or worst error exceeds the limits
+(``profile.MAX_HELDOUT_MAPE``, ``profile.MAX_HELDOUT_ERROR`` by default), unless the user accepts
+it explicitly; the profile then records the limits and the ops accepted above them, and the loader
+applies the same rule. A fitted launch cost above ``MAX_LAUNCH_S`` on GPU timings is refused
+outright: it means times in the wrong unit, not a poor fit.
 """
 
 from __future__ import annotations
@@ -23,7 +26,15 @@ from scipy.optimize import least_squares, nnls
 
 from kvsim.simulator.errors import KvsimError
 from kvsim.simulator.latency.ops import OP_KINDS
-from kvsim.simulator.latency.profile import NOT_MEASURABLE_ON_ONE_GPU, PROFILE_VERSION, predict
+from kvsim.simulator.latency.profile import (
+    FORM,
+    MAX_HELDOUT_ERROR,
+    MAX_HELDOUT_MAPE,
+    NOT_MEASURABLE_ON_ONE_GPU,
+    PROFILE_VERSION,
+    heldout_excess,
+    predict,
+)
 
 from .measurements import Measurement, read_measurements
 
@@ -32,7 +43,6 @@ EXTRA_TERMS = {"attention": ("segments", "seqs"), "ssm_step": ("batch",)}
 # A kernel launch (the fixed cost of one call) is microseconds on a GPU; a fitted one of a
 # millisecond or more means the times are not in seconds (ms written as s, typically).
 MAX_LAUNCH_S = 1e-3
-FORM = "launch_s + max(s_per_flop * flops, s_per_byte * bytes) + sum(extra * feature)"
 DEVICE_KEYS = ("device", "driver", "cuda", "torch", "triton", "date", "timer")
 
 
@@ -146,16 +156,25 @@ def build_profile(
     run: dict,
     grid: dict,
     *,
+    max_mape: float = MAX_HELDOUT_MAPE,
+    max_error: float = MAX_HELDOUT_ERROR,
+    accept_error: bool = False,
     source: str = "measurements",
 ) -> dict:
     """A profile document from measurements: one fit per op measured.
 
     Args:
         rows, run: from ``read_measurements``. grid: the ``grid`` section (``grid_record``).
+        max_mape, max_error: held-out limits recorded in the profile.
+        accept_error: record the ops above the limits as accepted (``quality.accepted``).
         source: names the measurements in error messages.
     Raises:
-        KvsimError: too few points for an op, or a fitted launch cost that is no GPU's.
+        KvsimError: a limit outside (0, 1], too few points for an op, or a fitted launch cost
+            that is no GPU's.
     """
+    for name, limit in (("max_mape", max_mape), ("max_error", max_error)):
+        if not 0 < limit <= 1:  # NOTE: also false for NaN
+            raise KvsimError(f"held-out limit {name} is {limit!r}; allowed: a fraction in (0, 1]")
     by_op: dict[str, list[Measurement]] = {}
     for r in rows:
         by_op.setdefault(r.op, []).append(r)
@@ -179,6 +198,7 @@ def build_profile(
             "heldout_mape": round(res.heldout_mape, 6),
             "heldout_max_error": round(res.heldout_max_error, 6),
         }
+    above = [k for k, e in ops.items() if _excess(e, max_mape, max_error)]
     return {
         "kvsim_profile": PROFILE_VERSION,
         "device": {k: run[k] for k in DEVICE_KEYS},
@@ -192,21 +212,61 @@ def build_profile(
             )
             for k in NOT_MEASURABLE_ON_ONE_GPU
         },  # fmt: skip
+        "quality": {
+            "max_heldout_mape": max_mape,
+            "max_heldout_error": max_error,
+            "accepted": above if accept_error else [],
+        },
     }
+
+
+def _excess(entry: dict, max_mape: float, max_error: float) -> str:
+    return heldout_excess(entry["heldout_mape"], entry["heldout_max_error"], max_mape, max_error)
+
+
+def refuse_above_limits(profile: dict, source: str, hint: str) -> None:
+    """Raise a one-line error naming the first op whose held-out error exceeds the profile's
+    limits and is not accepted; ``hint`` says what the user can do."""
+    q = profile["quality"]
+    bad = [(k, _excess(e, q["max_heldout_mape"], q["max_heldout_error"]))
+           for k, e in profile["ops"].items() if k not in q["accepted"]]  # fmt: skip
+    bad = [(k, why) for k, why in bad if why]
+    if bad:
+        more = f" (and {len(bad) - 1} more op{'s' * (len(bad) > 2)})" if len(bad) > 1 else ""
+        raise KvsimError(f"{source}: op {bad[0][0]!r}: {bad[0][1]}{more}; {hint}")
 
 
 def write_profile(path: str | Path, profile: dict) -> None:
     Path(path).write_text(yaml.safe_dump(profile, sort_keys=False), encoding="utf-8")
 
 
-def fit_file(measurements: str | Path, out: str | Path) -> dict:
+def fit_file(
+    measurements: str | Path,
+    out: str | Path,
+    *,
+    max_mape: float = MAX_HELDOUT_MAPE,
+    max_error: float = MAX_HELDOUT_ERROR,
+    accept_error: bool = False,
+    show=None,
+) -> dict:
     """``kvsim fit``: refit a profile from a measurements CSV and write it to ``out``.
 
+    ``show`` (if given) is called with the profile before the held-out limits are applied, so
+    that a refused fit can still be inspected.
+
     Raises:
-        KvsimError: a bad measurements file (nothing is written).
+        KvsimError: a bad measurements file, or an op above the held-out limits without
+            ``accept_error`` (then nothing is written).
     """
     rows, run = read_measurements(measurements)
     grid = grid_record(run, rows, Path(measurements).name)
-    profile = build_profile(rows, run, grid, source=str(measurements))
+    profile = build_profile(rows, run, grid, max_mape=max_mape, max_error=max_error,
+                            accept_error=accept_error, source=str(measurements))  # fmt: skip
+    if show is not None:
+        show(profile)
+    refuse_above_limits(
+        profile, str(measurements), f"{out} not written: measure more points, or accept the "
+        f"error explicitly with kvsim fit {measurements} --out {out} --accept-error"
+    )  # fmt: skip
     write_profile(out, profile)
     return profile

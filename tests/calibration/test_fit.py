@@ -1,5 +1,5 @@
 """The fitter on synthetic measurements of a known roofline-form function: parameters recovered,
-held-out error at the noise level; data of another form show it in their held-out error."""
+held-out error at the noise level; data of another form are refused for their held-out error."""
 
 from __future__ import annotations
 
@@ -7,12 +7,16 @@ import math
 
 import numpy as np
 import pytest
+import yaml
 
 from kvsim.calibration.fit import build_profile, fit_file, fit_op, grid_record
 from kvsim.calibration.grids import grid
 from kvsim.calibration.measurements import Measurement, read_measurements, write_measurements
-from kvsim.simulator.catalog import get_model
+from kvsim.simulator.catalog import get_gpu, get_model
+from kvsim.simulator.cli import main
 from kvsim.simulator.errors import KvsimError
+from kvsim.simulator.latency import RooflineModel
+from kvsim.simulator.latency.profile import load_profile
 
 # Rates of the order of an H100's (bf16 dense ~650 TFLOP/s achieved, ~2.9 TB/s), chosen by hand.
 TRUE = {
@@ -114,9 +118,51 @@ def _wrong_form(rng):
     return rows
 
 
-def test_another_form_shows_in_its_heldout_error(rng):
-    res = fit_op("gemm", _wrong_form(rng))
+def test_another_form_is_refused_for_its_heldout_error(tmp_path, rng):
+    rows = _wrong_form(rng)
+    res = fit_op("gemm", rows)
     assert res.heldout_mape > 0.10 and res.heldout_max_error > 0.25
+    write_measurements(tmp_path / "m.csv", rows, RUN)
+    with pytest.raises(KvsimError) as e:
+        fit_file(tmp_path / "m.csv", tmp_path / "p.yaml")
+    assert str(e.value) == (
+        f"{tmp_path}/m.csv: op 'gemm': held-out MAPE {res.heldout_mape:.1%} exceeds 10.0% and "
+        f"worst held-out error {res.heldout_max_error:.1%} exceeds 25.0%; {tmp_path}/p.yaml not "
+        f"written: measure more points, or accept the error explicitly with kvsim fit "
+        f"{tmp_path}/m.csv --out {tmp_path}/p.yaml --accept-error"
+    )
+    assert not (tmp_path / "p.yaml").exists()
+    # An explicit acceptance writes it and records it; the loader then takes it.
+    profile = fit_file(tmp_path / "m.csv", tmp_path / "p.yaml", accept_error=True)
+    assert profile["quality"] == {"max_heldout_mape": 0.1, "max_heldout_error": 0.25,
+                                  "accepted": ["gemm"]}  # fmt: skip
+    assert yaml.safe_load((tmp_path / "p.yaml").read_text()) == profile
+    model = load_profile(tmp_path / "p.yaml", RooflineModel(get_gpu("h100-sxm")), True, ["gemm"])
+    assert model.accepted == ["gemm"]
+
+
+def test_cli_fit_refuses_then_accepts(tmp_path, rng, capsys):
+    write_measurements(tmp_path / "m.csv", _wrong_form(rng), RUN)
+    out = str(tmp_path / "p.yaml")
+    assert main(["fit", str(tmp_path / "m.csv"), "--out", out]) == 2
+    cap = capsys.readouterr()
+    assert cap.err.startswith(f"kvsim: error: {tmp_path}/m.csv: op 'gemm': held-out MAPE ")
+    assert cap.err.count("\n") == 1 and "ABOVE THE LIMITS" in cap.out
+    assert not (tmp_path / "p.yaml").exists()
+    assert main(["fit", str(tmp_path / "m.csv"), "--out", out, "--accept-error"]) == 0
+    cap = capsys.readouterr()
+    assert "accepted above the limits" in cap.out and cap.out.endswith(f"wrote {out}\n")
+    assert yaml.safe_load((tmp_path / "p.yaml").read_text())["quality"]["accepted"] == ["gemm"]
+
+
+@pytest.mark.parametrize("value", ["10", "0", "-0.1", "nan", "ten"])
+def test_cli_limits_are_fractions(tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "m.csv", "--out", "p.yaml", "--max-mape", value])
+    assert e.value.code == 2
+    assert (
+        f"argument --max-mape: {value!r}: allowed: a fraction in (0, 1]" in capsys.readouterr().err
+    )
 
 
 def test_fit_keeps_the_run_record(tmp_path, rng):
@@ -136,6 +182,33 @@ def test_fit_keeps_the_run_record(tmp_path, rng):
     assert profile == build_profile(back, run, grid_record(run, back, "m.csv"))
     assert set(profile["not_measured"]) == {"step_overhead", "allreduce"}
     assert profile["ops"]["gemm"]["ranges"]["tokens"] == [1.0, 16384.0]
+
+
+def test_limits_are_settable(tmp_path, rng):
+    """A good fit (2% noise: held-out MAPE about 1.6%) passes the default limits and is refused
+    by a stricter one, which the profile records."""
+    write_measurements(tmp_path / "m.csv", _synthetic("gemm", rng, NOISE), RUN)
+    profile = fit_file(tmp_path / "m.csv", tmp_path / "p.yaml")
+    assert profile["quality"] == {"max_heldout_mape": 0.1, "max_heldout_error": 0.25,
+                                  "accepted": []}  # fmt: skip
+    mape = profile["ops"]["gemm"]["heldout_mape"]
+    with pytest.raises(KvsimError, match=rf"op 'gemm': held-out MAPE {mape:.1%} exceeds 1\.0%;"):
+        fit_file(tmp_path / "m.csv", tmp_path / "q.yaml", max_mape=0.01)
+    assert not (tmp_path / "q.yaml").exists()
+    strict = fit_file(tmp_path / "m.csv", tmp_path / "q.yaml", max_mape=0.03, max_error=0.2)
+    assert strict["quality"] == {"max_heldout_mape": 0.03, "max_heldout_error": 0.2,
+                                 "accepted": []}  # fmt: skip
+    assert yaml.safe_load((tmp_path / "q.yaml").read_text())["quality"] == strict["quality"]
+
+
+@pytest.mark.parametrize("limits", [{"max_mape": 0.0}, {"max_error": 1.5},
+                                    {"max_mape": float("nan")}])  # fmt: skip
+def test_limits_are_fractions(tmp_path, rng, limits):
+    write_measurements(tmp_path / "m.csv", _synthetic("gemm", rng, NOISE), RUN)
+    name, value = next(iter(limits.items()))
+    with pytest.raises(KvsimError) as e:
+        fit_file(tmp_path / "m.csv", tmp_path / "p.yaml", **limits)
+    assert str(e.value) == f"held-out limit {name} is {value!r}; allowed: a fraction in (0, 1]"
 
 
 def test_too_few_points(tmp_path):
