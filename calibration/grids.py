@@ -40,8 +40,9 @@ def attention_points(model: ModelSpec, tp: int, full: bool) -> list[dict]:
     if full:
         decode = [(b, c, s) for b in (1, 4, 16, 64, 128, 256) for c in (512, 2048, 8192, 32768)
                   for s in (1, 4) if b * c <= 2_000_000]  # fmt: skip
+        # Cached segments need a cached prefix: a chunk with nothing cached is one segment.
         prefill = [(q, c, s) for q in (128, 512, 2048, 8192) for c in (0, 4096, 16384)
-                   for s in (1, 8)]  # fmt: skip
+                   for s in ((1, 8) if c else (1,))]  # fmt: skip
     else:
         heads, kvh, hd = 4, 2, 32
         decode = [(1, 64, 1), (2, 96, 2), (3, 48, 1)]

@@ -1,5 +1,7 @@
 """Time the real kernels over a grid and write a calibration profile (``kvsim calibrate``).
 
+Before any timing, every point is checked to run exactly as its features record it
+(``check_point``; ``attention_layout`` builds an attention point's segments and query positions).
 Each op's runner builds random inputs (never zeros) for one grid point and returns a callable
 that runs the real kernel: cuBLAS GEMMs through ``torch.matmul``, the Triton MSA, SCD,
 quantization and SSM kernels, device copies. On a GPU a point is timed with CUDA events by
@@ -25,8 +27,9 @@ from kvsim.kernels.msa import interpreting
 from kvsim.simulator.catalog import ModelSpec
 from kvsim.simulator.errors import KvsimError
 
-from .fit import Measurement, build_profile, write_measurements, write_profile
+from .fit import fit_file
 from .grids import grid
+from .measurements import Measurement, write_measurements
 
 PAGE = 16
 
@@ -60,39 +63,111 @@ def _segments(length: int, pieces: int, start_pos: int = 0) -> list[tuple[int, i
     return [(bounds[i], bounds[i + 1] - bounds[i], start_pos + bounds[i]) for i in range(pieces)]
 
 
+def _unrealizable(f: dict, why: str) -> KvsimError:
+    return KvsimError(f"attention point {f}: {why}; the kernel cannot run it as recorded")
+
+
+def attention_layout(f: dict, dev: str = "cpu") -> dict:
+    """The index inputs of one attention point: the KV segments and query positions it runs.
+
+    A decode point (``q_tokens == seqs``) gives each sequence ``kv_tokens / seqs`` KV tokens in
+    ``segments / seqs`` equal segments and one query at its last position. A prefill point (one
+    sequence) has ``kv_tokens − q_tokens`` cached tokens in ``segments − 1`` segments followed by
+    one segment of its ``q_tokens`` new tokens; with ``segments == 1`` one segment holds all.
+
+    Returns:
+        ``seq_lens`` (KV tokens per sequence), ``segments`` int32 [seqs, max_segs, 3] of
+        (slot_start, length, pos_start), ``n_segments`` int32 [seqs], ``q_pos`` int32 [q_tokens]
+        and ``cu_q`` int32 [seqs + 1] (None for decode), as ``msa_decode``/``msa_prefill`` take.
+    Raises:
+        KvsimError: the features cannot be realized exactly (no point runs other than recorded).
+    """
+    q_tok, kv, pairs, seqs, nseg = (f[k] for k in ("q_tokens", "kv_tokens", "qk_pairs", "seqs",
+                                                   "segments"))  # fmt: skip
+    i32 = {"dtype": torch.int32, "device": dev}
+    if seqs >= 1 and q_tok == seqs:  # decode: one query per sequence
+        ctx, per = kv // seqs, nseg // seqs
+        if kv % seqs or nseg % seqs or not 1 <= per <= ctx or pairs != kv:
+            raise _unrealizable(
+                f,
+                "a decode batch needs kv_tokens and segments divisible by seqs, "
+                "1 ≤ segments/seqs ≤ kv_tokens/seqs and qk_pairs = kv_tokens",
+            )
+        return {
+            "seq_lens": [ctx] * seqs,
+            "segments": torch.tensor([_segments(ctx, per)] * seqs, **i32),
+            "n_segments": torch.full((seqs,), per, **i32),
+            "q_pos": torch.full((seqs,), ctx - 1, **i32),
+            "cu_q": None,
+        }
+    cached = kv - q_tok
+    if seqs != 1 or q_tok < 1 or cached < 0 or pairs != q_tok * cached + q_tok * (q_tok + 1) // 2:
+        raise _unrealizable(
+            f,
+            "a prefill chunk is one sequence with kv_tokens ≥ q_tokens ≥ 1 and "
+            "qk_pairs = q_tokens·cached + q_tokens·(q_tokens+1)/2",
+        )
+    if nseg == 1:
+        pieces = [(0, kv, 0)]
+    elif 1 <= nseg - 1 <= cached:  # cached prefix in segments, then the new tokens
+        pieces = _segments(cached, nseg - 1) + [(cached, q_tok, cached)]
+    else:
+        raise _unrealizable(
+            f,
+            f"{cached} cached tokens cannot fill {nseg - 1} segments before "
+            "the new tokens' segment",
+        )
+    return {
+        "seq_lens": [kv],
+        "segments": torch.tensor([pieces], **i32),
+        "n_segments": torch.tensor([nseg], **i32),
+        "q_pos": torch.arange(cached, kv, **i32),
+        "cu_q": torch.tensor([0, q_tok], **i32),
+    }
+
+
+def kv_split(kv_dim: int, max_head_dim: int) -> tuple[int, int]:
+    """(kv_heads, head_dim) with 2·kv_heads·head_dim = kv_dim for the K/V ops (SCD, quantization):
+    the largest head dim of 128, 64, 32 up to ``max_head_dim`` that divides kv_dim / 2."""
+    for d in (128, 64, 32):
+        if d <= max_head_dim and kv_dim % (2 * d) == 0:
+            return kv_dim // (2 * d), d
+    raise KvsimError(
+        f"kv_dim {kv_dim} is not 2 × kv_heads × a head dim of 128, 64 or 32 "
+        f"(≤ {max_head_dim}); the K/V kernels cannot run it as recorded"
+    )
+
+
+def check_point(op: str, f: dict, max_head_dim: int) -> None:
+    """Raise unless ``runner`` runs ``op`` at exactly the features ``f`` (no kernel is run)."""
+    if op == "attention":
+        attention_layout(f)
+    elif "kv_dim" in f:
+        kv_split(f["kv_dim"], max_head_dim)
+    elif op == "copy" and f["path"] != "d2d":
+        raise KvsimError(f"copy point {f}: only device-to-device copies are measured")
+
+
 def runner(op: str, f: dict, gen) -> Callable[[], object]:
     """A callable that runs the real kernel of ``op`` at features ``f`` on fresh random inputs."""
     from kvsim.kernels import msa, quant, scd, ssm
 
     dev, dt = _setup()
+    check_point(op, f, 128 if dev == "cuda" else 32)
     if op == "gemm":
         a = _rand(f["tokens"], f["in_dim"], dtype=dt, dev=dev, gen=gen)
         b = _rand(f["in_dim"], f["out_dim"], dtype=dt, dev=dev, gen=gen)
         return lambda: torch.matmul(a, b)
     if op == "attention":
         heads, kvh, d = f["heads"], f["kv_heads"], f["head_dim"]
-        seqs, q_tok = f["seqs"], f["q_tokens"]
-        segs_per = max(1, f["segments"] // seqs)
-        if q_tok == seqs:  # decode: one query per sequence
-            ctx = f["kv_tokens"] // seqs
-            k, v, table = _paged([ctx] * seqs, kvh, d, dt, dev, gen)
-            seg = torch.tensor([_segments(ctx, segs_per)] * seqs, dtype=torch.int32, device=dev)
-            n = torch.full((seqs,), segs_per, dtype=torch.int32, device=dev)
-            q = _rand(seqs, heads, d, dtype=dt, dev=dev, gen=gen)
-            pos = torch.full((seqs,), ctx - 1, dtype=torch.int32, device=dev)
+        lay = attention_layout(f, dev)
+        seg, n, pos, cu = lay["segments"], lay["n_segments"], lay["q_pos"], lay["cu_q"]
+        k, v, table = _paged(lay["seq_lens"], kvh, d, dt, dev, gen)
+        q = _rand(f["q_tokens"], heads, d, dtype=dt, dev=dev, gen=gen)
+        if cu is None:
+            ctx = lay["seq_lens"][0]
             return lambda: msa.msa_decode(q, pos, k, v, table, seg, n, max_kv_len=ctx)
-        total = f["kv_tokens"]
-        cached = total - q_tok
-        k, v, table = _paged([total], kvh, d, dt, dev, gen)
-        if segs_per > 1 and cached:  # cached prefix in segments, then the new tokens
-            pieces = _segments(cached, segs_per - 1) + [(cached, q_tok, cached)]
-        else:
-            pieces = [(0, total, 0)]
-        seg = torch.tensor([pieces], dtype=torch.int32, device=dev)
-        n = torch.tensor([len(pieces)], dtype=torch.int32, device=dev)
-        q = _rand(q_tok, heads, d, dtype=dt, dev=dev, gen=gen)
-        cu = torch.tensor([0, q_tok], dtype=torch.int32, device=dev)
-        pos = torch.arange(cached, total, dtype=torch.int32, device=dev)
+        q_tok = f["q_tokens"]
         return lambda: msa.msa_prefill(q, cu, pos, k, v, table, seg, n, max_q_len=q_tok)
     if op == "ssm_scan":
         t, h, p, s = f["tokens"], f["heads"], f["head_dim"], f["state_dim"]
@@ -107,9 +182,8 @@ def runner(op: str, f: dict, gen) -> Callable[[], object]:
         b, c = (_rand(bsz, s, dtype=dt, dev=dev, gen=gen) for _ in range(2))
         state = torch.randn(bsz, h, p, s, generator=gen, device=dev)
         return lambda: ssm.ssm_step(x, la, b, c, state)
-    d = 128 if dev == "cuda" else 32
     if op in ("scd_encode", "scd_reuse", "scd_patch", "kv_quant", "kv_dequant"):
-        kvh = max(1, f["kv_dim"] // (2 * d))
+        kvh, d = kv_split(f["kv_dim"], 128 if dev == "cuda" else 32)
         t = f["tokens"]
         slots = torch.randperm(t, generator=gen, device=dev).to(torch.int32)
         pos = torch.arange(t, dtype=torch.int32, device=dev)
@@ -186,13 +260,16 @@ def _tensors(fn) -> list[torch.Tensor]:
 
 
 def device_meta() -> dict:
+    """The device, software and timer of this run (the device part of the run record)."""
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     import triton
 
     meta = {"torch": str(torch.__version__), "triton": str(triton.__version__), "date": now,
-            "cuda": str(torch.version.cuda or ""), "driver": "", "device": ""}  # fmt: skip
+            "cuda": str(torch.version.cuda or ""), "driver": "", "device": "",
+            "timer": "interpreter"}  # fmt: skip
     if torch.cuda.is_available() and not interpreting():
         meta["device"] = torch.cuda.get_device_name(0)
+        meta["timer"] = "cuda_events"
         try:
             meta["driver"] = subprocess.run(
                 ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
@@ -220,15 +297,31 @@ def require_device() -> None:
         )
 
 
-def calibrate(model: ModelSpec, tp: int, out_dir: str | Path, full: bool, ops: list[str] | None,
-              log=print) -> dict:  # fmt: skip
-    """Measure every op of the grid, write measurements.csv and profile.yaml into ``out_dir``."""
+def calibrate(
+    model: ModelSpec,
+    tp: int,
+    out_dir: str | Path,
+    full: bool,
+    ops: list[str] | None,
+    log=print,
+    **limits,
+) -> dict:
+    """Measure every op of the grid, write measurements.csv, then fit it into profile.yaml.
+
+    The profile is fitted from the CSV as written (``fit.fit_file``: the same checks and held-out
+    limits as ``kvsim fit``); ``limits`` are its ``max_mape``, ``max_error``, ``accept_error`` and
+    ``show``. A refused fit raises after measurements.csv is written, so that the run is kept.
+    """
     require_device()
     points = grid(model, tp, full)
     if ops:
         points = {k: v for k, v in points.items() if k in ops}
+    for op, pts in points.items():  # before any timing: a bad point costs no GPU time
+        for f in pts:
+            check_point(op, f, 128 if _setup()[0] == "cuda" else 32)
     gen = torch.Generator(device="cuda" if _setup()[0] == "cuda" else "cpu").manual_seed(0)
-    meta = device_meta()
+    run = {"model": model.name, "tensor_parallel": tp, "grid": "full" if full else "tiny",
+           **device_meta()}  # fmt: skip
     rows: list[Measurement] = []
     for op, pts in points.items():
         t0 = time.perf_counter()
@@ -237,10 +330,5 @@ def calibrate(model: ModelSpec, tp: int, out_dir: str | Path, full: bool, ops: l
         log(f"  {op:12} {len(pts):4} points  {time.perf_counter() - t0:6.1f} s")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_measurements(out / "measurements.csv", rows, meta)
-    grid_info = {"model": model.name, "tensor_parallel": tp, "full": full,
-                 "points": {k: len(v) for k, v in points.items()},
-                 "measurements": "measurements.csv"}  # fmt: skip
-    profile = build_profile(rows, meta, grid_info)
-    write_profile(out / "profile.yaml", profile)
-    return profile
+    write_measurements(out / "measurements.csv", rows, run)
+    return fit_file(out / "measurements.csv", out / "profile.yaml", **limits)

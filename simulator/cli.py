@@ -4,8 +4,10 @@
     kvsim validate SCENARIO [--set ...]
     kvsim schema
     kvsim trace stats FILE [--format F]
-    kvsim calibrate [--model M] [--tp N] [--out DIR] [--ops a,b] [--tiny] [--dry-run]
-    kvsim fit MEASUREMENTS.csv --out PROFILE.yaml
+    kvsim calibrate [--model M] [--tp N] [--out DIR] [--ops a,b] [--tiny] [--dry-run] [LIMITS]
+    kvsim fit MEASUREMENTS.csv --out PROFILE.yaml [LIMITS]
+
+LIMITS: [--max-mape F] [--max-error F] [--accept-error] (held-out error limits of a profile).
 
 A user mistake prints one line (``kvsim: error: …``) and exits with status 2, without a traceback.
 """
@@ -83,11 +85,54 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument("--ops", help="comma-separated ops to measure (default: all)")
     cal.add_argument("--tiny", action="store_true", help="a tiny grid (pipeline checks)")
     cal.add_argument("--dry-run", action="store_true", help="print the grid and expected time")
+    _limit_arguments(cal)
 
-    fit = sub.add_parser("fit", help="refit a profile from a measurements CSV")
+    fit = sub.add_parser(
+        "fit",
+        help="refit a profile from a measurements CSV",
+        description="Fit a latency model per op to a measurements CSV (as kvsim calibrate writes "
+        "it) and write the profile, keeping the CSV's run record (model, tensor-parallel degree, "
+        "device, software). An op whose held-out error exceeds the limits is refused (nothing is "
+        "written) unless --accept-error is given; the profile then records the acceptance.",
+    )
     fit.add_argument("measurements")
     fit.add_argument("--out", required=True, metavar="PROFILE.yaml")
+    _limit_arguments(fit)
     return p
+
+
+def _fraction(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        x = -1.0
+    if not 0 < x <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: allowed: a fraction in (0, 1], e.g. 0.1")
+    return x
+
+
+def _limit_arguments(p: argparse.ArgumentParser) -> None:
+    from .latency.profile import MAX_HELDOUT_ERROR, MAX_HELDOUT_MAPE
+
+    p.add_argument(
+        "--max-mape",
+        type=_fraction,
+        default=MAX_HELDOUT_MAPE,
+        metavar="FRACTION",
+        help=f"held-out MAPE above which an op is refused (default {MAX_HELDOUT_MAPE})",
+    )
+    p.add_argument(
+        "--max-error",
+        type=_fraction,
+        default=MAX_HELDOUT_ERROR,
+        metavar="FRACTION",
+        help=f"worst held-out error above which an op is refused (default {MAX_HELDOUT_ERROR})",
+    )
+    p.add_argument(
+        "--accept-error",
+        action="store_true",
+        help="write the profile even with ops above the limits; it records them as accepted",
+    )
 
 
 def _kernels_needed(what: str):
@@ -134,25 +179,33 @@ def _calibrate(args) -> int:
     slug = "".join(c if c.isalnum() else "-" for c in meta["device"].lower()).strip("-")
     out = Path(args.out) if args.out else Path("calibration/profiles") / f"{slug}-{model.name}"
     print(f"calibrating {model.name} on {meta['device']} → {out}/")
-    profile = calibrate(model, args.tp, out, full=not args.tiny, ops=ops)
-    _print_fits(profile)
+    calibrate(model, args.tp, out, full=not args.tiny, ops=ops, **_limits(args))
     print(f"wrote {out}/measurements.csv and {out}/profile.yaml")
     return 0
 
 
+def _limits(args) -> dict:
+    return {"max_mape": args.max_mape, "max_error": args.max_error,
+            "accept_error": args.accept_error, "show": _print_fits}  # fmt: skip
+
+
 def _print_fits(profile: dict) -> None:
+    from .latency.profile import heldout_excess
+
+    q = profile["quality"]
     print(f"  {'op':12} {'points':>6} {'held-out MAPE':>14} {'worst':>8}")
     for op, e in profile["ops"].items():
-        print(
-            f"  {op:12} {e['points']:>6} {e['heldout_mape']:>14.1%} {e['heldout_max_error']:>8.1%}"
-        )
+        mape, worst = e["heldout_mape"], e["heldout_max_error"]
+        above = heldout_excess(mape, worst, q["max_heldout_mape"], q["max_heldout_error"])
+        mark = ("  accepted above the limits" if op in q["accepted"] else "  ABOVE THE LIMITS") \
+            if above else ""  # fmt: skip
+        print(f"  {op:12} {e['points']:>6} {mape:>14.1%} {worst:>8.1%}{mark}")
 
 
 def _fit(args) -> int:
     from kvsim.calibration.fit import fit_file
 
-    profile = fit_file(args.measurements, args.out)
-    _print_fits(profile)
+    fit_file(args.measurements, args.out, **_limits(args))
     print(f"wrote {args.out}")
     return 0
 

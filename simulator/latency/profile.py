@@ -11,6 +11,11 @@ YAML file written by ``kvsim calibrate`` / ``kvsim fit``: device and software ve
 parameters, held-out error and the feature ranges that were measured. Pricing outside those ranges
 is counted per op so that results can say they extrapolate.
 
+Loading checks every field (one-line errors naming it) and the held-out errors: an op whose
+held-out MAPE or worst error exceeds the limits the profile records under ``quality`` (by default
+``MAX_HELDOUT_MAPE`` and ``MAX_HELDOUT_ERROR``) is refused unless ``quality.accepted`` lists it —
+``kvsim fit --accept-error`` writes that acceptance, and nothing else does.
+
 Ops that one GPU cannot measure (``step_overhead``: host-side time of the serving engine;
 ``allreduce``: needs several GPUs) are listed by the profile under ``not_measured`` and priced by
 the roofline model; any other op the scenario needs and the profile lacks is an error unless the
@@ -19,6 +24,7 @@ scenario asks for ``fallback: roofline``.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +34,64 @@ from .ops import OP_KINDS, Attention, Op, attention_kv_linear
 
 PROFILE_VERSION = 1
 NOT_MEASURABLE_ON_ONE_GPU = ("step_overhead", "allreduce")
+FORM = "launch_s + max(s_per_flop * flops, s_per_byte * bytes) + sum(extra * feature)"
+# Held-out limits: an op whose 5-fold held-out MAPE or worst relative error exceeds them is refused
+# unless the profile lists it under quality.accepted. 10% is about the spread of kernel timings
+# across input data and clocks; a worst error of 25% is one point a quarter off.
+MAX_HELDOUT_MAPE = 0.10
+MAX_HELDOUT_ERROR = 0.25
+TOP_KEYS = ("kvsim_profile", "device", "grid", "ops", "not_measured", "quality")
+OP_ENTRY_KEYS = ("form", "params", "ranges", "points", "heldout_mape", "heldout_max_error")
+HELDOUT_KEYS = ("heldout_mape", "heldout_max_error")
+PARAM_KEYS = ("launch_s", "s_per_flop", "s_per_byte", "extra")
+QUALITY_KEYS = ("max_heldout_mape", "max_heldout_error", "accepted")
+
+
+def heldout_excess(mape: float, worst: float, max_mape: float, max_error: float) -> str:
+    """Why an op's held-out error is above the limits ("" when it is not)."""
+    parts = []
+    if mape > max_mape:
+        parts.append(f"held-out MAPE {mape:.1%} exceeds {max_mape:.1%}")
+    if worst > max_error:
+        parts.append(f"worst held-out error {worst:.1%} exceeds {max_error:.1%}")
+    return " and ".join(parts)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v, where: str) -> float:
+    """A finite number ≥ 0 (YAML 1.1 reads ``5e-6`` without a dot as a string: accepted)."""
+    try:
+        x = float(v) if isinstance(v, (int, float, str)) and not isinstance(v, bool) else -1.0
+    except ValueError:
+        x = -1.0
+    if not (math.isfinite(x) and x >= 0):
+        raise KvsimError(f"{where} is {v!r}; allowed: a finite number ≥ 0")
+    return x
+
+
+def _keys(doc, where: str, allowed, required=(), what: str = "key") -> dict:
+    """``doc`` as a mapping whose keys are ``allowed`` (any when None) and include ``required``."""
+    if not isinstance(doc, dict):
+        raise KvsimError(f"{where} is {doc!r}; allowed: a mapping")
+    if allowed is not None:
+        for k in doc:
+            if k not in allowed:
+                raise KvsimError(f"{where}: unknown {what} {k!r}; allowed: {', '.join(allowed)}")
+    for k in required:
+        if k not in doc:
+            raise KvsimError(f"{where}: lacks {k!r} (needs {', '.join(required)})")
+    return doc
+
+
+def _limit(quality: dict, key: str, default: float, where: str) -> float:
+    v = quality.get(key, default)
+    x = _number(v, f"{where}: quality.{key}")
+    if not 0 < x <= 1:
+        raise KvsimError(f"{where}: quality.{key} is {v!r}; allowed: a fraction in (0, 1]")
+    return x
 
 
 def predict(params: dict, flops, nbytes, extras: dict):
@@ -41,22 +105,39 @@ def predict(params: dict, flops, nbytes, extras: dict):
 
 
 class OpFit:
-    """One op's fitted parameters and the feature ranges they were fitted on."""
+    """One op's fitted parameters, held-out error and the feature ranges they were fitted on."""
 
-    __slots__ = ("kind", "params", "launch", "per_flop", "per_byte", "extra", "ranges", "outside")
+    __slots__ = ("kind", "params", "launch", "per_flop", "per_byte", "extra", "ranges", "outside",
+                 "heldout_mape", "heldout_max_error")  # fmt: skip
 
-    def __init__(self, kind: str, entry: dict, where: str):
-        try:
-            p = entry["params"]
-            self.launch = float(p["launch_s"])
-            self.per_flop = float(p["s_per_flop"])
-            self.per_byte = float(p["s_per_byte"])
-            self.extra = {k: float(v) for k, v in (p.get("extra") or {}).items()}
-            self.ranges = {k: (float(lo), float(hi)) for k, (lo, hi) in entry["ranges"].items()}
-        except (KeyError, TypeError, ValueError) as e:
-            raise KvsimError(f"{where}: ops.{kind}: malformed entry ({e})") from None
-        if min(self.launch, self.per_flop, self.per_byte, *self.extra.values(), 0.0) < 0:
-            raise KvsimError(f"{where}: ops.{kind}: parameters must be non-negative")
+    def __init__(self, kind: str, entry, where: str):
+        here = f"{where}: ops.{kind}"
+        _keys(entry, here, OP_ENTRY_KEYS, required=("params", "ranges", *HELDOUT_KEYS))
+        if "form" in entry and entry["form"] != FORM:
+            raise KvsimError(f"{here}.form is {entry['form']!r}; allowed: {FORM!r}")
+        if "points" in entry and not (_is_int(entry["points"]) and entry["points"] >= 1):
+            raise KvsimError(f"{here}.points is {entry['points']!r}; allowed: an integer ≥ 1")
+        p = entry["params"]
+        _keys(p, f"{here}.params", PARAM_KEYS, required=PARAM_KEYS[:3])
+        self.launch = _number(p["launch_s"], f"{here}.params.launch_s")
+        self.per_flop = _number(p["s_per_flop"], f"{here}.params.s_per_flop")
+        self.per_byte = _number(p["s_per_byte"], f"{here}.params.s_per_byte")
+        features = sorted(OP_KINDS[kind]().features())
+        extra = p.get("extra") or {}
+        _keys(extra, f"{here}.params.extra", features)
+        self.extra = {k: _number(v, f"{here}.params.extra.{k}") for k, v in extra.items()}
+        _keys(entry["ranges"], f"{here}.ranges", features)
+        self.ranges = {}
+        for name, span in entry["ranges"].items():
+            at = f"{here}.ranges.{name}"
+            if not (isinstance(span, list) and len(span) == 2):
+                raise KvsimError(f"{at} is {span!r}; allowed: [low, high]")
+            lo, hi = _number(span[0], at), _number(span[1], at)
+            if lo > hi:
+                raise KvsimError(f"{at} is {span!r}; allowed: [low, high] with low ≤ high")
+            self.ranges[name] = (lo, hi)
+        self.heldout_mape = _number(entry["heldout_mape"], f"{here}.heldout_mape")
+        self.heldout_max_error = _number(entry["heldout_max_error"], f"{here}.heldout_max_error")
         self.kind = kind
         self.params = {"launch_s": self.launch, "s_per_flop": self.per_flop,
                        "s_per_byte": self.per_byte, "extra": self.extra}  # fmt: skip
@@ -92,13 +173,33 @@ class ProfileModel:
                 f"{where}: not a kvsim profile of version {PROFILE_VERSION} "
                 f"(kvsim_profile: {profile.get('kvsim_profile')!r})"
             )
+        _keys(profile, where, TOP_KEYS)
         self.where = where
-        self.device = profile.get("device", {})
-        self.fits = {k: OpFit(k, v, where) for k, v in (profile.get("ops") or {}).items()}
-        unknown = sorted(set(self.fits) - set(OP_KINDS))
-        if unknown:
-            raise KvsimError(f"{where}: ops: unknown op {unknown[0]!r}; known: {sorted(OP_KINDS)}")
-        self.not_measured = dict(profile.get("not_measured") or {})
+        self.device = _keys(profile.get("device") or {}, f"{where}: device", None)
+        _keys(profile.get("grid") or {}, f"{where}: grid", None)
+        ops = _keys(profile.get("ops") or {}, f"{where}: ops", sorted(OP_KINDS), what="op")
+        self.fits = {k: OpFit(k, v, where) for k, v in ops.items()}
+        quality = profile.get("quality") or {}
+        _keys(quality, f"{where}: quality", QUALITY_KEYS)
+        max_mape = _limit(quality, "max_heldout_mape", MAX_HELDOUT_MAPE, where)
+        max_error = _limit(quality, "max_heldout_error", MAX_HELDOUT_ERROR, where)
+        accepted = quality.get("accepted") or []
+        if not isinstance(accepted, list) or any(k not in self.fits for k in accepted):
+            raise KvsimError(
+                f"{where}: quality.accepted is {accepted!r}; allowed: a list of the profile's ops "
+                f"({', '.join(sorted(self.fits))})"
+            )
+        self.accepted = sorted(accepted)
+        for kind, fit in self.fits.items():
+            why = heldout_excess(fit.heldout_mape, fit.heldout_max_error, max_mape, max_error)
+            if why and kind not in accepted:
+                raise KvsimError(
+                    f"{where}: ops.{kind}: {why}; refit it, or accept it explicitly (kvsim fit "
+                    "--accept-error lists it under quality.accepted)"
+                )
+        not_measured = profile.get("not_measured") or {}
+        _keys(not_measured, f"{where}: not_measured", NOT_MEASURABLE_ON_ONE_GPU)
+        self.not_measured = dict(not_measured)
         missing = [k for k in required if k not in self.fits and k not in self.not_measured]
         if missing and not allow_fallback:
             raise KvsimError(

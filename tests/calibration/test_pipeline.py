@@ -12,9 +12,10 @@ import pytest
 import yaml
 from helpers import scenario_doc, write_kvsim_trace
 
-from kvsim.calibration.fit import read_measurements
+from kvsim.calibration.fit import fit_file
 from kvsim.calibration.grids import grid
 from kvsim.calibration.measure import calibrate
+from kvsim.calibration.measurements import read_measurements
 from kvsim.simulator import scenario_from_dict, simulate
 from kvsim.simulator.catalog import get_gpu, get_model
 from kvsim.simulator.errors import KvsimError
@@ -22,17 +23,34 @@ from kvsim.simulator.latency.profile import load_profile
 
 
 def test_tiny_pipeline_measures_fits_and_loads(tmp_path):
+    """The interpreter's timings are meaningless, so the tiny profile's held-out errors may be
+    anything: the test accepts them explicitly (accept_error=True), as a user would with
+    ``kvsim calibrate --tiny --accept-error``."""
     model = get_model("llama-3.1-8b")
-    profile = calibrate(model, 1, tmp_path, full=False, ops=None, log=lambda *a: None)
+    profile = calibrate(
+        model, 1, tmp_path, full=False, ops=None, log=lambda *a: None, accept_error=True
+    )
     points = grid(model, 1, full=False)
-    rows, meta = read_measurements(tmp_path / "measurements.csv")
-    assert len(rows) == sum(len(v) for v in points.values())
+    rows, run = read_measurements(tmp_path / "measurements.csv")
+    assert [(r.op, r.features) for r in rows] == [(k, f) for k, v in points.items() for f in v]
     assert all(r.seconds > 0 for r in rows)
-    assert meta["device"].endswith("triton interpreter") and meta["torch"] and meta["date"]
+    assert run["device"].endswith("triton interpreter") and run["torch"] and run["date"]
+    assert (run["model"], run["tensor_parallel"], run["grid"], run["timer"]) == (
+        "llama-3.1-8b",
+        1,
+        "tiny",
+        "interpreter",
+    )
     assert set(profile["ops"]) == set(points)
     for entry in profile["ops"].values():
         assert entry["heldout_mape"] >= 0 and entry["points"] >= 4
         assert min(entry["params"]["launch_s"], entry["params"]["s_per_byte"]) >= 0
+    assert profile["grid"] == {"model": "llama-3.1-8b", "tensor_parallel": 1, "full": False,
+                               "points": {k: len(v) for k, v in points.items()},
+                               "measurements": "measurements.csv"}  # fmt: skip
+    # kvsim fit of the run's CSV writes the same profile (run record included).
+    refit = fit_file(tmp_path / "measurements.csv", tmp_path / "refit.yaml", accept_error=True)
+    assert refit == profile == yaml.safe_load((tmp_path / "profile.yaml").read_text())
     from kvsim.simulator.latency import RooflineModel
 
     m = load_profile(
@@ -42,6 +60,7 @@ def test_tiny_pipeline_measures_fits_and_loads(tmp_path):
         ["gemm", "attention", "step_overhead"],
     )
     assert m.fallback_ops == ["step_overhead"]
+    assert m.accepted == profile["quality"]["accepted"]
 
 
 def _profile(tmp_path, ops=("gemm", "attention"), ranges=None):
@@ -57,7 +76,15 @@ def _profile(tmp_path, ops=("gemm", "attention"), ranges=None):
     doc = {
         "kvsim_profile": 1,
         "device": {"device": "hand-written test profile"},
-        "ops": {k: {"params": params[k], "ranges": (ranges or {}).get(k, {})} for k in ops},
+        "ops": {
+            k: {
+                "params": params[k],
+                "ranges": (ranges or {}).get(k, {}),
+                "heldout_mape": 0.02,
+                "heldout_max_error": 0.05,
+            }
+            for k in ops
+        },
         "not_measured": {"step_overhead": "host", "allreduce": "several GPUs"},
     }
     path = tmp_path / "profile.yaml"
@@ -181,3 +208,20 @@ def test_cli_without_a_gpu_says_so(tmp_path):
     p = _cli("calibrate", "--out", str(tmp_path / "x"), interpret=False)
     assert p.returncode == 2 and "needs a CUDA GPU" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_calibrate_keeps_measurements_of_a_refused_fit(tmp_path):
+    """A fit above the limits (here a limit no wall-clock timing meets) writes no profile but
+    keeps measurements.csv; --accept-error writes the profile and records the acceptance."""
+    out = tmp_path / "p"
+    args = ("calibrate", "--tiny", "--ops", "gemm,copy", "--out", str(out), "--max-mape", "1e-9")
+    p = _cli(*args, interpret=True)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.startswith(f"kvsim: error: {out}/measurements.csv: op 'copy': held-out MAPE ")
+    assert f"{out}/profile.yaml not written" in p.stderr and p.stderr.count("\n") == 1
+    assert (out / "measurements.csv").is_file() and not (out / "profile.yaml").exists()
+    p = _cli(*args, "--accept-error", interpret=True)
+    assert p.returncode == 0, p.stderr
+    quality = yaml.safe_load((out / "profile.yaml").read_text())["quality"]
+    assert quality == {"max_heldout_mape": 1e-9, "max_heldout_error": 0.25,
+                       "accepted": ["copy", "gemm"]}  # fmt: skip
