@@ -58,6 +58,7 @@ def attention_points(model: ModelSpec, tp: int, full: bool) -> list[dict]:
                 "heads": heads,
                 "kv_heads": kvh,
                 "head_dim": hd,
+                "kv_dim": 2 * kvh * hd,
             }
         )
     for q, c, s in prefill:
@@ -71,9 +72,24 @@ def attention_points(model: ModelSpec, tp: int, full: bool) -> list[dict]:
                 "heads": heads,
                 "kv_heads": kvh,
                 "head_dim": hd,
+                "kv_dim": 2 * kvh * hd,
             }
         )
     return pts
+
+
+def elementwise_points(model: ModelSpec, tp: int, full: bool) -> list[dict]:
+    """The three fused passes at the model's widths: residual add + RMSNorm over ``hidden`` (4
+    tensors), rotary over the queries and keys (2), SiLU·mul over the MLP's intermediate (3)."""
+    if full:
+        hd = model.head_dim or 128
+        rope = (max(1, model.heads // tp) + max(1, model.kv_heads // tp)) * hd
+        inter = (model.intermediate or (model.moe.intermediate if model.moe else 0)) // tp
+        widths = [(model.hidden, 4), (rope, 2)] + ([(inter, 3)] if inter else [])
+        toks = (1, 8, 64, 256, 1024, 4096, 16384)
+    else:
+        widths, toks = [(64, 4), (96, 2), (48, 3)], (1, 8, 24)
+    return [{"tokens": t, "width": w, "tensors": n} for t in toks for w, n in widths]
 
 
 def ssm_points(full: bool) -> tuple[list[dict], list[dict]]:
@@ -91,7 +107,7 @@ def ssm_points(full: bool) -> tuple[list[dict], list[dict]]:
 
 
 def scd_points(model: ModelSpec, full: bool) -> tuple[list[dict], list[dict], list[dict]]:
-    kv_dim = model.kv_dim if full else 128
+    kv_dim = model.kv_dim(1) if full else 128
     hidden = model.hidden if full else 96
     toks = (256, 1024, 4096, 16384) if full else (16, 48)
     ranks = (64, 128, 256, 512) if full else (16, 32)
@@ -103,7 +119,7 @@ def scd_points(model: ModelSpec, full: bool) -> tuple[list[dict], list[dict], li
 
 
 def quant_points(model: ModelSpec, full: bool) -> list[dict]:
-    kv_dim = model.kv_dim if full else 64
+    kv_dim = model.kv_dim(1) if full else 64
     toks = (1024, 4096, 16384, 65536) if full else (16, 48)
     return [{"tokens": t, "kv_dim": kv_dim, "bits": b} for t in toks for b in (8, 4, 2)]
 
@@ -121,6 +137,7 @@ def grid(model: ModelSpec, tp: int = 1, full: bool = True) -> dict[str, list[dic
     return {
         "gemm": gemm_points(model, tp, full),
         "attention": attention_points(model, tp, full),
+        "elementwise": elementwise_points(model, tp, full),
         "ssm_scan": scan,
         "ssm_step": step,
         "scd_encode": enc,

@@ -3,8 +3,8 @@
 Before any timing, every point is checked to run exactly as its features record it
 (``check_point``; ``attention_layout`` builds an attention point's segments and query positions).
 Each op's runner builds random inputs (never zeros) for one grid point and returns a callable
-that runs the real kernel: cuBLAS GEMMs through ``torch.matmul``, the Triton MSA, SCD,
-quantization and SSM kernels, device copies. On a GPU a point is timed with CUDA events by
+that runs the real kernel: cuBLAS GEMMs through ``torch.matmul``, the Triton MSA, elementwise (RMSNorm,
+rotary, SiLU·mul), SCD, quantization and SSM kernels, device copies. On a GPU a point is timed with CUDA events by
 ``triton.testing.do_bench`` (warm-up, then the median of repeats), cycling through enough input
 sets to exceed twice the L2 cache. Under ``TRITON_INTERPRET=1`` on a CPU the same pipeline runs
 (timed with a wall clock: the numbers mean nothing, the pipeline is real) — that is how the tests
@@ -142,6 +142,12 @@ def check_point(op: str, f: dict, max_head_dim: int) -> None:
     """Raise unless ``runner`` runs ``op`` at exactly the features ``f`` (no kernel is run)."""
     if op == "attention":
         attention_layout(f)
+    elif op == "elementwise":
+        if f["tensors"] not in (2, 3, 4) or (f["tensors"] == 2 and f["width"] % 32):
+            raise KvsimError(
+                f"elementwise point {f}: tensors must be 4 (add + RMSNorm), 3 (SiLU·mul) or 2 "
+                "(rotary, width a multiple of the 32-wide head used to run it)"
+            )
     elif "kv_dim" in f:
         kv_split(f["kv_dim"], max_head_dim)
     elif op == "copy" and f["path"] != "d2d":
@@ -150,7 +156,7 @@ def check_point(op: str, f: dict, max_head_dim: int) -> None:
 
 def runner(op: str, f: dict, gen) -> Callable[[], object]:
     """A callable that runs the real kernel of ``op`` at features ``f`` on fresh random inputs."""
-    from kvsim.kernels import msa, quant, scd, ssm
+    from kvsim.kernels import elementwise, msa, quant, scd, ssm
 
     dev, dt = _setup()
     check_point(op, f, 128 if dev == "cuda" else 32)
@@ -158,6 +164,20 @@ def runner(op: str, f: dict, gen) -> Callable[[], object]:
         a = _rand(f["tokens"], f["in_dim"], dtype=dt, dev=dev, gen=gen)
         b = _rand(f["in_dim"], f["out_dim"], dtype=dt, dev=dev, gen=gen)
         return lambda: torch.matmul(a, b)
+    if op == "elementwise":
+        t, w, n = f["tokens"], f["width"], f["tensors"]
+        if n == 4:
+            x, res = (_rand(t, w, dtype=dt, dev=dev, gen=gen) for _ in range(2))
+            weight = _rand(w, dtype=dt, dev=dev, gen=gen)
+            return lambda: elementwise.fused_add_rms_norm(x, res, weight)
+        if n == 3:
+            gu = _rand(t, 2 * w, dtype=dt, dev=dev, gen=gen)
+            return lambda: elementwise.silu_and_mul(gu)
+        d = 128 if w % 128 == 0 else 64 if w % 64 == 0 else 32
+        qk = _rand(t, w // d, d, dtype=dt, dev=dev, gen=gen)
+        pos = torch.randint(0, 4096, (t,), generator=gen, device=dev, dtype=torch.int32)
+        cs = elementwise.rope_cache(4096, d, device=dev)
+        return lambda: elementwise.rotary(qk, pos, cs)
     if op == "attention":
         heads, kvh, d = f["heads"], f["kv_heads"], f["head_dim"]
         lay = attention_layout(f, dev)

@@ -63,9 +63,10 @@ def test_tiny_pipeline_measures_fits_and_loads(tmp_path):
     assert m.accepted == profile["quality"]["accepted"]
 
 
-def _profile(tmp_path, ops=("gemm", "attention"), ranges=None):
+def _profile(tmp_path, ops=("gemm", "attention", "elementwise"), ranges=None):
     params = {
         "gemm": {"launch_s": 5e-6, "s_per_flop": 1.5e-15, "s_per_byte": 3.5e-13, "extra": {}},
+        "elementwise": {"launch_s": 3e-6, "s_per_flop": 0.0, "s_per_byte": 4.5e-13, "extra": {}},
         "attention": {
             "launch_s": 8e-6,
             "s_per_flop": 2.5e-15,
@@ -111,9 +112,15 @@ def test_iteration_times_equal_the_fitted_functions(tmp_path):
     def gemm(t, i, o):
         return fitted("gemm", 2 * t * i * o, 2 * (t * i + i * o + t * o))
 
+    def elementwise(t, width, tensors):
+        return fitted("elementwise", 4 * t * width, 2 * t * width * tensors)
+
     def iteration(ctx, q):
         dense = gemm(q, H, (HEADS + 2 * KVH) * D) + gemm(q, HEADS * D, H) + \
             gemm(q, H, 2 * INTER) + gemm(q, INTER, H)  # fmt: skip
+        # rotary on q and k, SiLU·mul, and a residual add + RMSNorm per component + the final one
+        dense += elementwise(q, (HEADS + KVH) * D, 2) + elementwise(q, INTER, 3)
+        norms = (2 * L + 1) * elementwise(q, H, 4)
         pairs = q * ctx + q * (q + 1) // 2
         attn = fitted(
             "attention",
@@ -122,7 +129,7 @@ def test_iteration_times_equal_the_fitted_functions(tmp_path):
             segments=1,
             seqs=1,
         )
-        s = L * dense + L * attn + gemm(1, H, VOCAB)
+        s = L * dense + norms + L * attn + gemm(1, H, VOCAB)
         s += g.step_overhead_s + g.step_overhead_per_seq_s
         return round(s * 1e9)
 
@@ -162,7 +169,7 @@ def test_profile_fast_forward_equals_exact_steps(tmp_path):
 
 
 def test_missing_op_is_an_error_unless_fallback(tmp_path):
-    path, _ = _profile(tmp_path, ops=("gemm",))
+    path, _ = _profile(tmp_path, ops=("gemm", "elementwise"))
     trace = write_kvsim_trace(
         tmp_path / "t.jsonl", [{"arrival_s": 0.0, "prompt_tokens": 10, "output_tokens": 2}]
     )
