@@ -194,6 +194,10 @@ def test_wrapper_rejects_bad_inputs(device):
         msa_decode(torch.zeros(1, 3, 32, device=device), pos, k, k, table, seg, n)
     with pytest.raises(ValueError, match=r"\[num_blocks, page, kv_heads, head_dim\]"):
         msa_decode(q, pos, k[0], k[0], table, seg, n)
+    cu = torch.tensor([0, 1], dtype=torch.int32, device=device)
+    for hint in (0, 1.5):
+        with pytest.raises(ValueError, match="max_q_len must be a positive int"):
+            msa_prefill(q, cu, pos, k, k, table, seg, n, max_q_len=hint)
     with pytest.raises(ValueError, match="q_pos must have one entry per query row"):
         msa_prefill(
             q,
