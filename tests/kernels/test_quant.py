@@ -1,5 +1,5 @@
 """KV quantization against a reference written from the format's definition (KIVI, arXiv
-2402.02750, §3): stored zeros and scales, exact codes away from rounding ties, packing, and the
+2402.02750): stored zeros and scales, exact codes away from rounding ties, packing, and the
 round trip within half a step.
 
 The reference does not reuse the kernels module: it names each element's group by an index formula
