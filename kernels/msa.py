@@ -22,6 +22,7 @@ head_dim]`` (vLLM's flash layout).
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import triton
@@ -118,8 +119,11 @@ def _msa_prefill_kernel(
         other=0.0,
     )
     qp = tl.load(q_pos + q_start + rows, mask=row_mask, other=-1)
-    q_max = tl.max(qp, 0)
+    # NOTE: the block's positions need not be contiguous nor sorted (recomputed holes and new
+    # tokens share a chunk), so the tile bounds below use the least and the greatest position of
+    # the block's valid rows; padding rows (past the chunk's end) are left out of both.
     q_min = tl.min(tl.where(row_mask, qp, 2147483647), 0)
+    q_max = tl.max(tl.where(row_mask, qp, -1), 0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -129,10 +133,13 @@ def _msa_prefill_kernel(
         slot0 = tl.load(seg + b * stride_sb + s * 3)
         length = tl.load(seg + b * stride_sb + s * 3 + 1)
         pos0 = tl.load(seg + b * stride_sb + s * 3 + 2)
-        # NOTE: two branch-free loops, so that Triton can software-pipeline the loads: first the
-        # tiles wholly inside the segment and below the causal diagonal of every query here (no
-        # mask), then the tiles up to the last one any query can see (masked). Tiles after that
-        # are never visited.
+        # NOTE: two branch-free loops, so that Triton can software-pipeline the loads. Tile t
+        # holds the keys at pos0 + t·BLOCK_N … pos0 + (t+1)·BLOCK_N − 1.
+        # - Unmasked, tiles t < n_full: wholly inside the segment ((t+1)·BLOCK_N ≤ length) and
+        #   seen whole by every row, i.e. the tile's last key ≤ q_min, the block's least position.
+        # - Masked, tiles n_full ≤ t < n_end: up to the tile that holds the last key the block's
+        #   greatest position q_max sees (its first key ≤ q_max), and not past the segment.
+        # Tiles after that are never visited; rows that see none of a tile get it masked out.
         n_full = tl.minimum(length // BLOCK_N, tl.maximum(q_min - pos0 + 1, 0) // BLOCK_N)
         n_end = tl.minimum(
             tl.cdiv(length, BLOCK_N), tl.maximum(q_max - pos0 + BLOCK_N, 0) // BLOCK_N
@@ -217,7 +224,9 @@ def _msa_decode_split_kernel(
         pos0 = tl.load(seg + b * stride_sb + s * 3 + 2)
         a = tl.maximum(c0, lo)
         e = tl.minimum(c0 + length, hi)
-        # Branch-free loops as in prefill: whole visible tiles, then a masked remainder.
+        # Branch-free loops as in prefill over this split's part [a, e) of the segment, in the
+        # concatenation's coordinates (key c is at position pos0 + c − c0): unmasked, the whole
+        # tiles of keys at positions ≤ q_pos; masked, the rest of [a, e).
         n_full = tl.maximum(tl.minimum(e - a, qp_s - pos0 + c0 + 1 - a), 0) // BLOCK_N
         for start in range(a, a + n_full * BLOCK_N, BLOCK_N):
             cols = start + tl.arange(0, BLOCK_N)
@@ -352,7 +361,8 @@ def msa_prefill(
         k_cache, v_cache: [num_blocks, page, kv_heads, head_dim], same dtype as q.
         block_table: int32 [batch, max_blocks]. segments: int32 [batch, max_segs, 3].
         n_segments: int32 [batch], segments used per sequence.
-        max_q_len: the longest query chunk (computed on the device, a synchronization, if omitted).
+        max_q_len: at least the longest query chunk; it sizes the grid, so rows past it would not
+            be computed (computed on the device, a synchronization, if omitted).
     Returns:
         (out [total_q, heads, head_dim] in q's dtype, lse [total_q, heads] float32, natural log).
     """
@@ -375,7 +385,11 @@ def msa_prefill(
         return out, lse
     if max_q_len is None:  # NOTE: a device-to-host sync; engines pass max_q_len
         max_q_len = int((cu_q[1:] - cu_q[:-1]).max().item())
-    lens = max_q_len
+    elif (
+        isinstance(max_q_len, bool) or not isinstance(max_q_len, numbers.Integral) or max_q_len < 1
+    ):
+        raise ValueError(f"max_q_len must be a positive int; got {max_q_len!r}")
+    lens = int(max_q_len)
     interp = interpreting()
     # Defaults measured best on an H100 for head_dim 128 (benchmarks/results/kernels_h100.md).
     bm = block_m or (16 if interp else 128)

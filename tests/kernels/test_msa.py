@@ -194,6 +194,10 @@ def test_wrapper_rejects_bad_inputs(device):
         msa_decode(torch.zeros(1, 3, 32, device=device), pos, k, k, table, seg, n)
     with pytest.raises(ValueError, match=r"\[num_blocks, page, kv_heads, head_dim\]"):
         msa_decode(q, pos, k[0], k[0], table, seg, n)
+    cu = torch.tensor([0, 1], dtype=torch.int32, device=device)
+    for hint in (0, 1.5):
+        with pytest.raises(ValueError, match="max_q_len must be a positive int"):
+            msa_prefill(q, cu, pos, k, k, table, seg, n, max_q_len=hint)
     with pytest.raises(ValueError, match="q_pos must have one entry per query row"):
         msa_prefill(
             q,
@@ -227,3 +231,158 @@ def test_decode_default_splits_with_and_without_length_hint(gen, device, hint):
         rk, rv, rp = gather_segments(k, v, table[b], batch_segs[b])
         ro, rl = msa_reference(q[b : b + 1], pos[b : b + 1], rk, rv, rp)
         _check(got[b : b + 1], lse[b : b + 1], ro, rl, dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# AsymCache's chunks: recomputed holes and new tokens in one chunk, at every tile offset.
+# ---------------------------------------------------------------------------------------------
+# A sequence's context as pieces in position order: "c" = resident cached KV, "q" = tokens of the
+# chunk (a recomputed hole or the new tokens), whose KV the engine writes before attention.
+CHUNK_LAYOUTS = {
+    "hole_then_new": [("c", 32), ("q", 21), ("c", 43), ("q", 38)],
+    "two_holes": [("c", 16), ("q", 21), ("c", 38), ("q", 7), ("c", 9), ("q", 30)],
+    "front_hole": [("q", 32), ("c", 32), ("q", 25)],
+    "contiguous": [("c", 32), ("q", 40)],
+}
+
+
+def _chunk_case(gen, pieces, delta, merged, kv_heads, d, page, dtype):
+    """Positions, KV and paged cache of one sequence whose first piece is ``delta`` tokens longer.
+
+    ``merged``: one segment over the whole context (the holes' new blocks sit at their places in
+    the block table); otherwise one segment per piece, in shuffled slot order. Slots no segment
+    owns hold NaN, so a tile read past a segment's end poisons the output. Returns (query
+    positions, per-position K and V, k_cache, v_cache, block table row, segments)."""
+    lengths = [n + (delta if i == 0 else 0) for i, (_, n) in enumerate(pieces)]
+    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+    ctx = sum(lengths)
+    q_pos = []
+    for (kind, _), start, length in zip(pieces, starts, lengths, strict=True):
+        if kind == "q":
+            q_pos += range(start, start + length)
+    runs = [(0, ctx)] if merged else list(zip(starts, lengths, strict=True))
+    segs, slot = [None] * len(runs), 0
+    for i in torch.randperm(len(runs), generator=gen).tolist():
+        slot += 1 + int(torch.randint(page, (1,), generator=gen))  # a poisoned gap
+        segs[i] = (slot, runs[i][1], runs[i][0])
+        slot += runs[i][1]
+    num_blocks = -(-slot // page) + 2
+    table = torch.randperm(num_blocks, generator=gen).to(torch.int32)
+    k_pos = torch.randn(ctx, kv_heads, d, generator=gen).to(dtype)
+    v_pos = torch.randn(ctx, kv_heads, d, generator=gen).to(dtype)
+    k_cache = torch.full((num_blocks, page, kv_heads, d), float("nan"), dtype=dtype)
+    v_cache = torch.full_like(k_cache, float("nan"))
+    for slot0, length, pos0 in segs:
+        slots = torch.arange(slot0, slot0 + length)
+        blk, off = table[slots // page].long(), slots % page
+        k_cache[blk, off] = k_pos[pos0 : pos0 + length]
+        v_cache[blk, off] = v_pos[pos0 : pos0 + length]
+    return torch.tensor(q_pos, dtype=torch.int32), k_pos, v_pos, k_cache, v_cache, table, segs
+
+
+def _reference_over_positions(q, q_pos, k_pos, v_pos, k_cache, v_cache, table, segs):
+    """The float64 reference over the KV of every position 0 … ctx−1; first checks that the
+    segments gathered through the block table are exactly that KV."""
+    rk, rv, rp = gather_segments(k_cache, v_cache, table, segs)
+    assert torch.equal(rk, k_pos[rp]) and torch.equal(rv, v_pos[rp])
+    assert sorted(rp.tolist()) == list(range(k_pos.shape[0]))
+    return msa_reference(q, q_pos, k_pos, v_pos, torch.arange(k_pos.shape[0]))
+
+
+@pytest.mark.parametrize("delta", [-2, -1, 0, 1, 2])
+@pytest.mark.parametrize("layout", sorted(CHUNK_LAYOUTS))
+@pytest.mark.parametrize(
+    "heads, kv_heads, block_m, block_n, order",
+    [(2, 1, 16, 16, "sorted"), (4, 2, 16, 32, "shuffled"), (2, 1, 32, 16, "sorted")],
+)
+def test_prefill_chunk_of_holes_and_new_tokens(
+    gen, device, delta, layout, heads, kv_heads, block_m, block_n, order
+):
+    """Two sequences in one launch, one with a segment per piece and one with a single merged
+    segment. The chunk's query positions have gaps (holes, then new tokens); its first query (for
+    a front hole: its first new token) lies at a key-tile boundary + ``delta``, and the pieces
+    after it at other offsets."""
+    dtype, d, page = torch.float32, 16, 8
+    cases, qs = [], []
+    for merged in (False, True):
+        case = _chunk_case(gen, CHUNK_LAYOUTS[layout], delta, merged, kv_heads, d, page, dtype)
+        q_pos = case[0]
+        if order == "shuffled":  # rows need not be in position order
+            q_pos = q_pos[torch.randperm(q_pos.numel(), generator=gen)]
+        cases.append((q_pos, *case[1:]))
+        qs.append(torch.randn(q_pos.numel(), heads, d, generator=gen).to(dtype))
+    # Both sequences in one paged cache: the second's blocks follow the first's.
+    nb0 = cases[0][3].shape[0]
+    k_cache = torch.cat([cases[0][3], cases[1][3]])
+    v_cache = torch.cat([cases[0][4], cases[1][4]])
+    width = max(c[5].numel() for c in cases)
+    table = torch.zeros(2, width, dtype=torch.int32)
+    table[0, : cases[0][5].numel()] = cases[0][5]
+    table[1, : cases[1][5].numel()] = cases[1][5] + nb0
+    seg = torch.zeros(2, max(len(c[6]) for c in cases), 3, dtype=torch.int32)
+    for b, c in enumerate(cases):
+        seg[b, : len(c[6])] = torch.tensor(c[6], dtype=torch.int32)
+    n = torch.tensor([len(c[6]) for c in cases], dtype=torch.int32)
+    q = torch.cat(qs)
+    q_pos = torch.cat([c[0] for c in cases])
+    lens = [x.shape[0] for x in qs]
+    cu = torch.tensor([0, lens[0], sum(lens)], dtype=torch.int32)
+    out = torch.full_like(q, float("nan")).to(device)
+    got, lse = msa_prefill(
+        q.to(device), cu.to(device), q_pos.to(device), k_cache.to(device), v_cache.to(device),
+        table.to(device), seg.to(device), n.to(device), max_q_len=max(lens), block_m=block_m,
+        block_n=block_n, out=out,
+    )  # fmt: skip
+    for b, (qp, k_pos, v_pos, kc, vc, tb, segs) in enumerate(cases):
+        ro, rl = _reference_over_positions(qs[b], qp, k_pos, v_pos, kc, vc, tb, segs)
+        r = slice(int(cu[b]), int(cu[b + 1]))
+        _check(got[r], lse[r], ro, rl, dtype)
+
+
+@pytest.mark.parametrize("delta", [-2, -1, 0, 1, 2])
+@pytest.mark.parametrize("merged", [False, True])
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_decode_sees_keys_up_to_its_position_at_tile_offsets(
+    gen, device, delta, merged, num_splits
+):
+    """A decode query at tile boundary + ``delta`` with keys after it in the cache: it sees
+    exactly the keys at or before its position (decode's whole-tile bound is by position)."""
+    dtype, d, page, heads, kv_heads, block_n = torch.float32, 16, 8, 4, 1, 16
+    pieces = [("c", 32), ("c", 13), ("c", 30), ("c", 20)]
+    _, k_pos, v_pos, kc, vc, table, segs = _chunk_case(
+        gen, pieces, 0, merged, kv_heads, d, page, dtype
+    )
+    positions = [block_n * 2 + delta, block_n * 4 + delta, k_pos.shape[0] - 1]
+    q = torch.randn(len(positions), heads, d, generator=gen).to(dtype)
+    q_pos = torch.tensor(positions, dtype=torch.int32)
+    seg = torch.tensor([segs] * len(positions), dtype=torch.int32)
+    n = torch.full((len(positions),), len(segs), dtype=torch.int32)
+    tables = table[None].expand(len(positions), -1).contiguous()
+    got, lse = msa_decode(
+        q.to(device), q_pos.to(device), kc.to(device), vc.to(device), tables.to(device),
+        seg.to(device), n.to(device), num_splits=num_splits, block_n=block_n,
+        out=torch.full_like(q, float("nan")).to(device),
+    )  # fmt: skip
+    ro, rl = _reference_over_positions(q, q_pos, k_pos, v_pos, kc, vc, table, segs)
+    _check(got, lse, ro, rl, dtype)
+
+
+@pytest.mark.parametrize("hint", [None, "exact", "larger"])
+def test_prefill_length_hint_changes_nothing(gen, device, hint):
+    """max_q_len only sizes the grid: omitted (a device sync) or larger than the longest chunk,
+    the result is the same as with the exact hint."""
+    dtype, d, page = torch.float32, 16, 8
+    q_pos, k_pos, v_pos, kc, vc, table, segs = _chunk_case(
+        gen, CHUNK_LAYOUTS["hole_then_new"], 0, False, 1, d, page, dtype
+    )
+    q = torch.randn(q_pos.numel(), 2, d, generator=gen).to(dtype)
+    cu = torch.tensor([0, q_pos.numel()], dtype=torch.int32)
+    seg = torch.tensor([segs], dtype=torch.int32)
+    n = torch.tensor([len(segs)], dtype=torch.int32)
+    args = [t.to(device) for t in (q, cu, q_pos, kc, vc, table[None], seg, n)]
+    exact, exact_lse = msa_prefill(*args, max_q_len=q_pos.numel())
+    max_q_len = {None: None, "exact": q_pos.numel(), "larger": q_pos.numel() + 40}[hint]
+    got, lse = msa_prefill(*args, max_q_len=max_q_len, out=torch.full_like(args[0], float("nan")))
+    assert torch.equal(got, exact) and torch.equal(lse, exact_lse)
+    ro, rl = _reference_over_positions(q, q_pos, k_pos, v_pos, kc, vc, table, segs)
+    _check(got, lse, ro, rl, dtype)
