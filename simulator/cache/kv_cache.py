@@ -84,8 +84,9 @@ class KVCache:
     # ---- lookup ----------------------------------------------------------------------------
     def lookup(self, req, now_ns: int, tokens: int | None = None) -> Hit:
         """The reusable part of ``req``'s prompt on this replica (DESIGN §9, S1), for a sequence
-        of ``tokens`` tokens (default: the prompt; more after a preemption in decode)."""
-        if not self.prefix_caching or not req.blocks:
+        of ``tokens`` tokens (default: the prompt; more after a preemption in decode). With prefix
+        caching off nothing is ever committed, so nothing is found."""
+        if not req.blocks:
             return NO_HIT
         nodes = self._match(req.blocks, req.prompt_tokens, req.unit_tokens)
         if not nodes:
@@ -118,7 +119,7 @@ class KVCache:
     def cached_tokens(self, req) -> int:
         """Tokens of ``req``'s prompt this replica would reuse now (what routers compare): the
         tokens of ``lookup(req, now)``, without building the Hit."""
-        if not self.prefix_caching or not req.blocks:
+        if not req.blocks:
             return 0
         nodes = self._match(req.blocks, req.prompt_tokens, req.unit_tokens)
         if not nodes:

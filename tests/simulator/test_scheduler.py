@@ -77,6 +77,26 @@ def test_preempt_newest_requeue_at_head_admission_stops_and_recompute_counted_on
     assert b.generated == 40 and b.first_ns == 1  # its first token is still the first one
 
 
+def test_admission_stops_after_a_preemption_even_if_the_head_fits():
+    """Capacity 5, 16-token chunks: A and B prefill in two iterations (4 blocks); at it 2 both
+    need a block for token 33 and one is free, so B (the newest) is preempted and frees 2. Its
+    first 16-token chunk would fit the 2 free blocks, but admission waits for the next
+    iteration: a preemption means the pool is short, and vLLM does not admit in that step."""
+    cache = KVCache(5, BS, EVICTION.create("lru", None))
+    sched = Scheduler(cache, 64, 8, 16, True)
+    a, b = (Seq(_req(i, 32, 40), 0) for i in range(2))
+    sched.add(a)
+    sched.add(b)
+    _step(sched, 0)
+    _step(sched, 10)
+    assert a.phase == b.phase == DECODE and cache.free == 1
+    batch = _step(sched, 20)
+    assert batch.preempted and batch.decodes == 1 and batch.prefills == []
+    assert list(sched.waiting) == [b] and cache.free == 2
+    batch = _step(sched, 30)
+    assert [(s.req.id, n) for s, n in batch.prefills] == [(1, 16)]
+
+
 def test_hit_tokens_chunked_commits_and_eviction_order_after_shared_prefixes():
     """X: 200 tokens = units 1, 2, 3 (64 each) and an 8-token unit 4 (no full block: never
     cached), prefilled in 64-token chunks; each unit becomes a node once its chunk is done. Y then
