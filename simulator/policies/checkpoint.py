@@ -75,7 +75,8 @@ class PlacementTable:
     solve thus answers every prompt length; j = N is the unconfined optimum.
 
     Among optimal placements, a chosen checkpoint whose served bins (up to the next checkpoint,
-    or to N for the last) hold no mass is dropped: it would cost memory and save nothing.
+    or to N for the last) hold no mass is dropped: it would cost memory and save nothing. Which
+    of several optimal placements is returned is deterministic but not specified.
     """
 
     def __init__(self, hist: Sequence[float], n: int):
@@ -114,7 +115,7 @@ class PlacementTable:
             x, best, arg = P[N], math.inf, 0
             for s in range(1, N + 1):
                 v = dp[s - 1] - TP[s - 1] + s * P[s - 1] - s * x
-                if v <= best:  # ties: the deeper checkpoint, as the hull's front pops on ties
+                if v <= best:  # ties: the deeper line, as in the hull layers
                     best, arg = v, s
                 self._last_arg[s], self._last_val[s] = arg, best
 
