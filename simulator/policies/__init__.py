@@ -1,7 +1,8 @@
 """Pluggable policies, one module per family, each with a name registry."""
 
+from .checkpoint import CHECKPOINT
 from .eviction import EVICTION
 from .registry import Registry
 from .routing import ROUTING
 
-__all__ = ["EVICTION", "ROUTING", "Registry"]
+__all__ = ["CHECKPOINT", "EVICTION", "ROUTING", "Registry"]
