@@ -3,8 +3,9 @@
 Before any timing, every point is checked to run exactly as its features record it
 (``check_point``; ``attention_layout`` builds an attention point's segments and query positions).
 Each op's runner builds random inputs (never zeros) for one grid point and returns a callable
-that runs the real kernel: cuBLAS GEMMs through ``torch.matmul``, the Triton MSA, elementwise (RMSNorm,
-rotary, SiLU·mul), SCD, quantization and SSM kernels, device copies. On a GPU a point is timed with CUDA events by
+that runs the real kernel: cuBLAS GEMMs through ``torch.matmul``, the Triton MSA, elementwise
+(RMSNorm, rotary, SiLU·mul), SCD, quantization and SSM kernels, device copies. On a GPU a point is
+timed with CUDA events by
 ``triton.testing.do_bench`` (warm-up, then the median of repeats), cycling through enough input
 sets to exceed twice the L2 cache. Under ``TRITON_INTERPRET=1`` on a CPU the same pipeline runs
 (timed with a wall clock: the numbers mean nothing, the pipeline is real) — that is how the tests

@@ -36,7 +36,7 @@ def _add_rms_norm_kernel(X, R, W, Y, hidden, eps, BLOCK: tl.constexpr):
 
 def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
                        eps: float = 1e-6) -> torch.Tensor:  # fmt: skip
-    """residual += x (in place); return RMSNorm(residual) · weight. x, residual: [tokens, hidden]."""
+    """residual += x (in place); return RMSNorm(residual) · weight (x, residual: [T, hidden])."""
     if x.shape != residual.shape or x.dim() != 2 or weight.shape != (x.shape[1],):
         raise ValueError(f"shapes x {tuple(x.shape)}, residual {tuple(residual.shape)}, "
                          f"weight {tuple(weight.shape)}: expected [T, H], [T, H], [H]")  # fmt: skip

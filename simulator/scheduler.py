@@ -411,7 +411,7 @@ class Scheduler:
         for s, n in prefills:
             tokens += n
             if s.ahead:  # msa: the chunk's queries skip the reused ranges ahead
-                end, pairs, _ = _walk(s, n)
+                end, pairs, _, _ = _walk(s, n)
                 segs += _segments(s.reused, s.num_tokens, end)
             else:
                 c = s.computed
@@ -491,7 +491,10 @@ class Scheduler:
     def _advance(self, s: Seq, n: int) -> None:
         """Move the cursor past ``n`` computed tokens (and the reused ranges they reach)."""
         if s.ahead:
-            end, _, spans = _walk(s, n)
+            end, _, spans, i = _walk(s, n)
+            r = s.reused
+            s.ahead -= sum(r[j][1] - r[j][0] for j in range(s.next_range, i))  # ranges crossed
+            s.next_range = i
         else:
             end, spans = s.computed + n, ((s.computed, s.computed + n),)
         if s.done_before:  # tokens it computed before a preemption are computed again
@@ -583,9 +586,10 @@ def _skip_reused(s: Seq) -> None:
     s.next_range = i
 
 
-def _walk(s: Seq, n: int) -> tuple[int, int, list[tuple[int, int]]]:
+def _walk(s: Seq, n: int) -> tuple[int, int, list[tuple[int, int]], int]:
     """The next ``n`` positions to compute from the cursor, skipping reused ranges: returns the
-    end (one past the last), their (query, key) pairs and the computed spans."""
+    end (one past the last), their (query, key) pairs, the computed spans and the index of the
+    first reused range not crossed."""
     r = s.reused
     i = s.next_range
     pos, left, pairs = s.computed, n, 0
@@ -599,7 +603,7 @@ def _walk(s: Seq, n: int) -> tuple[int, int, list[tuple[int, int]]]:
             pos += take
             left -= take
         if not left:
-            return pos, pairs, spans
+            return pos, pairs, spans, i
         pos = r[i][1]
         i += 1
 

@@ -107,7 +107,8 @@ CASES = [
     (("device",), "H100", "device is 'H100'; allowed: a mapping"),
     (("grid",), [1], "grid is [1]; allowed: a mapping"),
     (("ops",), ["gemm"], "ops is ['gemm']; allowed: a mapping"),
-    (("ops", "gemmm"), {}, "ops: unknown op 'gemmm'; allowed: allreduce, attention, copy, elementwise, gemm"),
+    (("ops", "gemmm"), {}, "ops: unknown op 'gemmm'; allowed: allreduce, attention, copy, "
+     "elementwise, gemm"),
     (("ops", "gemm"), None, "ops.gemm is None; allowed: a mapping"),
     (("ops", "gemm", "paramz"), {}, "ops.gemm: unknown key 'paramz'; allowed: form, params, "
      "ranges, points, heldout_mape, heldout_max_error"),

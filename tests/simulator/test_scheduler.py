@@ -184,6 +184,23 @@ def test_msa_reuses_around_a_hole_and_recomputes_it():
     assert not sched.has_work()
 
 
+def test_msa_chunk_that_crosses_a_reused_range():
+    """With 100-token chunks Z's first chunk takes the hole [64, 128) and then, past the reused
+    units 3 and 4, the tail [256, 266) with 36 tokens to spare: its queries are 74 positions in
+    two spans, pairs Σ_{p=64}^{127} (p+1) + Σ_{p=256}^{265} (p+1) = 6,176 + 2,615, and it reads all
+    four segments. Prefill is then done: nothing reused is left ahead of the cursor."""
+    cache = KVCache(60, BS, EVICTION.create("lru", None), layout="msa")
+    sched = Scheduler(cache, 100, 8, 100, True)
+    _cache_with_a_hole(sched)
+    z = Seq(_req(2, 4 * UNIT + 10, 2, (1, 2, 3, 4, 6)), 10)
+    sched.add(z)
+    b1 = _step(sched, 10)
+    assert [n for _, n in b1.prefills] == [74]
+    assert (b1.kv_tokens, b1.qk_pairs, b1.segments, b1.logits) == (266, 6176 + 2615, 4, 1)
+    assert (z.computed, z.ahead, z.next_range, z.phase) == (266, 0, 2, DECODE)
+    sched.check_invariants()
+
+
 def test_segments_of_ledgers():
     from kvsim.simulator.scheduler import _segments
 
