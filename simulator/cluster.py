@@ -188,6 +188,7 @@ class Cluster:
                 sc.chunk_tokens or sc.max_num_batched_tokens,
                 sc.enable_chunked_prefill,
                 on_finish=self._finisher(i),
+                watermark_blocks=int(sc.watermark * self.capacity),
             )
             self.replicas.append(
                 Replica(self.env, i, sched, pricer, scenario.simulation.exact_steps)
@@ -250,8 +251,9 @@ class Cluster:
 
     def _latency_notes(self) -> dict:
         if self.latency.name != "profile":
-            return {}
+            return {"latency_calibrated": False}
         return {
+            "latency_calibrated": True,
             "latency_profile": str(self.scenario.latency.path),
             "latency_extrapolated": self.latency.extrapolated(),
             "latency_fallback_ops": self.latency.fallback_ops,
@@ -273,7 +275,7 @@ class Cluster:
                 # Share of the simulated span the replicas spent running iterations.
                 "busy_fraction": sum(r.busy_ns for r in self.replicas)
                 / max(1, len(self.replicas) * self.env.now),
-                "latency_model": self.latency.name,
+                "latency_model": self.latency.describe(),
                 **self._latency_notes(),
             },
         }

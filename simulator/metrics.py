@@ -442,4 +442,6 @@ class Results:
                 f"{'GPUs':26}{s['gpus']:>9}  ({s['kv_blocks_per_replica']} KV blocks "
                 f"per replica, {s['evictions']} evictions, busy {s['busy_fraction']:.0%})"
             )
+        if "latency_model" in s:
+            lines.append(f"{'latency model':26}{s['latency_model']}")
         return "\n".join(lines)

@@ -91,6 +91,13 @@ class SchedulerConfig(_Strict):
     chunk_tokens: int | None = Field(
         None, ge=1, description="per-request prefill chunk cap (default: the token budget)"
     )
+    watermark: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="fraction of KV blocks admission leaves free (vLLM V0's block manager kept "
+        "0.01; V1, the default here, keeps none)",
+    )
 
     @model_validator(mode="after")
     def _budget_holds_decodes(self):

@@ -2,7 +2,10 @@
 
 Each iteration (vLLM V1 semantics): every running request in decode gets one token; running
 requests still in prefill get their next chunk within the token budget; then waiting requests are
-admitted first-come-first-served while the budget, ``max_num_seqs`` and the KV pool allow. A request
+admitted first-come-first-served while the budget, ``max_num_seqs`` and the KV pool allow: a
+request is admitted when the blocks of its first chunk can be allocated (V1 allocates for the
+tokens scheduled), optionally leaving a watermark of blocks free as vLLM V0's block manager did
+(``watermark_blocks``; V1 has none). A request
 whose tokens all have KV samples one new token. When a running request cannot get a block, the
 newest running request is preempted: its blocks are freed and it is recomputed later (its cached
 prefix may still hit). Admission stops for the iteration after any preemption.
@@ -201,6 +204,7 @@ class Scheduler:
         enable_chunked_prefill: bool,
         on_first_token=None,
         on_finish=None,
+        watermark_blocks: int = 0,
     ):
         self.cache = cache
         self.bt = cache.block_tokens
@@ -209,6 +213,8 @@ class Scheduler:
         self.chunk = chunk_tokens
         self.chunked = enable_chunked_prefill
         self.msa = cache.layout == MSA
+        self.watermark = watermark_blocks
+        """Blocks admission leaves available (vLLM V0's watermark; V1 reserves none)."""
         self.on_first_token = on_first_token or (lambda seq, now: None)
         self.on_finish = on_finish or (lambda seq, now: None)
         self.waiting: deque[Seq] = deque()
@@ -432,7 +438,7 @@ class Scheduler:
         n = min(remaining, budget, self.chunk)
         if not self.chunked and n < remaining:
             return 0
-        if not cache.try_allocate(cache.blocks_for(n), now, hit):
+        if not cache.try_allocate(cache.blocks_for(n), now, hit, self.watermark):
             return 0
         if not s.admitted:
             s.admitted = True

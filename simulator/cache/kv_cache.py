@@ -133,10 +133,10 @@ class KVCache:
         return total
 
     # ---- allocation -------------------------------------------------------------------------
-    def try_allocate(self, blocks: int, now_ns: int, hit: Hit = NO_HIT) -> bool:
+    def try_allocate(self, blocks: int, now_ns: int, hit: Hit = NO_HIT, reserve: int = 0) -> bool:
         """Take ``hit``'s nodes and ``blocks`` new blocks, evicting as needed; or, if they do not
-        fit, change nothing and return False."""
-        if blocks > self.free + self.tree.evictable_blocks - hit.pinned_blocks:
+        fit with ``reserve`` blocks still available after, change nothing and return False."""
+        if blocks + reserve > self.free + self.tree.evictable_blocks - hit.pinned_blocks:
             return False
         acquire = self.tree.acquire
         for node in hit.nodes:

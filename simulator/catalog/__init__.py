@@ -205,20 +205,31 @@ def shape_params(m: ModelSpec) -> int:
 
 @dataclass(frozen=True)
 class GpuSpec:
-    """A GPU's datasheet figures and the roofline's efficiency assumptions."""
+    """A GPU's datasheet figures and the roofline's measured or sourced efficiencies (every
+    figure's source is in ``hardware.yaml``). Link rates are per direction."""
 
     name: str
     memory_gib: float
+    sms: int
     bf16_tflops: float
-    hbm_tbps: float
-    nvlink_gbps: float
-    pcie_gbps: float
-    flops_efficiency: float
+    hbm_tbyte_per_s: float
+    nvlink_gbit_per_s: float
+    pcie_gbit_per_s: float
     bandwidth_efficiency: float
+    gemm_efficiency: float
+    gemm_tile_exponent: float
+    gemm_tile_s: float
+    gemm_launch_s: float
+    attention_prefill_efficiency: float
+    attention_decode_efficiency: float
+    attention_decode_streams: float
+    allreduce_bus_gbyte_per_s: float
+    nccl_ring_base_latency_us: tuple
+    nccl_ring_hop_latency_us: tuple
+    nccl_ll_max_gbyte_per_s: float
     launch_s: float
     step_overhead_s: float
     step_overhead_per_seq_s: float
-    allreduce_latency_s: float
     activation_reserve_gib: float
     source: str = ""
 
@@ -412,7 +423,14 @@ def get_gpu(name: str) -> GpuSpec:
     catalog = gpu_catalog()
     if key not in catalog:
         raise KvsimError(f"hardware {name!r} is not in the catalog; allowed: {', '.join(catalog)}")
-    entry = {k: (v if k == "source" else float(v)) for k, v in catalog[key].items()}
+    entry = {}
+    for k, v in catalog[key].items():
+        if k == "source":
+            entry[k] = str(v)
+        elif isinstance(v, list):
+            entry[k] = tuple(float(x) for x in v)
+        else:
+            entry[k] = int(v) if k == "sms" else float(v)
     return GpuSpec(name=key, **entry)
 
 

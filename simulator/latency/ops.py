@@ -381,3 +381,10 @@ def attention_kv_linear(op: Attention) -> tuple[float, float, float]:
 def lm_head_op(model: ModelSpec, tp: int, logits: int) -> Gemm:
     """The vocabulary projection for the sequences that sample a token this iteration."""
     return Gemm(model.dtype_bytes, logits, model.hidden, -(-model.vocab // tp))
+
+
+def sampling_op(model: ModelSpec, logits: int) -> Elementwise:
+    """Sampling over the full vocabulary in fp32, as vLLM's sampler runs it: the logits cast to
+    fp32, scaled by the temperature, softmax, and the draw — about 5 passes over
+    ``logits × vocab`` fp32 values."""
+    return Elementwise(4, logits, model.vocab, 5)

@@ -1,7 +1,7 @@
 """Prices one engine iteration of a replica: the sum of its ops, in integer nanoseconds.
 
 An iteration of a batch with T new tokens costs
-    Σ_kinds count · token ops(T) + L_attn · attention(batch) + lm_head(sampling seqs)
+    Σ_kinds count · token ops(T) + L_attn · attention(batch) + lm_head and sampling(sampling seqs)
     + step_overhead(seqs) + Σ extra ops,
 where the token ops are every layer kind's projections, MLP or experts, elementwise passes and
 all-reduces (``ops.token_ops``), and extra ops are what a batch carries besides the forward pass
@@ -37,7 +37,7 @@ import math
 from bisect import bisect_left
 
 from ..catalog import ModelSpec
-from .ops import StepOverhead, attention_op, lm_head_op, token_ops
+from .ops import StepOverhead, attention_op, lm_head_op, sampling_op, token_ops
 
 NS_PER_S = 1_000_000_000
 _FRAC = 32  # fraction bits of the fixed-point decode price
@@ -73,10 +73,11 @@ class IterationPricer:
         if logits:
             h = self._head.get(logits)
             if h is None:
-                op = lm_head_op(self.model, self.tp, logits)
+                ops = (lm_head_op(self.model, self.tp, logits), sampling_op(self.model, logits))
                 if self._check is not None:
-                    self._check(op)
-                h = self._head[logits] = self.latency.price(op)
+                    for op in ops:
+                        self._check(op)
+                h = self._head[logits] = sum(self.latency.price(op) for op in ops)
             s += h
         o = self._overhead.get(seqs)
         if o is None:

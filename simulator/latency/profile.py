@@ -211,6 +211,12 @@ class ProfileModel:
         # NOTE: one dict lookup by op kind on the hot path.
         self._price = {k: f.price for k, f in self.fits.items()}
 
+    def describe(self) -> str:
+        """What priced a run: the profile, its device and the date it was measured."""
+        device = self.device.get("device") or "unknown device"
+        date = self.device.get("date") or "undated"
+        return f"profile {self.where} ({device}, {date})"
+
     def price(self, op: Op) -> float:
         """Seconds one op takes, from the fitted function (or the fallback for unmeasured ops)."""
         f = self._price.get(op.kind)

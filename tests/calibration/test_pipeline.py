@@ -112,8 +112,8 @@ def test_iteration_times_equal_the_fitted_functions(tmp_path):
     def gemm(t, i, o):
         return fitted("gemm", 2 * t * i * o, 2 * (t * i + i * o + t * o))
 
-    def elementwise(t, width, tensors):
-        return fitted("elementwise", 4 * t * width, 2 * t * width * tensors)
+    def elementwise(t, width, tensors, dtype_bytes=2):
+        return fitted("elementwise", 4 * t * width, dtype_bytes * t * width * tensors)
 
     def iteration(ctx, q):
         dense = gemm(q, H, (HEADS + 2 * KVH) * D) + gemm(q, HEADS * D, H) + \
@@ -130,6 +130,7 @@ def test_iteration_times_equal_the_fitted_functions(tmp_path):
             seqs=1,
         )
         s = L * dense + norms + L * attn + gemm(1, H, VOCAB)
+        s += elementwise(1, VOCAB, 5, dtype_bytes=4)  # fp32 sampling over the vocabulary
         s += g.step_overhead_s + g.step_overhead_per_seq_s
         return round(s * 1e9)
 
@@ -137,7 +138,8 @@ def test_iteration_times_equal_the_fitted_functions(tmp_path):
     t2 = t1 + iteration(100, 1)
     assert round(float(r["first_token_s"]) * 1e9) == t1
     assert round(float(r["finish_s"]) * 1e9) == t2
-    assert res.summary["latency_model"] == "profile"
+    assert res.summary["latency_model"] == f"profile {path} (hand-written test profile, undated)"
+    assert res.summary["latency_calibrated"] is True
     assert res.summary["latency_fallback_ops"] == ["step_overhead"]
 
 
