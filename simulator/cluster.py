@@ -43,33 +43,49 @@ def check_fits(scenario: Scenario, model: ModelSpec, gpu: GpuSpec) -> None:
         )
 
 
+def profile_peak_bytes(scenario: Scenario, model: ModelSpec) -> float:
+    """The peak torch allocation of vLLM's profile run, per GPU: the larger of a dummy forward
+    pass over ``max_num_batched_tokens`` tokens (no attention kernels run in it) and the sampler
+    over ``min(max_num_seqs, max_num_batched_tokens)`` rows of full-vocabulary logits.
+
+    The sampler holds fp32 logits plus a full sort's fp32 values and int64 indices (top-k/top-p):
+    16 bytes a logit. The forward pass holds, per token, the MLP's gate/up output and its
+    activation (3 × intermediate, or top-k experts' for MoE) and about 4 hidden-size tensors
+    (fitted to the logged peak of CodeLlama-7B: 0.77 GiB measured, 0.79 estimated)."""
+    sched, tp, b = scenario.scheduler, scenario.cluster.tensor_parallel, model.dtype_bytes
+    width = 4 * model.hidden
+    if model.mlp is not None:
+        width += 3 * model.intermediate // tp
+    if model.moe is not None:
+        width += 3 * model.moe.top_k * model.moe.intermediate // tp
+    forward = sched.max_num_batched_tokens * b * width
+    rows = min(sched.max_num_seqs, sched.max_num_batched_tokens)
+    return max(forward, rows * model.vocab * 16.0)
+
+
 def kv_capacity_blocks(scenario: Scenario, model: ModelSpec, gpu: GpuSpec) -> int:
-    """KV blocks per replica: explicit, or sized as vLLM does (GPU memory × utilization −
-    weights − activation reserve, divided by the bytes of one block)."""
+    """KV blocks per replica: explicit, or what vLLM v0.11.0 (V1 engine) would allocate.
+
+    vLLM's rule (``Worker.determine_available_memory`` in v1/worker/gpu_worker.py,
+    ``memory_profiling`` in vllm/utils, ``get_kv_cache_configs`` in v1/core/kv_cache_utils.py):
+    available = total GPU memory × gpu_memory_utilization − weights − peak activation of the
+    profile run − non-torch memory gained (cuBLAS workspaces; NCCL and all-reduce buffers at
+    TP > 1); blocks = ⌊⌊available / page⌋ / attention layers⌋ with page = 2 × block_size ×
+    KV heads per GPU × head size × dtype bytes (K and V of one layer). CUDA-graph memory is not
+    deducted in that version (graphs are captured after the KV cache, into the 1 − utilization
+    headroom). Block 0 is vLLM's reserved null block, so the scheduler can use one block less:
+    that is what this returns."""
     check_fits(scenario, model, gpu)
     cache, tp = scenario.cache, scenario.cluster.tensor_parallel
     if cache.num_gpu_blocks != "auto":
         return int(cache.num_gpu_blocks)
-    sched = scenario.scheduler
-    b = model.dtype_bytes
-    # Peak activations of the largest batch (QKV, MLP intermediate, residual) plus fp32 logits.
-    width = 2 * model.hidden
-    if model.attention is not None:
-        width += max(1, model.heads // tp) * model.head_dim + model.kv_dim(tp)
-    if model.mlp is not None:
-        width += 2 * model.intermediate // tp
-    if model.moe is not None:
-        width += 2 * model.moe.top_k * model.moe.intermediate // tp
-    act = sched.max_num_batched_tokens * b * width
-    act += sched.max_num_seqs * (model.vocab // tp) * 4
-    per_gpu = (
-        gpu.memory_gib * GIB * cache.gpu_memory_utilization
-        - model.weight_bytes / tp
-        - gpu.activation_reserve_gib * GIB
-        - act
+    requested = gpu.memory_gib * GIB * cache.gpu_memory_utilization
+    non_torch = (gpu.nontorch_gib + (gpu.nontorch_tp_gib if tp > 1 else 0.0)) * GIB
+    available = int(
+        requested - model.weight_bytes / tp - profile_peak_bytes(scenario, model) - non_torch
     )
-    block_bytes = cache.block_size * model.kv_bytes_per_token_rank(tp)
-    blocks = int(per_gpu // block_bytes)
+    page = cache.block_size * model.kv_dim(tp) * model.dtype_bytes
+    blocks = (available // page) // max(1, model.attention_layers) - 1 if page else 0
     if blocks < 1:
         raise KvsimError(
             f"cache.num_gpu_blocks: auto leaves no memory for the KV cache: {model.name} on "
@@ -166,6 +182,8 @@ class Cluster:
             )
         self.latency = latency
         sc, cc = scenario.scheduler, scenario.cache
+        self._watermark_blocks = int(sc.watermark * self.capacity)
+        self._chunk_tokens = sc.chunk_tokens or sc.max_num_batched_tokens
         self.replicas: list[Replica] = []
         # NOTE: one pricer for all replicas of the same model, GPU and TP: its memo tables are
         # pure functions of the shape, so they are filled once, not once per replica.
@@ -185,10 +203,10 @@ class Cluster:
                 cache,
                 sc.max_num_batched_tokens,
                 sc.max_num_seqs,
-                sc.chunk_tokens or sc.max_num_batched_tokens,
+                self._chunk_tokens,
                 sc.enable_chunked_prefill,
                 on_finish=self._finisher(i),
-                watermark_blocks=int(sc.watermark * self.capacity),
+                watermark_blocks=self._watermark_blocks,
             )
             self.replicas.append(
                 Replica(self.env, i, sched, pricer, scenario.simulation.exact_steps)
@@ -222,6 +240,10 @@ class Cluster:
         sc = self.scenario.scheduler
         if not sc.enable_chunked_prefill and req.prompt_tokens > sc.max_num_batched_tokens:
             return "prompt exceeds max_num_batched_tokens with chunked prefill disabled"
+        if sc.watermark:
+            chunk = min(req.prompt_tokens, sc.max_num_batched_tokens, self._chunk_tokens)
+            if -(-chunk // bt) + self._watermark_blocks > self.capacity:
+                return "its first chunk does not fit beside the scheduler's watermark"
         return None
 
     def _source(self) -> str:

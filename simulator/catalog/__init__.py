@@ -230,7 +230,8 @@ class GpuSpec:
     launch_s: float
     step_overhead_s: float
     step_overhead_per_seq_s: float
-    activation_reserve_gib: float
+    nontorch_gib: float
+    nontorch_tp_gib: float
     source: str = ""
 
 

@@ -403,3 +403,59 @@ def _singles_seg(p, batch, kv, k, start, segments):
         t = p.decode_run(batch, kv + batch * i, 1, t, segments).end
         out.append(t)
     return out
+
+
+# vLLM v0.19.0 on one H100 80GB (79.19 GiB total), gpu_memory_utilization 0.95,
+# max_num_batched_tokens 8192, max_num_seqs 1024, block size 16: the "GPU KV cache size" it logged,
+# in blocks (llm-d-incubation/llm-d-planner, accuracy/results/v0.19.0/logs, commit d3121e05).
+CODELLAMA_7B = {  # https://huggingface.co/codellama/CodeLlama-7b-hf/blob/main/config.json
+    "hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32,
+    "num_key_value_heads": 32, "num_hidden_layers": 32, "vocab_size": 32016,
+    "max_position_embeddings": 16384, "tie_word_embeddings": False,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "model, vllm_blocks",
+    [("llama-3.1-8b", 29_751), ("codellama.json", 7_891), ("qwen2.5-7b", 68_500)],
+)
+def test_auto_kv_pool_is_what_vllm_allocates(tmp_path, model, vllm_blocks):
+    """kvsim's num_gpu_blocks: auto follows vLLM's rule; against the counts vLLM logged it is
+    within 0.2% (the estimated profile-run peak is the only term not taken from the model)."""
+    from helpers import scenario_doc, write_kvsim_trace
+
+    from kvsim.simulator import scenario_from_dict
+    from kvsim.simulator.cluster import kv_capacity_blocks
+
+    (tmp_path / "codellama.json").write_text(json.dumps(CODELLAMA_7B))
+    trace = write_kvsim_trace(tmp_path / "t.jsonl", [{"arrival_s": 0, "prompt_tokens": 9,
+                                                      "output_tokens": 2}])  # fmt: skip
+    doc = scenario_doc(
+        trace,
+        model=model,
+        cache={"num_gpu_blocks": "auto", "gpu_memory_utilization": 0.95},  # fmt: skip
+        scheduler={"max_num_batched_tokens": 8192, "max_num_seqs": 1024},
+    )
+    s = scenario_from_dict(doc, base_dir=tmp_path)
+    m = get_model(model, tmp_path)
+    blocks = kv_capacity_blocks(s, m, get_gpu("h100-sxm")) + 1  # + vLLM's null block
+    assert blocks == pytest.approx(vllm_blocks, rel=0.002)
+
+
+def test_auto_kv_pool_by_hand():
+    """Llama-3.1-8B, TP 1, H100 at 0.95: 79.19 GiB × 0.95 − 8.03e9 × 2 bytes of weights − the
+    sampler's profile peak (1,024 rows × 128,256 × 16 bytes, above the forward pass's) −
+    0.25 GiB non-torch, in pages of 16 × 8 × 128 × 2 × 2 bytes, over 32 layers, less one."""
+    from kvsim.simulator import scenario_from_dict
+    from kvsim.simulator.cluster import kv_capacity_blocks
+
+    doc = {"model": "llama-3.1-8b", "hardware": "h100-sxm",
+           "cache": {"gpu_memory_utilization": 0.95},
+           "scheduler": {"max_num_batched_tokens": 8192, "max_num_seqs": 1024},
+           "workload": {"type": "synthetic", "requests": 1, "rate": 1.0,
+                        "prompt_tokens": {"type": "fixed", "value": 10},
+                        "output_tokens": {"type": "fixed", "value": 2}}}  # fmt: skip
+    avail = int(79.19 * 2**30 * 0.95 - 8.03e9 * 2 - 1024 * 128256 * 16 - 0.25 * 2**30)
+    expected = (avail // (16 * 8 * 128 * 2 * 2)) // 32 - 1
+    s = scenario_from_dict(doc)
+    assert kv_capacity_blocks(s, get_model("llama-3.1-8b"), get_gpu("h100-sxm")) == expected

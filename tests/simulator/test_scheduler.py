@@ -282,3 +282,38 @@ def test_prefix_hits_served_one_at_a_time_equal_the_traces_own(tmp_path, layout)
     doc["cache"]["enable_prefix_caching"] = False
     res = simulate(scenario_from_dict(doc, base_dir=tmp_path))
     assert res.summary["prefix_hit_ratio"] == 0.0 and res.summary["token_hit_ratio"] == 0.0
+
+
+def test_v0_watermark_keeps_blocks_free_at_admission():
+    """vLLM V1 admits a request when its first chunk's blocks fit; with a V0-style watermark of 2
+    blocks it must also leave 2 available: with 10 blocks, a 128-token prompt (8 blocks) is admitted
+    and a 144-token one (9 blocks) waits; running sequences still use the watermark's blocks."""
+    for prompt, watermark, admitted in ((144, 0, True), (128, 2, True), (144, 2, False)):
+        cache = KVCache(10, BS, EVICTION.create("lru", None))
+        sched = Scheduler(cache, 256, 8, 256, True, watermark_blocks=watermark)
+        s = Seq(_req(0, prompt, 30), 0)
+        sched.add(s)
+        batch = sched.schedule()
+        assert (batch is not None) == admitted, (prompt, watermark)
+        if admitted and watermark:
+            sched.complete(batch, 1, 1)
+            for it in range(2, 30):  # decoding past 144 tokens takes blocks 9 and 10
+                sched.now_ns = it
+                sched.complete(sched.schedule(), 1, it + 1)
+            assert cache.free == 0 and s.preemptions == 0
+
+
+def test_watermark_scenario_field(tmp_path):
+    """``scheduler.watermark`` reaches the scheduler as blocks of the pool, and a prompt whose
+    first chunk can never fit beside it is dropped with the reason (vLLM V0 rejected such a
+    prompt), not left waiting forever."""
+    rows = [{"arrival_s": 0.0, "prompt_tokens": p, "output_tokens": 2} for p in (128, 144)]
+    trace = write_kvsim_trace(tmp_path / "t.jsonl", rows)
+    doc = scenario_doc(trace, cache={"num_gpu_blocks": 10}, scheduler={"watermark": 0.2})
+    res = simulate(scenario_from_dict(doc, base_dir=tmp_path))
+    assert res.summary["finished"] == 1
+    assert res.summary["drop_reasons"] == {
+        "its first chunk does not fit beside the scheduler's watermark": 1
+    }
+    doc["scheduler"]["watermark"] = 0.0
+    assert simulate(scenario_from_dict(doc, base_dir=tmp_path)).summary["finished"] == 2
