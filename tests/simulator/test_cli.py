@@ -153,3 +153,13 @@ def test_console_script_exit_code_without_traceback(tmp_path):
     )
     assert p.returncode == 2
     assert "Traceback" not in p.stderr and "did you mean 'eviction'" in p.stderr
+
+
+def test_a_roofline_run_says_it_is_uncalibrated(tmp_path, capsys):
+    s = _small(tmp_path)
+    assert main(["run", str(s), "--out", str(tmp_path / "r"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "latency model             roofline v2 (h100-sxm, uncalibrated)" in out
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["latency_model"] == "roofline v2 (h100-sxm, uncalibrated)"
+    assert summary["latency_calibrated"] is False
