@@ -442,20 +442,38 @@ def test_auto_kv_pool_is_what_vllm_allocates(tmp_path, model, vllm_blocks):
     assert blocks == pytest.approx(vllm_blocks, rel=0.002)
 
 
-def test_auto_kv_pool_by_hand():
-    """Llama-3.1-8B, TP 1, H100 at 0.95: 79.19 GiB × 0.95 − 8.03e9 × 2 bytes of weights − the
-    sampler's profile peak (1,024 rows × 128,256 × 16 bytes, above the forward pass's) −
-    0.25 GiB non-torch, in pages of 16 × 8 × 128 × 2 × 2 bytes, over 32 layers, less one."""
+@pytest.mark.parametrize("model, tp", [("llama-3.1-8b", 1), ("llama-3.1-70b", 2)])
+def test_auto_kv_pool_by_hand(model, tp):
+    """H100 at 0.95, 8,192 batched tokens, 1,024 sequences: 79.19 GiB × 0.95 − the weights per
+    GPU − the sampler's profile peak (1,024 rows × 128,256 × 16 bytes, above the forward pass's:
+    8,192 × 2 × (3 × 14,336 + 4 × 4,096) for the 8B) − non-torch memory (0.25 GiB, and 1.85 GiB
+    more at TP > 1), in pages of 16 × 8/TP KV heads × 128 × 2 × 2 bytes, over the layers, less
+    vLLM's null block."""
     from kvsim.simulator import scenario_from_dict
     from kvsim.simulator.cluster import kv_capacity_blocks
 
-    doc = {"model": "llama-3.1-8b", "hardware": "h100-sxm",
+    doc = {"model": model, "hardware": "h100-sxm", "cluster": {"tensor_parallel": tp},
            "cache": {"gpu_memory_utilization": 0.95},
            "scheduler": {"max_num_batched_tokens": 8192, "max_num_seqs": 1024},
            "workload": {"type": "synthetic", "requests": 1, "rate": 1.0,
                         "prompt_tokens": {"type": "fixed", "value": 10},
                         "output_tokens": {"type": "fixed", "value": 2}}}  # fmt: skip
-    avail = int(79.19 * 2**30 * 0.95 - 8.03e9 * 2 - 1024 * 128256 * 16 - 0.25 * 2**30)
-    expected = (avail // (16 * 8 * 128 * 2 * 2)) // 32 - 1
+    m = get_model(model)
+    non_torch = (0.25 + (1.85 if tp > 1 else 0)) * 2**30
+    avail = int(79.19 * 2**30 * 0.95 - m.params * 2 / tp - 1024 * 128256 * 16 - non_torch)
+    expected = (avail // (16 * (8 // tp) * 128 * 2 * 2)) // m.layers - 1
     s = scenario_from_dict(doc)
-    assert kv_capacity_blocks(s, get_model("llama-3.1-8b"), get_gpu("h100-sxm")) == expected
+    assert kv_capacity_blocks(s, m, get_gpu("h100-sxm")) == expected
+
+
+def test_copies_device_at_the_copy_rate_host_over_pcie():
+    """A device copy reads and writes its bytes at the measured copy rate (3.00 TB/s on an
+    H100); a host copy crosses PCIe Gen5 x16 at 80% of its 64 GB/s per direction."""
+    from kvsim.simulator.latency.ops import Copy
+
+    g = get_gpu("h100-sxm")
+    m = RooflineModel(g)
+    gib = 1 << 30
+    assert m.price(Copy(2, gib, "d2d")) == pytest.approx(2 * gib / (3.35e12 * 0.895) + g.launch_s)
+    assert m.price(Copy(2, gib, "h2d")) == pytest.approx(gib / (0.8 * 64e9) + g.launch_s)
+    assert m.price(Copy(2, gib, "d2h")) == m.price(Copy(2, gib, "h2d"))
