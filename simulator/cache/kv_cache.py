@@ -157,9 +157,13 @@ class KVCache:
 
     def release(self, nodes, blocks: int, now_ns: int) -> None:
         """A sequence gives back its nodes (tail first, as vLLM frees a sequence's blocks) and
-        ``blocks`` private blocks."""
+        ``blocks`` private blocks. ``nodes`` are in position order under contiguous; under msa
+        (reused units, then the units it computed) they are sorted deepest first."""
         release = self.tree.release
-        for node in reversed(nodes):
+        ordered = reversed(nodes) if self.tree.leaf_only else sorted(
+            nodes, key=lambda n: n.depth, reverse=True
+        )  # fmt: skip
+        for node in ordered:
             release(node, now_ns)
         self.free += blocks
 

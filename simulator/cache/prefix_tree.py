@@ -37,6 +37,7 @@ class Node:
         "refs",
         "hits",
         "last_access_ns",
+        "released",
         "created_ns",
         "recompute_s",
         "free",
@@ -79,6 +80,8 @@ class Node:
         """Times a request started to use it (insert included)."""
         self.last_access_ns = now_ns
         """When it was last in use: stamped at acquire and again at release."""
+        self.released = 0
+        """The tree's release counter when it was last released: vLLM's free-queue order."""
         self.created_ns = now_ns
         """When it was inserted."""
         self.recompute_s = recompute_s
@@ -153,6 +156,8 @@ class PrefixTree:
         self.nodes: dict[int, Node] = {}
         self.evictable_blocks = 0
         """Blocks of free nodes: all of them can be evicted (leaves first under leaf_only)."""
+        self.releases = 0
+        """Releases so far (stamped on each released node)."""
         self._on_access = on_access
 
     def __len__(self) -> int:
@@ -240,6 +245,8 @@ class PrefixTree:
         candidate once unreferenced (and, under leaf_only, a leaf)."""
         node.refs -= 1
         node.last_access_ns = now_ns
+        self.releases += 1
+        node.released = self.releases
         if node.refs == 0:
             node.free = True
             self.evictable_blocks += node.blocks

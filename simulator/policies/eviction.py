@@ -17,7 +17,8 @@ evictions then happen only at exact iteration boundaries (fast-forwarded decode 
 one); ``layouts`` names the cache layouts it supports.
 
 A node's fields a policy may read: ``depth`` (unit index), ``start_token``, ``tokens``, ``blocks``,
-``hits``, ``last_access_ns`` (stamped at acquire and at release), ``created_ns``,
+``hits``, ``last_access_ns`` (stamped at acquire and at release), ``released`` (the tree's
+release counter at its last release: vLLM's free-queue order), ``created_ns``,
 ``recompute_s`` (priced at insert) and ``policy_data`` (its own).
 """
 
@@ -58,15 +59,14 @@ EVICTION = Registry("eviction", interfaces=({"key": 1}, {"add": 2, "remove": 1, 
 
 @EVICTION.register("lru")
 class LRU:
-    """Least recently used first (vLLM's free-block queue): a node's time is when it was last
-    released (a request frees its blocks when it finishes or is preempted); among equals, the
-    deepest node first (vLLM frees a sequence's tail first)."""
+    """Least recently used first, exactly vLLM's free-block queue: in the order nodes were last
+    released (a request frees its blocks, tail first, when it finishes or is preempted)."""
 
     def __init__(self, context: EvictionContext | None = None):
         pass
 
     def key(self, node) -> tuple:
-        return (node.last_access_ns, -node.depth)
+        return (node.released,)
 
 
 @EVICTION.register("lfu")
@@ -77,7 +77,7 @@ class LFU:
         pass
 
     def key(self, node) -> tuple:
-        return (node.hits, node.last_access_ns, -node.depth)
+        return (node.hits, node.released)
 
 
 @EVICTION.register("fifo")

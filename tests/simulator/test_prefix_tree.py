@@ -74,8 +74,8 @@ def test_lru_touches_on_release_so_a_prefix_goes_tail_first():
     _Req(c, [1], UNIT + 1).compute(now=0).release(now=1)  # node 1 cached, free
     a = _Req(c, [1, 2, 3])
     a.compute(now=5, hit=c.lookup(a.request(), 5))
+    _Req(c, [9]).compute(now=10).release(now=10)  # released before the chain
     a.release(now=20)
-    _Req(c, [9]).compute(now=10).release(now=10)  # older than the chain's release
     assert _victims(c) == [9, 3, 2, 1]
 
 
