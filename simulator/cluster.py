@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 import simpy
 from simpy.events import URGENT
 
+from kvsim.traces import TraceError
+
 from .cache import KVCache
 from .catalog import GpuSpec, ModelSpec, get_gpu, get_model
 from .errors import KvsimError
@@ -24,8 +26,9 @@ from .policies import EVICTION, ROUTING
 from .policies.eviction import EvictionContext
 from .policies.routing import choose
 from .replica import Replica
-from .scenario import Scenario, SyntheticWorkload, TraceWorkload
+from .scenario import AgentWorkload, Scenario, SessionWorkload, SyntheticWorkload, TraceWorkload
 from .scheduler import Scheduler, Seq
+from .workload import Workload
 
 GIB = 1 << 30
 
@@ -95,33 +98,32 @@ def kv_capacity_blocks(scenario: Scenario, model: ModelSpec, gpu: GpuSpec) -> in
     return blocks
 
 
+def _length(spec):
+    from kvsim.traces.generators import LengthDist
+
+    if spec.type == "fixed":
+        return LengthDist("fixed", value=spec.value)
+    if spec.type == "uniform":
+        return LengthDist("uniform", low=spec.low, high=spec.high)
+    return LengthDist(
+        "lognormal", median=spec.median, sigma=spec.sigma, minimum=spec.min, maximum=spec.max
+    )
+
+
 def workload_requests(scenario: Scenario) -> Iterator:
     """The scenario's request stream (lazy)."""
     from kvsim.traces import read_trace
-    from kvsim.traces.generators import LengthDist, synthetic_requests
+    from kvsim.traces.generators import synthetic_requests
+    from kvsim.traces.sessions import Duration, agent_jobs, long_context_sessions
 
     w = scenario.workload
     if isinstance(w, SyntheticWorkload):
-
-        def dist(spec) -> LengthDist:
-            if spec.type == "fixed":
-                return LengthDist("fixed", value=spec.value)
-            if spec.type == "uniform":
-                return LengthDist("uniform", low=spec.low, high=spec.high)
-            return LengthDist(
-                "lognormal",
-                median=spec.median,
-                sigma=spec.sigma,
-                minimum=spec.min,
-                maximum=spec.max,
-            )
-
         sp = w.shared_prefix
         stream = synthetic_requests(
             w.requests,
             w.rate,
-            dist(w.prompt_tokens),
-            dist(w.output_tokens),
+            _length(w.prompt_tokens),
+            _length(w.output_tokens),
             arrival=w.arrival,
             cv=w.cv,
             prefixes=sp.prefixes if sp else 0,
@@ -130,6 +132,22 @@ def workload_requests(scenario: Scenario) -> Iterator:
             unit_tokens=w.unit_tokens,
             seed=scenario.seed,
         )
+    elif isinstance(w, SessionWorkload):
+        stream = long_context_sessions(
+            w.requests, w.rate, _length(w.context_tokens), _length(w.turns),
+            _length(w.question_tokens), w.output_tokens, w.system_prompt_tokens, w.dispersion,
+            w.start_cv, w.think_cv, w.unit_tokens, scenario.seed,
+        )  # fmt: skip
+    elif isinstance(w, AgentWorkload):
+        d = w.tool_s
+        tool = Duration("fixed", value_s=d.value_s) if d.type == "fixed" else Duration(
+            "lognormal", median_s=d.median_s, sigma=d.sigma
+        )  # fmt: skip
+        stream = agent_jobs(
+            w.requests, w.rate, _length(w.task_tokens), _length(w.calls),
+            _length(w.output_tokens), _length(w.tool_result_tokens), tool,
+            w.system_prompt_tokens, w.start_cv, w.unit_tokens, scenario.seed,
+        )  # fmt: skip
     else:
         stream = read_trace(scenario.trace_path(), w.format)
     if w.max_requests is not None:
@@ -140,7 +158,7 @@ def workload_requests(scenario: Scenario) -> Iterator:
 def expected_requests(scenario: Scenario) -> int | None:
     """How many requests the workload will produce, when that is cheap to know."""
     w = scenario.workload
-    if isinstance(w, SyntheticWorkload):
+    if not isinstance(w, TraceWorkload):
         return min(w.requests, w.max_requests or w.requests)
     if w.max_requests is not None:
         return w.max_requests
@@ -213,15 +231,31 @@ class Cluster:
             )
         self.router = ROUTING.create(scenario.routing.type, **scenario.routing.params)
         self._router_reads_cache = getattr(self.router, "reads_cache", False)
-        self._stream = workload_requests(scenario)
+        self.workload = Workload(workload_requests(scenario), self._source())
         self._scale = 1e9 / scenario.workload.rate_scale
+        self._session_start: dict = {}  # open sessions' first arrivals (ns)
 
     def _finisher(self, index: int):
-        def done(seq, now_ns):
-            self.recorder.finished(seq, index, now_ns)
+        def done(seq, now_ns) -> bool:
+            job_ns = self._turn_done(seq.req, now_ns)
+            self.recorder.finished(seq, index, now_ns, job_ns)
             self._on_done(len(self.recorder))
+            return job_ns < 0 and seq.req.session is not None  # its session goes on
 
         return done
+
+    def _turn_done(self, req, now_ns: int) -> int:
+        """A request finished or was dropped: release its session's next turn ``think_s`` later
+        (S5), or, if it ended its session, return the session's latency (first arrival to this
+        end); -1 otherwise."""
+        follow = self.workload.on_finish(req)
+        if follow is not None:
+            t = now_ns + round(follow.think_s * 1e9)
+            _at(self.env, t, lambda _ev: self._arrive(follow, chained=False))
+            return -1
+        if req.session is None:
+            return -1
+        return now_ns - self._session_start.pop(req.session)
 
     def _drop_reason(self, req) -> str | None:
         total = req.prompt_tokens + req.output_tokens
@@ -251,17 +285,23 @@ class Cluster:
         return str(self.scenario.trace_path()) if isinstance(w, TraceWorkload) else "workload"
 
     def _next_arrival(self) -> None:
-        req = next(self._stream, None)
+        """Schedule the next open-loop arrival (one pending at a time: constant memory)."""
+        req = self.workload.next()
         if req is None:
             return
         t = max(self.env.now, round(req.arrival_s * self._scale))
         _at(self.env, t, lambda _ev: self._arrive(req))
 
-    def _arrive(self, req) -> None:
+    def _arrive(self, req, chained: bool = True) -> None:
+        """``req`` reaches the cluster now; ``chained``: it is the open-loop stream's, whose next
+        arrival is scheduled now (a session's later turn is released by a finish instead)."""
         now = self.env.now
+        if req.session is not None and req.turn == 0:
+            self._session_start[req.session] = now
         reason = self._drop_reason(req)
         if reason is not None:
-            self.recorder.drop(req, now, reason)
+            job_ns = self._turn_done(req, now)
+            self.recorder.drop(req, now, reason, job_ns)
             self._on_done(len(self.recorder))
         else:
             if self._router_reads_cache:
@@ -269,7 +309,8 @@ class Cluster:
                     r.sync(now)
             idx = choose(self.router, req, self.replicas)
             self.replicas[idx].submit(Seq(req, now))
-        self._next_arrival()
+        if chained:
+            self._next_arrival()
 
     def _latency_notes(self) -> dict:
         if self.latency.name != "profile":
@@ -306,8 +347,6 @@ class Cluster:
 
 def simulate(scenario: Scenario, on_done: Callable[[int], None] | None = None) -> Results:
     """Run a scenario to completion and return its results."""
-    from kvsim.traces import TraceError
-
     try:
         return Cluster(scenario, on_done).run()
     except TraceError as e:

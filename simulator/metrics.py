@@ -21,7 +21,9 @@ import tempfile
 import numpy as np
 
 NS = 1e9
-_RECORD = struct.Struct("<13q")  # id, arrival, first, finish (ns), 8 counts, status (-1 = done)
+# id, arrival, first, finish (ns), 8 counts, status (-1 = done), session (-1: none), turn, job
+# latency (ns; -1 unless the request ended its session)
+_RECORD = struct.Struct("<16q")
 
 COLUMNS = (
     "id",
@@ -40,6 +42,9 @@ COLUMNS = (
     "preemptions",
     "replica",
     "status",
+    "session",
+    "turn",
+    "job_latency_s",
 )
 
 
@@ -62,6 +67,8 @@ class Recorder:
         self.units = self.hit_units = self.preemptions = self.recomputed = 0
         self.drop_reasons: dict[str, int] = {}
         self.reason_list: list[str] = []
+        self.jobs = 0  # sessions (conversations, agent jobs) that ended
+        self.job_ns_sum = 0
 
     def __len__(self) -> int:
         return self.count
@@ -71,7 +78,7 @@ class Recorder:
         if self.first_arrival_ns is None or arrival_ns < self.first_arrival_ns:
             self.first_arrival_ns = arrival_ns
 
-    def finished(self, seq, replica: int, now_ns: int) -> None:
+    def finished(self, seq, replica: int, now_ns: int, job_ns: int = -1) -> None:
         r = seq.req
         arr, first = seq.arrival_ns, seq.first_ns
         self._arrived(arr)
@@ -114,10 +121,16 @@ class Recorder:
                 seq.preemptions,
                 replica,
                 -1,
+                -1 if r.session is None else r.session,
+                r.turn,
+                job_ns,
             )
         )
+        if job_ns >= 0:
+            self.jobs += 1
+            self.job_ns_sum += job_ns
 
-    def drop(self, req, arrival_ns: int, reason: str) -> None:
+    def drop(self, req, arrival_ns: int, reason: str, job_ns: int = -1) -> None:
         self._arrived(arrival_ns)
         self.units += len(req.blocks)
         self.drop_reasons[reason] = self.drop_reasons.get(reason, 0) + 1
@@ -138,8 +151,14 @@ class Recorder:
                 0,
                 -1,
                 self.reason_list.index(reason),
+                -1 if req.session is None else req.session,
+                req.turn,
+                job_ns,
             )
         )
+        if job_ns >= 0:
+            self.jobs += 1
+            self.job_ns_sum += job_ns
 
 
 _CHUNK_RECORDS = 4096
@@ -166,7 +185,13 @@ def _latency_keys(raw: np.ndarray) -> dict[str, np.ndarray]:
     multi = out > 1
     # Same operations, in the same order, as Recorder.finished computes TPOT.
     tpot = (fin[multi] - first[multi]) / NS / (out[multi] - 1)
-    return {"ttft_s": first - arr, "tpot_s": tpot.view(np.int64), "e2e_s": fin - arr}
+    jobs = raw[:, 15]
+    return {
+        "ttft_s": first - arr,
+        "tpot_s": tpot.view(np.int64),
+        "e2e_s": fin - arr,
+        "job_latency_s": jobs[jobs >= 0],
+    }
 
 
 def _order_statistics(sink, wanted: dict[str, set[int]]) -> dict[str, dict[int, int]]:
@@ -248,7 +273,12 @@ _PERCENTILES = (("p50", 50), ("p90", 90), ("p99", 99))
 
 def _latency_summaries(rec: Recorder) -> dict[str, dict[str, float]]:
     """Mean and exact p50/p90/p99 of TTFT, TPOT and E2E (seconds) from the record file."""
-    counts = {"ttft_s": rec.finished_count, "tpot_s": rec.tpot_count, "e2e_s": rec.finished_count}
+    counts = {
+        "ttft_s": rec.finished_count,
+        "tpot_s": rec.tpot_count,
+        "e2e_s": rec.finished_count,
+        "job_latency_s": rec.jobs,
+    }
     wanted: dict[str, set[int]] = {}
     for m, n in counts.items():
         if n:
@@ -261,7 +291,12 @@ def _latency_summaries(rec: Recorder) -> dict[str, dict[str, float]]:
         return key / NS
 
     out = {}
-    means = {"ttft_s": rec.ttft_ns_sum / NS, "tpot_s": rec.tpot_sum, "e2e_s": rec.e2e_ns_sum / NS}
+    means = {
+        "ttft_s": rec.ttft_ns_sum / NS,
+        "tpot_s": rec.tpot_sum,
+        "e2e_s": rec.e2e_ns_sum / NS,
+        "job_latency_s": rec.job_ns_sum / NS,
+    }
     for m, n in counts.items():
         if not n:
             out[m] = {"mean": math.nan, "p50": math.nan, "p90": math.nan, "p99": math.nan}
@@ -295,6 +330,8 @@ class Results:
             "ttft_s": lat["ttft_s"],
             "tpot_s": lat["tpot_s"],
             "e2e_s": lat["e2e_s"],
+            "jobs": rec.jobs,
+            "job_latency_s": lat["job_latency_s"],
             "throughput": {
                 "requests_per_s": done / span if span > 0 else math.nan,
                 "output_tokens_per_s": rec.output_done / span if span > 0 else math.nan,
@@ -323,18 +360,20 @@ class Results:
         while chunk := sink.read(size * 4096):
             lines = []
             for rec in _RECORD.iter_unpack(chunk):
-                rid, arr, first, fin, p, o, ht, hu, u, rc, pre, rep, status = rec
+                rid, arr, first, fin, p, o, ht, hu, u, rc, pre, rep, status, ses, turn, job = rec
+                tail = (f"{'' if ses < 0 else ses},{turn},"
+                        f"{'' if job < 0 else f'{job / NS:.9f}'}\n")  # fmt: skip
                 if status >= 0:
                     lines.append(
                         f"{rid},{arr / NS:.9f},,,,,,{p},{o},0,0,{u},0,0,,"
-                        f"dropped: {self._reasons[status]}\n"
+                        f"dropped: {self._reasons[status]},{tail}"
                     )
                     continue
                 tpot = f"{(fin - first) / NS / (o - 1):.9f}" if o > 1 else ""
                 ttft, e2e = (first - arr) / NS, (fin - arr) / NS
                 lines.append(
                     f"{rid},{arr / NS:.9f},{first / NS:.9f},{fin / NS:.9f},{ttft:.9f},{tpot},"
-                    f"{e2e:.9f},{p},{o},{ht},{hu},{u},{rc},{pre},{rep},done\n"
+                    f"{e2e:.9f},{p},{o},{ht},{hu},{u},{rc},{pre},{rep},done,{tail}"
                 )
             out.write("".join(lines))
         sink.seek(0, io.SEEK_END)
@@ -360,6 +399,7 @@ class Results:
             "units": raw[:, 8].astype(np.float64),
             "hit_units": raw[:, 7].astype(np.float64),
             "preemptions": raw[:, 10].astype(np.float64),
+            "job_latency_s": np.where(raw[:, 15] >= 0, raw[:, 15] / NS, nan),
         }
 
     def table_rows(self) -> list[tuple[str, str]]:
@@ -375,6 +415,16 @@ class Results:
             ("TTFT p50 / p90 / p99", pct(s["ttft_s"])),
             ("TPOT p50 / p90 / p99", pct(s["tpot_s"])),
             ("E2E p50 / p90 / p99", pct(s["e2e_s"])),
+            *(
+                [
+                    (
+                        "job latency p50 / p90 / p99",
+                        pct(s["job_latency_s"]) + f" ({s['jobs']} sessions)",
+                    )
+                ]
+                if s["jobs"]
+                else []
+            ),
             (
                 "throughput",
                 f"{tp['requests_per_s']:.2f} req/s, {tp['output_tokens_per_s']:.0f} output tok/s",
@@ -424,6 +474,11 @@ class Results:
             f"{'TTFT (ms)':26}{ms(s['ttft_s'])}",
             f"{'TPOT (ms)':26}{ms(s['tpot_s'])}",
             f"{'E2E latency (ms)':26}{ms(s['e2e_s'])}",
+            *(
+                [f"{'job latency (ms)':26}{ms(s['job_latency_s'])}  ({s['jobs']} sessions)"]
+                if s["jobs"]
+                else []
+            ),
             "",
             f"{'requests finished':26}{s['finished']:>9} of {s['requests']}"
             + (f"  ({s['dropped']} dropped)" if s["dropped"] else ""),

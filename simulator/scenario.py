@@ -177,7 +177,61 @@ class SyntheticWorkload(_WorkloadBase):
     unit_tokens: int = Field(256, ge=1, description="tokens per content unit (prefix-cache id)")
 
 
-Workload = Annotated[TraceWorkload | SyntheticWorkload, Field(discriminator="type")]
+class FixedDuration(_Strict):
+    type: Literal["fixed"]
+    value_s: float = Field(ge=0)
+
+
+class LognormalDuration(_Strict):
+    type: Literal["lognormal"]
+    median_s: float = Field(gt=0)
+    sigma: float = Field(1.0, ge=0)
+
+
+DurationSpec = Annotated[FixedDuration | LognormalDuration, Field(discriminator="type")]
+
+
+class SessionWorkload(_WorkloadBase):
+    """Long-context multi-turn sessions (LongBench/LooGLE-like; AsymCache's setting), closed
+    loop: a session's next question arrives a think time after the previous answer."""
+
+    type: Literal["sessions"]
+    requests: int = Field(ge=1, description="turns in all")
+    rate: float = Field(gt=0, description="mean requests per second")
+    context_tokens: LengthSpec = Field(description="each session's document")
+    turns: LengthSpec = Field(description="turns per session")
+    question_tokens: LengthSpec
+    output_tokens: int = Field(ge=1, description="answer tokens of every request")
+    system_prompt_tokens: int = Field(1024, ge=0, description="shared by every session")
+    dispersion: float = Field(
+        5.0, gt=0, description="inter-session over intra-session arrival rate (5 low, 10 high)"
+    )
+    start_cv: float = Field(0.25, gt=0, description="CV of the gaps between session starts")
+    think_cv: float = Field(0.25, gt=0, description="CV of the think times within a session")
+    unit_tokens: int = Field(64, ge=1, description="tokens per content unit (prefix-cache id)")
+
+
+class AgentWorkload(_WorkloadBase):
+    """Agent jobs: LLM calls chained by tool calls (each call's prompt holds every earlier call's
+    output and tool result), closed loop."""
+
+    type: Literal["agent"]
+    requests: int = Field(ge=1, description="LLM calls in all")
+    rate: float = Field(gt=0, description="mean calls per second")
+    task_tokens: LengthSpec
+    calls: LengthSpec = Field(description="LLM calls per job")
+    output_tokens: LengthSpec
+    tool_result_tokens: LengthSpec
+    tool_s: DurationSpec = Field(description="tool-call duration between calls")
+    system_prompt_tokens: int = Field(2048, ge=0)
+    start_cv: float = Field(1.0, gt=0, description="CV of the gaps between job starts")
+    unit_tokens: int = Field(64, ge=1, description="tokens per content unit (prefix-cache id)")
+
+
+Workload = Annotated[
+    TraceWorkload | SyntheticWorkload | SessionWorkload | AgentWorkload,
+    Field(discriminator="type"),
+]
 
 
 class SLO(_Strict):
@@ -379,6 +433,11 @@ def _check_semantics(s: Scenario, source: str) -> None:
         unit = w.unit_tokens
         if not math.isfinite(w.rate):
             raise KvsimError(f"{source}: workload.rate: {w.rate!r} is not a finite number")
+        if isinstance(w, SessionWorkload) and w.output_tokens % unit:
+            raise KvsimError(
+                f"{source}: workload.output_tokens: {w.output_tokens} must be a multiple of "
+                f"unit_tokens {unit} (answers fill whole units, so that later turns reuse them)"
+            )
     if unit is not None and unit % s.cache.block_size:
         raise KvsimError(
             f"{source}: cache.block_size: {s.cache.block_size} must divide the workload's "

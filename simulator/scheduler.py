@@ -216,7 +216,8 @@ class Scheduler:
         self.watermark = watermark_blocks
         """Blocks admission leaves available (vLLM V0's watermark; V1 reserves none)."""
         self.on_first_token = on_first_token or (lambda seq, now: None)
-        self.on_finish = on_finish or (lambda seq, now: None)
+        self.on_finish = on_finish or (lambda seq, now: False)
+        """Called as a sequence finishes; returns whether its session goes on (a later turn)."""
         self.waiting: deque[Seq] = deque()
         """Sequences not admitted (preempted ones re-queue at the head), FCFS."""
         self.prefilling: list[Seq] = []
@@ -334,8 +335,8 @@ class Scheduler:
             return self.prefilling[-1]
         return self.decoding[best]
 
-    def _release(self, s: Seq, now_ns: int) -> None:
-        self.cache.release(s.nodes, s.priv_blocks, now_ns)
+    def _release(self, s: Seq, now_ns: int, pin: bool = False) -> None:
+        self.cache.release(s.nodes, s.priv_blocks, now_ns, pin)
         s.nodes, s.node_tokens, s.priv_blocks = [], 0, 0
         s.parent = s.reused_units = None
 
@@ -541,9 +542,36 @@ class Scheduler:
             s.next_unit += 1
 
     def _finish(self, s: Seq, now_ns: int) -> None:
-        self._release(s, now_ns)
+        """Record it (``on_finish`` says whether its session goes on), cache the units its answer
+        filled, and give everything back — pinned for eviction policies that keep an agent's KV
+        through a tool call when its job goes on."""
         s.phase = DONE
-        self.on_finish(s, now_ns)
+        more = self.on_finish(s, now_ns)
+        if s.req.output_blocks and s.next_unit == len(s.req.blocks):
+            self._commit_outputs(s, now_ns)
+        self._release(s, now_ns, pin=bool(more) and s.req.job is not None)
+
+    def _commit_outputs(self, s: Seq, now_ns: int) -> None:
+        """Cache the units its answer filled (``output_blocks[i]`` is unit len(blocks) + i), as
+        far as their KV was computed (every token but the last): a later turn whose prompt holds
+        this answer hits them. A prompt that ends mid-unit leaves that unit's answer tokens
+        uncached (in the next turn the unit is whole: another content than the cached part)."""
+        req = s.req
+        unit = req.unit_tokens
+        base = len(req.blocks)
+        commit = self.cache.commit_unit
+        for i, oid in enumerate(req.output_blocks):
+            u = base + i
+            start = u * unit
+            if start + unit > s.computed:
+                break
+            node, freed = commit(oid, s.parent, u, start, unit, now_ns)
+            if node is None:
+                break
+            s.nodes.append(node)
+            s.node_tokens += node.tokens
+            s.priv_blocks -= freed
+            s.parent = node
 
     def check_invariants(self) -> None:
         """Raise AssertionError unless blocks are conserved, reference counts are exact, and

@@ -180,32 +180,53 @@ def _optional_ids(row: dict, key: str, where: str) -> tuple[int, ...]:
 
 
 def read_kvsim(path: Path) -> Iterator[Request]:
-    """kvsim JSONL: arrival_s, prompt_tokens, output_tokens, optional blocks and session fields."""
+    """kvsim JSONL: arrival_s, prompt_tokens, output_tokens; optional blocks, unit_tokens,
+    output_blocks, and sessions: session, turn, think_s, job.
 
-    def rows():
-        for where, row in _json_rows(path):
-            t = _float_field(row, "arrival_s", where)
-            prompt = _int_field(row, "prompt_tokens", where, minimum=1)
-            output = _int_field(row, "output_tokens", where, minimum=1)
-            unit = _int_field(row, "unit_tokens", where, minimum=1) if "unit_tokens" in row else 512
-            blocks = _optional_ids(row, "blocks", where)
-            if blocks and len(blocks) != math.ceil(prompt / unit):
+    A session's turns are consecutive rows, turn 0 first. Only rows that start something (no
+    session, or turn 0) carry ordered arrival times; a later turn arrives ``think_s`` after the
+    previous one finishes (closed loop), so its ``arrival_s`` may be left out."""
+    origin = None
+    last = -math.inf
+    session = None
+    turn = 0
+    for index, (where, row) in enumerate(_json_rows(path)):
+        sess = row.get("session")
+        if sess is not None and (isinstance(sess, bool) or not isinstance(sess, int) or sess < 0):
+            raise TraceError(f"{where}: field 'session' is {sess!r}; expected an integer >= 0")
+        follow = sess is not None and "turn" in row and _int_field(row, "turn", where) > 0
+        if follow:
+            t_turn = _int_field(row, "turn", where)
+            if sess != session or t_turn != turn + 1:
                 raise TraceError(
-                    f"{where}: field 'blocks' has {len(blocks)} ids; prompt_tokens {prompt} "
-                    f"needs ceil({prompt}/{unit}) = {math.ceil(prompt / unit)}"
+                    f"{where}: turn {t_turn} of session {sess!r} must follow turn {t_turn - 1} "
+                    "of that session on the row before (a session's turns are consecutive rows)"
                 )
-            out_blocks = _optional_ids(row, "output_blocks", where)
-            session, job = row.get("session"), row.get("job")
-            turn = _int_field(row, "turn", where) if "turn" in row else 0
-
-            fields = (prompt, output, blocks, unit, out_blocks, session, job, turn)
-
-            def make(i, t, fields=fields):
-                return Request(i, t, *fields)
-
-            yield where, t, make
-
-    return _ordered(rows())
+            t = _float_field(row, "arrival_s", where) if "arrival_s" in row else None
+        else:
+            t = _float_field(row, "arrival_s", where)
+            if origin is None:
+                origin = t
+            if t < last:
+                raise TraceError(
+                    f"{where}: timestamp goes backwards ({t - origin:.6f} s < previous)"
+                )
+            last = t
+        session, turn = sess, (_int_field(row, "turn", where) if follow else 0)
+        prompt = _int_field(row, "prompt_tokens", where, minimum=1)
+        output = _int_field(row, "output_tokens", where, minimum=1)
+        unit = _int_field(row, "unit_tokens", where, minimum=1) if "unit_tokens" in row else 512
+        blocks = _optional_ids(row, "blocks", where)
+        if blocks and len(blocks) != math.ceil(prompt / unit):
+            raise TraceError(
+                f"{where}: field 'blocks' has {len(blocks)} ids; prompt_tokens {prompt} "
+                f"needs ceil({prompt}/{unit}) = {math.ceil(prompt / unit)}"
+            )
+        out_blocks = _optional_ids(row, "output_blocks", where)
+        think = _float_field(row, "think_s", where) if "think_s" in row else 0.0
+        arrival = (t - origin) if t is not None and origin is not None else 0.0
+        yield Request(index, arrival, prompt, output, blocks, unit, out_blocks, sess,
+                      row.get("job"), turn, think)  # fmt: skip
 
 
 FORMATS: dict[str, Callable[[Path], Iterator[Request]]] = {

@@ -3,7 +3,10 @@
 A request's prompt is described by ``blocks``: one content id per *content unit* of ``unit_tokens``
 tokens (512 in Mooncake traces). Ids are chain ids: two requests with the same id at position i
 share an identical prefix up to the end of unit i, which is what makes prefix caching decidable
-from a trace without the text.
+from a trace without the text. ``output_blocks`` are the chain ids of the units after the
+prompt's that its answer fills (unit len(blocks) + i), so that a later turn whose prompt contains
+the answer can hit it. A session (a conversation or an agent job) is a chain of turns: turn 0
+arrives at ``arrival_s``, each later turn ``think_s`` after the previous one finishes.
 """
 
 from __future__ import annotations
@@ -29,3 +32,6 @@ class Request:
     session: int | None = None
     job: int | None = None
     turn: int = 0
+    think_s: float = 0.0
+    """Closed loop: seconds between the previous turn's finish and this turn's arrival (a user's
+    think time, an agent's tool call). ``arrival_s`` then only orders a session's first turn."""

@@ -155,16 +155,17 @@ class KVCache:
             self.evicted_blocks += victim.blocks
         self.free -= blocks
 
-    def release(self, nodes, blocks: int, now_ns: int) -> None:
+    def release(self, nodes, blocks: int, now_ns: int, pin: bool = False) -> None:
         """A sequence gives back its nodes (tail first, as vLLM frees a sequence's blocks) and
         ``blocks`` private blocks. ``nodes`` are in position order under contiguous; under msa
-        (reused units, then the units it computed) they are sorted deepest first."""
+        (reused units, then the units it computed) they are sorted deepest first. ``pin``: an
+        agent's call that a tool call follows gave them back (policies may keep them)."""
         release = self.tree.release
         ordered = reversed(nodes) if self.tree.leaf_only else sorted(
             nodes, key=lambda n: n.depth, reverse=True
         )  # fmt: skip
         for node in ordered:
-            release(node, now_ns)
+            release(node, now_ns, pin)
         self.free += blocks
 
     def node_blocks(self) -> int:

@@ -38,6 +38,7 @@ class Node:
         "hits",
         "last_access_ns",
         "released",
+        "pinned",
         "created_ns",
         "recompute_s",
         "free",
@@ -82,6 +83,8 @@ class Node:
         """When it was last in use: stamped at acquire and again at release."""
         self.released = 0
         """The tree's release counter when it was last released: vLLM's free-queue order."""
+        self.pinned = False
+        """Last released by an agent's call that a tool call follows (its job goes on)."""
         self.created_ns = now_ns
         """When it was inserted."""
         self.recompute_s = recompute_s
@@ -240,13 +243,14 @@ class PrefixTree:
         node.hits += 1
         node.last_access_ns = now_ns
 
-    def release(self, node: Node, now_ns: int) -> None:
+    def release(self, node: Node, now_ns: int, pin: bool = False) -> None:
         """A request stops using ``node``: touched (vLLM orders its free queue by release), and a
         candidate once unreferenced (and, under leaf_only, a leaf)."""
         node.refs -= 1
         node.last_access_ns = now_ns
         self.releases += 1
         node.released = self.releases
+        node.pinned = pin
         if node.refs == 0:
             node.free = True
             self.evictable_blocks += node.blocks

@@ -1,5 +1,6 @@
 """Pluggable policies, one module per family, each with a name registry."""
 
+from . import continuum  # noqa: F401  (registers its eviction policy)
 from .checkpoint import CHECKPOINT
 from .eviction import EVICTION
 from .registry import Registry

@@ -268,3 +268,47 @@ def test_evictable_blocks_count_every_free_node(layout):
     assert c.tree.evictable_blocks == 12 == c.available() - c.free
     _victims(c)
     assert c.tree.evictable_blocks == 0 and len(c.tree) == 0
+
+
+def test_continuum_pins_an_agents_kv_through_its_tool_call():
+    """A node released by an agent call whose job goes on (pinned) stays out of eviction for the
+    TTL (3 ns here); other candidates leave in LRU order first; an expired pin is an ordinary LRU
+    candidate again; with only pinned nodes left they go earliest released first."""
+    c = _cache(EVICTION.create("continuum", None, ttl_s=3e-9), layout="msa")
+    a = _Req(c, [1]).compute(now=0)
+    b = _Req(c, [2]).compute(now=0)
+    d = _Req(c, [3]).compute(now=0)
+    c.release(a.nodes, 0, 10, pin=True)  # the agent's call ended in a tool call: pinned to 13
+    c.release(b.nodes, 0, 11)
+    c.release(d.nodes, 0, 12, pin=True)  # pinned to 15
+    assert c.tree.pop_victim(12).id == 2  # only the unpinned one
+    assert c.tree.pop_victim(12).id == 1  # nothing else: pinned, earliest released first
+    e = _Req(c, [4]).compute(now=12)
+    c.release(e.nodes, 0, 14)
+    assert [c.tree.pop_victim(15).id for _ in range(2)] == [3, 4]  # 3's pin expired at 15
+
+
+def test_continuum_learns_its_ttl_from_tool_gaps():
+    """With ttl_s: auto the TTL is the 0.9 quantile of observed tool gaps (an agent call's release
+    to the next access of its pinned KV), once 20 are seen."""
+    policy = EVICTION.create("continuum", None, ttl_s="auto", initial_ttl_s=7.0)
+    c = _cache(policy, layout="msa")
+    assert policy.ttl_s == 7.0
+    r = _Req(c, [1]).compute(now=0)
+    now = 0
+    for gap in range(1, 31):  # gaps of 1 … 30 ns
+        c.release(r.nodes, 0, now, pin=True)
+        now += gap
+        hit = c.lookup(Request(0, 0.0, UNIT + 1, 1, (1, 2), UNIT), now)
+        assert c.try_allocate(0, now, hit)
+        if gap < 20:
+            assert policy.ttl_s == 7.0
+    assert policy.ttl_ns == 28  # sorted gaps 1…30, index int(0.9 × 30) = 27 → 28 ns
+
+
+def test_continuum_bad_parameters():
+    from kvsim.simulator.errors import KvsimError
+
+    for bad in ({"ttl_s": -1}, {"ttl_s": "forever"}, {"quantile": 1.5}):
+        with pytest.raises(KvsimError, match="eviction policy 'continuum'"):
+            EVICTION.create("continuum", None, **bad)
