@@ -18,6 +18,7 @@ from kvsim.traces import TraceError
 
 from .cache import KVCache
 from .catalog import GpuSpec, ModelSpec, get_gpu, get_model
+from .chunking import AdaptiveChunking
 from .errors import KvsimError
 from .latency import IterationPricer, RooflineModel
 from .latency.profile import load_profile
@@ -206,6 +207,13 @@ class Cluster:
         # NOTE: one pricer for all replicas of the same model, GPU and TP: its memo tables are
         # pure functions of the shape, so they are filled once, not once per replica.
         pricer = IterationPricer(self.model, tp, latency)
+        chunking = None
+        if sc.chunking.type == "adaptive":
+            ch = sc.chunking
+            chunking = AdaptiveChunking(
+                pricer, cc.block_size, sc.max_num_batched_tokens, ch.target_s,
+                ch.decode_target_s or scenario.slo.tpot_s, ch.queue_tokens, ch.max_target_s,
+            )  # fmt: skip
         for i in range(scenario.cluster.replicas):
             context = EvictionContext(cc.block_size, cc.layout, self.model, pricer.recompute_s)
             policy = EVICTION.create(cc.eviction.type, context, **cc.eviction.params)
@@ -225,6 +233,7 @@ class Cluster:
                 sc.enable_chunked_prefill,
                 on_finish=self._finisher(i),
                 watermark_blocks=self._watermark_blocks,
+                chunking=chunking,
             )
             self.replicas.append(
                 Replica(self.env, i, sched, pricer, scenario.simulation.exact_steps)

@@ -84,12 +84,46 @@ class CacheConfig(_Strict):
         return v
 
 
+class FixedChunking(_Strict):
+    type: Literal["fixed"]
+
+
+class AdaptiveChunkingConfig(_Strict):
+    """Each iteration's prefill tokens sized from the latency model (see simulator/chunking.py)."""
+
+    type: Literal["adaptive"]
+    target_s: float = Field(0.05, gt=0, description="iteration time to aim at, empty queue")
+    decode_target_s: float | None = Field(
+        None, gt=0, description="cap while sequences decode (default: the TPOT SLO)"
+    )
+    queue_tokens: int = Field(
+        16384, ge=1, description="queued prompt tokens that double the target"
+    )
+    max_target_s: float = Field(0.5, gt=0, description="the target never exceeds this")
+
+
+def _chunking_ref(value: Any) -> Any:
+    return {"type": value} if isinstance(value, str) else value
+
+
+Chunking = Annotated[
+    FixedChunking | AdaptiveChunkingConfig,
+    Field(discriminator="type"),
+    BeforeValidator(_chunking_ref),
+]
+
+
 class SchedulerConfig(_Strict):
     max_num_batched_tokens: int = Field(8192, ge=1)
     max_num_seqs: int = Field(256, ge=1)
     enable_chunked_prefill: bool = True
     chunk_tokens: int | None = Field(
         None, ge=1, description="per-request prefill chunk cap (default: the token budget)"
+    )
+    chunking: Chunking = Field(
+        default_factory=lambda: FixedChunking(type="fixed"),
+        description="fixed: prefill within the token budget; adaptive: size it from the latency "
+        "model to keep iterations near a target time",
     )
     watermark: float = Field(
         0.0,

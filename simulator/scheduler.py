@@ -205,6 +205,7 @@ class Scheduler:
         on_first_token=None,
         on_finish=None,
         watermark_blocks: int = 0,
+        chunking=None,
     ):
         self.cache = cache
         self.bt = cache.block_tokens
@@ -215,6 +216,8 @@ class Scheduler:
         self.msa = cache.layout == MSA
         self.watermark = watermark_blocks
         """Blocks admission leaves available (vLLM V0's watermark; V1 reserves none)."""
+        self.chunking = chunking
+        """Adaptive chunking: sizes each iteration's prefill tokens (None: the fixed budget)."""
         self.on_first_token = on_first_token or (lambda seq, now: None)
         self.on_finish = on_finish or (lambda seq, now: False)
         """Called as a sequence finishes; returns whether its session goes on (a later turn)."""
@@ -374,6 +377,12 @@ class Scheduler:
         budget = self.max_tokens - len(self.decoding)
         n_dec = len(self.decoding)
         prefills: list[tuple[Seq, int]] = []
+        if self.chunking is not None and (self.prefilling or self.waiting):
+            head = self.prefilling[0] if self.prefilling else self.waiting[0]
+            budget = n_dec + self.chunking.budget(
+                n_dec, self.dec_sum + n_dec, self.dec_segs, self.queued_tokens, head.computed
+            )
+            budget = min(budget, self.max_tokens) - n_dec
 
         for s in list(self.prefilling):
             if budget <= 0:
@@ -394,9 +403,9 @@ class Scheduler:
             prefills.append((s, n))
             budget -= n
         if preempted:
-            # Decodes preempted while scheduling prefills no longer run this iteration.
+            # Decodes preempted while scheduling prefills no longer run this iteration; nothing
+            # is admitted after a preemption, so the budget is not needed any more.
             n_dec = len(self.decoding)
-            budget = self.max_tokens - n_dec - sum(n for _, n in prefills)
 
         while self.waiting and budget > 0 and not preempted and self.num_running < self.max_seqs:
             s = self.waiting[0]

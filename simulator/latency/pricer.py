@@ -245,7 +245,7 @@ class IterationRun:
         now = ends[-1] if ends else self.start
         x, step, x0, p = self._x, self._step, self._x0, self._p
         for _ in range(self.k - len(ends)):
-            if now >= until:
+            if ends and now >= until:  # NOTE: at least the first end (an arrival at the start)
                 break
             now += (x0 + p * x) >> _FRAC
             ends.append(now)

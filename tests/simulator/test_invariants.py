@@ -82,9 +82,10 @@ settings.load_profile("kvsim")
     routing=st.sampled_from(["round_robin", "least_loaded", "prefix_aware"]),
     budget=st.sampled_from([64, 256]),
     chunked=st.booleans(),
+    chunking=st.sampled_from(["fixed", "adaptive"]),
 )
 def test_invariants_hold_and_fast_equals_exact(
-    tmp_path, checked, rows, blocks, replicas, eviction, layout, routing, budget, chunked
+    tmp_path, checked, rows, blocks, replicas, eviction, layout, routing, budget, chunked, chunking
 ):
     over = dict(
         cache={"num_gpu_blocks": blocks, "eviction": eviction, "layout": layout},
@@ -94,6 +95,7 @@ def test_invariants_hold_and_fast_equals_exact(
             "max_num_batched_tokens": budget,
             "max_num_seqs": 8,
             "enable_chunked_prefill": chunked,
+            "chunking": chunking,
         },
     )
     fast = simulate(scenario_from_dict(_doc(tmp_path, rows, **over), base_dir=tmp_path))
@@ -132,3 +134,61 @@ def test_pool_is_empty_of_references_at_the_end(tmp_path):
     assert all(n.refs == 0 for n in cache.tree.nodes.values())
     assert cache.free + cache.node_blocks() == cache.capacity
     assert res.summary["preemptions"] > 0  # the pool is small enough to force recompute
+
+
+@st.composite
+def session_rows(draw):
+    """Closed-loop sessions: each turn's prompt is the session's history (earlier prompts and
+    answers, whose units are named by output_blocks) plus new units; some are agent jobs."""
+    rows, t = [], 0.0
+    for session in range(draw(st.integers(1, 6))):
+        t += draw(st.floats(0, 0.05))
+        agent = draw(st.booleans())
+        history = list(range(session * 1000, session * 1000 + draw(st.integers(0, 3))))
+        for turn in range(draw(st.integers(1, 4))):
+            new = draw(st.integers(1, 3))
+            prompt = history + list(range(session * 1000 + len(history),
+                                          session * 1000 + len(history) + new))  # fmt: skip
+            out_units = draw(st.integers(0, 2))
+            answer = list(range(session * 1000 + len(prompt),
+                                session * 1000 + len(prompt) + out_units))  # fmt: skip
+            tail = draw(st.integers(1, UNIT))  # the prompt's last unit may be partial
+            row = {
+                "arrival_s": round(t, 6),
+                "prompt_tokens": UNIT * (len(prompt) - 1) + tail,
+                "output_tokens": max(1, out_units * UNIT + draw(st.integers(0, 5))),
+                "blocks": prompt,
+                "output_blocks": answer,
+                "unit_tokens": UNIT,
+                "session": session,
+                "turn": turn,
+                "think_s": draw(st.floats(0, 0.02)),
+            }
+            if agent:
+                row["job"] = session
+            rows.append(row)
+            history = prompt + answer
+    return rows
+
+
+@given(
+    rows=session_rows(),
+    blocks=st.integers(40, 200),
+    eviction=st.sampled_from(["lru", "continuum", "helpers:OldestFootprint"]),
+    layout=st.sampled_from(["contiguous", "msa"]),
+    chunking=st.sampled_from(["fixed", "adaptive"]),
+)
+def test_sessions_conserve_blocks_and_fast_equals_exact(
+    tmp_path, checked, rows, blocks, eviction, layout, chunking
+):
+    over = dict(
+        cache={"num_gpu_blocks": blocks, "eviction": eviction, "layout": layout},
+        scheduler={"max_num_batched_tokens": 128, "max_num_seqs": 8, "chunking": chunking},
+    )
+    fast = simulate(scenario_from_dict(_doc(tmp_path, rows, **over), base_dir=tmp_path))
+    assert fast.summary["requests"] == len(rows)
+    sessions = {r["session"] for r in rows}
+    assert fast.summary["jobs"] == len(sessions)
+    exact_doc = _doc(tmp_path, rows, simulation={"exact_steps": True}, **over)
+    exact = simulate(scenario_from_dict(exact_doc, base_dir=tmp_path))
+    assert fast.requests_csv() == exact.requests_csv()

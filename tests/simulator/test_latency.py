@@ -138,6 +138,16 @@ def test_decode_run_equals_single_iterations(batch, kv, k):
         assert abs(steps[i] - p.iteration_ns(batch, batch, batch, x, x, batch)) <= 1
 
 
+def test_a_run_cut_at_its_start_keeps_its_first_iteration():
+    """An arrival at exactly a long run's start (a session turn released with no think time by
+    the finish that started the run) cuts it to its first iteration, as exact stepping does."""
+    p = IterationPricer(get_model("llama-3.1-8b"), 1, RooflineModel(get_gpu("h100-sxm")))
+    run = p.decode_run(64, 100_000, 200, 5000)
+    first = p.decode_run(64, 100_000, 1, 5000).end
+    j = run.count_before(5000)
+    assert j == 0 and run.cut(j) == first and run.k == 1
+
+
 def test_decode_run_cut_keeps_a_prefix():
     p = IterationPricer(get_model("llama-3.1-8b"), 1, RooflineModel(get_gpu("h100-sxm")))
     run = p.decode_run(64, 100_000, 200, 0)
