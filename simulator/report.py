@@ -32,17 +32,20 @@ def _figure(cols: dict, summary: dict) -> go.Figure:
         rows=3,
         cols=2,
         subplot_titles=(
-            "TTFT (CDF)", "TPOT (CDF)", "TTFT by arrival time", "E2E latency (CDF)",
+            "TTFT (CDF)", "TPOT (CDF)", "TTFT by arrival time", "E2E and job latency (CDF)",
             "Throughput over time", "Prefix hits and preemptions over time",
         ),
         vertical_spacing=0.09,
     )  # fmt: skip
     slo = summary["slo"]
-    for (row, col), name, key, limit in (
+    curves = [
         ((1, 1), "TTFT", "ttft_s", slo["ttft_s"]),
         ((1, 2), "TPOT", "tpot_s", slo["tpot_s"]),
         ((2, 2), "E2E", "e2e_s", None),
-    ):
+    ]
+    if summary.get("jobs"):  # sessions and agent jobs: first arrival to last finish
+        curves.append(((2, 2), "job latency", "job_latency_s", None))
+    for (row, col), name, key, limit in curves:
         x, y = _cdf(cols[key])
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name), row=row, col=col)
         if limit is not None:
