@@ -58,7 +58,7 @@ class AdaptiveChunking:
         seqs = decodes + 1
         kv = dec_kv + context + tokens
         pairs = dec_kv + tokens * context + tokens * (tokens + 1) // 2
-        return p.dense_s(decodes + tokens, seqs, seqs) + p.attention_s(
+        return p.dense_s(decodes + tokens, seqs, seqs, decodes) + p.attention_s(
             decodes + tokens, kv, pairs, seqs, dec_segments + 1
         )
 

@@ -23,7 +23,7 @@ from .errors import KvsimError
 from .latency import IterationPricer, RooflineModel
 from .latency.profile import load_profile
 from .metrics import Recorder, Results
-from .policies import EVICTION, ROUTING
+from .policies import CHECKPOINT, EVICTION, ROUTING
 from .policies.eviction import EvictionContext
 from .policies.routing import choose
 from .replica import Replica
@@ -45,6 +45,23 @@ def check_fits(scenario: Scenario, model: ModelSpec, gpu: GpuSpec) -> None:
             f"{cache.gpu_memory_utilization} leaves {usable / GIB:.1f} GiB; raise "
             "cluster.tensor_parallel"
         )
+
+
+def state_bytes_rank(model: ModelSpec, tp: int) -> int:
+    """Recurrent-state bytes of one sequence on one tensor-parallel rank (heads are split)."""
+    return -(-model.state_bytes // tp)
+
+
+def state_blocks(scenario: Scenario, model: ModelSpec) -> int:
+    """Pool blocks one recurrent state takes: its bytes over a KV block's, rounded up; 1 when
+    the model has no attention (the pool's unit is then a state); 0 without recurrent layers."""
+    if model.recurrent is None:
+        return 0
+    if model.attention is None:
+        return 1
+    tp = scenario.cluster.tensor_parallel
+    block_bytes = scenario.cache.block_size * model.kv_bytes_per_token_rank(tp)
+    return -(-state_bytes_rank(model, tp) // block_bytes)
 
 
 def profile_peak_bytes(scenario: Scenario, model: ModelSpec) -> float:
@@ -88,8 +105,11 @@ def kv_capacity_blocks(scenario: Scenario, model: ModelSpec, gpu: GpuSpec) -> in
     available = int(
         requested - model.weight_bytes / tp - profile_peak_bytes(scenario, model) - non_torch
     )
-    page = cache.block_size * model.kv_dim(tp) * model.dtype_bytes
-    blocks = (available // page) // max(1, model.attention_layers) - 1 if page else 0
+    if model.attention is None:  # no KV: the pool holds recurrent states only
+        blocks = available // state_bytes_rank(model, tp)
+    else:
+        page = cache.block_size * model.kv_dim(tp) * model.dtype_bytes
+        blocks = (available // page) // model.attention_layers - 1
     if blocks < 1:
         raise KvsimError(
             f"cache.num_gpu_blocks: auto leaves no memory for the KV cache: {model.name} on "
@@ -214,6 +234,8 @@ class Cluster:
                 pricer, cc.block_size, sc.max_num_batched_tokens, ch.target_s,
                 ch.decode_target_s or scenario.slo.tpot_s, ch.queue_tokens, ch.max_target_s,
             )  # fmt: skip
+        self._state_blocks = state_blocks(scenario, self.model)
+        state_bytes = state_bytes_rank(self.model, tp) if self._state_blocks else 0
         for i in range(scenario.cluster.replicas):
             context = EvictionContext(cc.block_size, cc.layout, self.model, pricer.recompute_s)
             policy = EVICTION.create(cc.eviction.type, context, **cc.eviction.params)
@@ -224,7 +246,13 @@ class Cluster:
                 layout=cc.layout,
                 prefix_caching=cc.enable_prefix_caching,
                 recompute_s=pricer.recompute_s,
+                state_blocks=self._state_blocks,
+                kv_free=self.model.attention is None,
+                isolation=cc.isolation,
             )
+            checkpoint = None
+            if cc.checkpoint.type != "none":
+                checkpoint = CHECKPOINT.create(cc.checkpoint.type, **cc.checkpoint.params)
             sched = Scheduler(
                 cache,
                 sc.max_num_batched_tokens,
@@ -234,6 +262,8 @@ class Cluster:
                 on_finish=self._finisher(i),
                 watermark_blocks=self._watermark_blocks,
                 chunking=chunking,
+                checkpoint=checkpoint,
+                state_bytes=state_bytes,
             )
             self.replicas.append(
                 Replica(self.env, i, sched, pricer, scenario.simulation.exact_steps)
@@ -277,8 +307,10 @@ class Cluster:
                 f"not a multiple of cache.block_size {bt}; use a block_size that divides it"
             )
         # The KV a request ever holds: its prompt and every generated token but the last (whose
-        # KV is never computed). Nodes cache full blocks only, so this is exact.
-        if -(-(total - 1) // bt) > self.capacity:
+        # KV is never computed). Nodes cache full blocks only, so this is exact. A recurrent
+        # model's sequence also holds its live state and, while storing one, a checkpoint.
+        kv = 0 if self.model.attention is None else -(-(total - 1) // bt)
+        if kv + 2 * self._state_blocks > self.capacity:
             return f"needs more KV blocks than a replica has ({self.capacity})"
         sc = self.scenario.scheduler
         if not sc.enable_chunked_prefill and req.prompt_tokens > sc.max_num_batched_tokens:

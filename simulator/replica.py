@@ -136,6 +136,7 @@ class Replica:
                 batch.qk_pairs,
                 batch.segments,
                 batch.extra_ops,
+                batch.decodes,
             )
             self._run = IterationRun.single(now, now + ns)
         else:

@@ -29,7 +29,7 @@ from pydantic import (
 
 from .catalog import get_gpu, get_model
 from .errors import KvsimError, read_yaml_mapping
-from .policies import EVICTION, ROUTING
+from .policies import CHECKPOINT, EVICTION, ROUTING
 
 
 class _Strict(BaseModel):
@@ -69,6 +69,14 @@ class CacheConfig(_Strict):
         "every cached unit and recompute the holes (multi-segment attention, AsymCache)",
     )
     eviction: Policy = Field(default_factory=lambda: PolicyRef(type="lru"))
+    checkpoint: Policy = Field(
+        default_factory=lambda: PolicyRef(type="none"),
+        description="hybrid and recurrent models: where along a prompt recurrent states are "
+        "stored (none, every, balanced, sqrt, log2, dp)",
+    )
+    isolation: int | None = Field(
+        None, ge=1, description="keep the checkpoints of the last N sequences only (FIFO)"
+    )
 
     @field_validator("num_gpu_blocks")
     @classmethod
@@ -81,6 +89,12 @@ class CacheConfig(_Strict):
     @classmethod
     def _known_eviction(cls, v: PolicyRef):
         EVICTION.resolve(v.type)
+        return v
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _known_checkpoint(cls, v: PolicyRef):
+        CHECKPOINT.resolve(v.type)
         return v
 
 
@@ -445,6 +459,16 @@ def _check_semantics(s: Scenario, source: str) -> None:
         model = get_model(s.model, s.base_dir)
     except KvsimError as e:
         raise KvsimError(f"{source}: model: {e}") from None
+    if model.recurrent is None and s.cache.checkpoint.type != "none":
+        raise KvsimError(
+            f"{source}: cache.checkpoint: {s.cache.checkpoint.type!r} needs a model with "
+            f"recurrent layers; {model.name} has none (use none)"
+        )
+    if model.recurrent is not None and s.cache.layout != "contiguous":
+        raise KvsimError(
+            f"{source}: cache.layout: {model.name} has recurrent layers, which resume from one "
+            "checkpoint with the KV before it: use contiguous"
+        )
     if model.attention is not None and model.heads % s.cluster.tensor_parallel:
         raise KvsimError(
             f"{source}: cluster.tensor_parallel: {s.cluster.tensor_parallel} does not divide "

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 from .cache import KVCache
 from .cache.kv_cache import MSA
+from .cache.seen import SeenPrefixes
+from .latency.ops import Copy
 
 WAITING, PREFILL, DECODE, DONE = 0, 1, 2, 3
 
@@ -72,6 +74,10 @@ class Seq:
         "preemptions",
         "recomputed",
         "done_before",
+        "state_blocks",
+        "pending_state",
+        "ckpts",
+        "states",
         "base_it",
         "base_c",
         "base_g",
@@ -128,6 +134,14 @@ class Seq:
         """Tokens it computed more than once (after preemptions)."""
         self.done_before: list | None = None
         """Ranges it computed in earlier admissions (None until a preemption)."""
+        self.state_blocks = 0
+        """Recurrent models: blocks of its live state (held while admitted)."""
+        self.pending_state = 0
+        """Blocks reserved for checkpoints its in-flight chunk ends at."""
+        self.ckpts: list[int] = []
+        """Checkpoints still to store, as unit counts k (the state after unit k − 1)."""
+        self.states: list = []
+        """The checkpoints it stored (an isolation cache drops them together)."""
         # Decoding is kept lazily against the scheduler's iteration counter ``it``:
         self.base_it = 0
         """Iteration at which it joined the decoding set."""
@@ -206,6 +220,8 @@ class Scheduler:
         on_finish=None,
         watermark_blocks: int = 0,
         chunking=None,
+        checkpoint=None,
+        state_bytes: int = 0,
     ):
         self.cache = cache
         self.bt = cache.block_tokens
@@ -218,6 +234,14 @@ class Scheduler:
         """Blocks admission leaves available (vLLM V0's watermark; V1 reserves none)."""
         self.chunking = chunking
         """Adaptive chunking: sizes each iteration's prefill tokens (None: the fixed budget)."""
+        self.sb = cache.state_blocks
+        """Blocks of one recurrent state (0: an attention-only model)."""
+        self.checkpoint = checkpoint
+        """Recurrent models: the checkpoint-placement policy (None: no checkpoints)."""
+        self.state_copy = Copy(2, state_bytes, "d2d") if state_bytes else None
+        """The op that loads or stores one recurrent state."""
+        self.seen = SeenPrefixes() if hasattr(checkpoint, "observe") else None
+        """Recently seen prefixes, for the overlap depths a learning placement observes."""
         self.on_first_token = on_first_token or (lambda seq, now: None)
         self.on_finish = on_finish or (lambda seq, now: False)
         """Called as a sequence finishes; returns whether its session goes on (a later turn)."""
@@ -266,7 +290,8 @@ class Scheduler:
         s.base_it, s.base_c, s.base_g = self.it, s.computed, s.generated
         s.hist_key = (s.computed - s.node_tokens - self.it) % self.bt
         s.finish_it = self.it + s.req.output_tokens - s.generated - 1
-        self.hist[s.hist_key] += 1
+        if not self.cache.kv_free:  # (a model without attention needs no blocks to decode)
+            self.hist[s.hist_key] += 1
         self.dec_sum += s.computed
         self.dec_segs += s.segments
         self.decoding[s.order] = s
@@ -281,7 +306,8 @@ class Scheduler:
         # Blocks were allocated for every iteration before alloc_it, including one in flight.
         held = s.base_c + (self.alloc_it - s.base_it)
         s.priv_blocks = self.cache.blocks_for(held - s.node_tokens)
-        self.hist[s.hist_key] -= 1
+        if not self.cache.kv_free:
+            self.hist[s.hist_key] -= 1
         self.dec_sum -= s.computed
         self.dec_segs -= s.segments
         del self.decoding[s.order]
@@ -296,7 +322,7 @@ class Scheduler:
         NOTE: every block_size iterations each decoding sequence needs exactly one block, so whole
         cycles cost len(decoding) each and only the remainder is summed: O(block_size)."""
         n = end - first
-        if n <= 0:
+        if n <= 0 or self.cache.kv_free:
             return 0
         cycles, rest = divmod(n, self.bt)
         total = cycles * len(self.decoding)
@@ -308,7 +334,7 @@ class Scheduler:
     def decode_iterations_affordable(self, first: int, limit: int, blocks: int) -> int:
         """The largest m <= limit such that iterations [first, first + m) need <= ``blocks``."""
         n_dec = len(self.decoding)
-        if n_dec == 0:
+        if n_dec == 0 or self.cache.kv_free:
             return limit
         cycles = min(blocks // n_dec, limit // self.bt)
         m = cycles * self.bt
@@ -339,8 +365,10 @@ class Scheduler:
         return self.decoding[best]
 
     def _release(self, s: Seq, now_ns: int, pin: bool = False) -> None:
-        self.cache.release(s.nodes, s.priv_blocks, now_ns, pin)
+        blocks = s.priv_blocks + s.state_blocks + s.pending_state
+        self.cache.release(s.nodes, blocks, now_ns, pin)
         s.nodes, s.node_tokens, s.priv_blocks = [], 0, 0
+        s.state_blocks = s.pending_state = 0
         s.parent = s.reused_units = None
 
     def _preempt(self, s: Seq) -> None:
@@ -377,6 +405,7 @@ class Scheduler:
         budget = self.max_tokens - len(self.decoding)
         n_dec = len(self.decoding)
         prefills: list[tuple[Seq, int]] = []
+        extra: list = []  # state loads and stores of recurrent models
         if self.chunking is not None and (self.prefilling or self.waiting):
             head = self.prefilling[0] if self.prefilling else self.waiting[0]
             budget = n_dec + self.chunking.budget(
@@ -390,7 +419,11 @@ class Scheduler:
             if s.phase != PREFILL:
                 continue  # preempted while making room for an older sequence
             n = min(s.num_tokens - s.computed - s.ahead, budget, self.chunk)
+            stores = 0
+            if s.ckpts:
+                n, stores = self._cut(s, s.computed, n)
             need = cache.blocks_for(s.computed + s.ahead - s.node_tokens + n) - s.priv_blocks
+            need += stores * self.sb
             # NOTE: the newest running sequence is never one scheduled earlier in this loop:
             # prefills are visited oldest first, so victims are `s` itself or newer.
             while need > cache.available() and s.phase == PREFILL:
@@ -399,7 +432,9 @@ class Scheduler:
             if s.phase != PREFILL:
                 break
             cache.allocate(need, now)
-            s.priv_blocks += need
+            s.priv_blocks += need - stores * self.sb
+            s.pending_state += stores * self.sb
+            extra += [self.state_copy] * stores
             prefills.append((s, n))
             budget -= n
         if preempted:
@@ -409,7 +444,7 @@ class Scheduler:
 
         while self.waiting and budget > 0 and not preempted and self.num_running < self.max_seqs:
             s = self.waiting[0]
-            n = self._admit(s, budget)
+            n = self._admit(s, budget, extra)
             if n == 0:
                 break
             self.waiting.popleft()
@@ -437,10 +472,12 @@ class Scheduler:
             qk += pairs
             if end == s.num_tokens:
                 logits += 1
-        return Batch(n_dec, prefills, tokens, logits, kv, qk, segs, preempted)
+        return Batch(n_dec, prefills, tokens, logits, kv, qk, segs, preempted, tuple(extra))
 
-    def _admit(self, s: Seq, budget: int) -> int:
-        """Admit the head of the queue with a first chunk; return its tokens, or 0 if it waits."""
+    def _admit(self, s: Seq, budget: int, extra: list) -> int:
+        """Admit the head of the queue with a first chunk; return its tokens, or 0 if it waits.
+        A recurrent model's sequence also takes its live state, loads the checkpoint it resumes
+        from, and plans the checkpoints its prefill will store (``extra`` gets their copies)."""
         cache = self.cache
         now = self.now_ns
         hit = cache.lookup(s.req, now, s.num_tokens)
@@ -448,11 +485,21 @@ class Scheduler:
         n = min(remaining, budget, self.chunk)
         if not self.chunked and n < remaining:
             return 0
-        if not cache.try_allocate(cache.blocks_for(n), now, hit, self.watermark):
+        stores = 0
+        if self.checkpoint is not None:
+            s.ckpts = self._plan_checkpoints(s, hit.tokens)
+            if s.ckpts:
+                n, stores = self._cut(s, hit.tokens, n)
+        need = cache.blocks_for(n) + self.sb * (1 + stores)
+        if not cache.try_allocate(need, now, hit, self.watermark):
             return 0
+        s.state_blocks, s.pending_state = self.sb, self.sb * stores
+        extra += [self.state_copy] * (stores + (hit.resume is not None))
         if not s.admitted:
             s.admitted = True
             s.hit_tokens, s.hit_units = hit.tokens, hit.units
+            if self.seen is not None:
+                self.checkpoint.observe(self.seen.depth(s.req))
         s.nodes = list(hit.nodes)
         s.node_tokens = hit.tokens
         s.reused = hit.ranges
@@ -475,6 +522,34 @@ class Scheduler:
         self.prefilling.append(s)
         return n
 
+    def _plan_checkpoints(self, s: Seq, reused: int) -> list[int]:
+        """The checkpoints its prefill stores: the policy's positions for its prompt, floored to
+        the unit boundaries the cache keys states by, after what it reuses, at full units only,
+        and not resident already — as unit counts k (the state after unit k − 1)."""
+        req = s.req
+        unit, ids = req.unit_tokens, req.blocks
+        if not ids:
+            return []
+        full = min(len(ids), req.prompt_tokens // unit)
+        states = self.cache.tree.states
+        ks = {p // unit for p in self.checkpoint.positions(req.prompt_tokens)}
+        return sorted(
+            k for k in ks
+            if reused < k * unit and 0 < k <= full
+            and (states.get(ids[k - 1]) is None or states[ids[k - 1]].depth != k - 1)
+        )  # fmt: skip
+
+    def _cut(self, s: Seq, start: int, n: int) -> tuple[int, int]:
+        """A chunk of ``n`` tokens from ``start``, and the checkpoints it ends at: with chunked
+        prefill the chunk ends at the first checkpoint position it reaches (so that the state
+        there is the chunk's final state); without, it stores every checkpoint it passes."""
+        unit = s.req.unit_tokens
+        end = start + n
+        if self.chunked:
+            first = s.ckpts[0] * unit
+            return (first - start, 1) if first <= end else (n, 0)
+        return n, sum(1 for k in s.ckpts if k * unit <= end)
+
     def complete(self, batch: Batch, k: int, now_ns: int) -> None:
         """Apply the effects of ``k`` iterations of ``batch`` ending at ``now_ns`` (k > 1 only for
         pure-decode batches)."""
@@ -492,6 +567,8 @@ class Scheduler:
             self._advance(s, n)
             self.queued_tokens -= n
             self._commit_units(s, now_ns)
+            if s.pending_state:
+                self._store_states(s, now_ns)
             if s.computed == s.num_tokens:
                 s.generated += 1
                 s.num_tokens += 1
@@ -550,12 +627,28 @@ class Scheduler:
             s.parent = node
             s.next_unit += 1
 
+    def _store_states(self, s: Seq, now_ns: int) -> None:
+        """Keep the states its chunk ended at (their blocks were reserved with the chunk)."""
+        req, cache = s.req, self.cache
+        unit = req.unit_tokens
+        while s.ckpts and s.ckpts[0] * unit <= s.computed:
+            k = s.ckpts.pop(0)
+            parent = s.nodes[k - 1] if len(s.nodes) >= k else None
+            node = cache.store_state(req.blocks[k - 1], parent, k - 1, k * unit, now_ns)
+            s.pending_state -= self.sb
+            if node is None:
+                cache.release((), self.sb, now_ns)  # resident already: our copy is not needed
+            else:
+                s.states.append(node)
+
     def _finish(self, s: Seq, now_ns: int) -> None:
         """Record it (``on_finish`` says whether its session goes on), cache the units its answer
         filled, and give everything back — pinned for eviction policies that keep an agent's KV
         through a tool call when its job goes on."""
         s.phase = DONE
         more = self.on_finish(s, now_ns)
+        if s.states:
+            self.cache.close_group(s.states, now_ns)
         if s.req.output_blocks and s.next_unit == len(s.req.blocks):
             self._commit_outputs(s, now_ns)
         self._release(s, now_ns, pin=bool(more) and s.req.job is not None)
@@ -593,7 +686,8 @@ class Scheduler:
         for s in self.decoding.values():
             held = s.base_c + (self.alloc_it - s.base_it)
             private += cache.blocks_for(held - s.node_tokens)
-        nodes = list(cache.tree.nodes.values())
+        private += sum(s.state_blocks + s.pending_state for s in holders)
+        nodes = list(cache.tree.nodes.values()) + list(cache.tree.states.values())
         node_blocks = sum(n.blocks for n in nodes)
         assert cache.free >= 0, f"negative free blocks {cache.free}"
         assert cache.free + node_blocks + private == cache.capacity, (

@@ -16,10 +16,19 @@ Layouts: ``contiguous`` (vLLM) reuses the resident prefix up to the first hole; 
 every resident unit of the prompt, and the holes are recomputed (AsymCache, arXiv 2606.02964).
 Either way the last unit is recomputed when a hit would cover the prompt's last token: its logits
 need the forward pass.
+
+Hybrid and recurrent models (Sparse Prefix Caching, arXiv 2605.05219; DESIGN §5.3): a recurrent
+layer can only resume from a stored state, so a hit of depth d resumes from c = the deepest
+resident checkpoint ≤ min(d, resident KV depth) (and ≤ the last token), and everything after c is
+recomputed in all layers; no checkpoint means a full recompute. Checkpoints are cache entries in
+the same pool (``state_blocks`` blocks each), keyed by the chain id of the unit they follow, so
+they lie on unit boundaries; a running sequence also holds its live state. A model without
+attention keeps no KV: tokens cost no blocks and the pool's unit is one state.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 from .prefix_tree import KeyedHeap, Node, PrefixTree
@@ -41,6 +50,8 @@ class Hit:
     tokens: int = 0
     units: int = 0
     pinned_blocks: int = 0
+    resume: Node | None = None
+    """Recurrent models: the checkpoint the sequence resumes from (its state is loaded)."""
 
 
 NO_HIT = Hit()
@@ -57,8 +68,20 @@ class KVCache:
         layout: str = CONTIGUOUS,
         prefix_caching: bool = True,
         recompute_s=None,
+        state_blocks: int = 0,
+        kv_free: bool = False,
+        isolation: int | None = None,
     ):
         self.capacity = capacity_blocks
+        self.state_blocks = state_blocks
+        """Blocks of one recurrent state (0: no recurrent layers)."""
+        self.kv_free = kv_free
+        """No attention layers: tokens hold no KV (``blocks_for`` is 0)."""
+        if kv_free:
+            self.blocks_for = lambda tokens: 0
+        self.isolation = isolation
+        """Keep the checkpoints of the last ``isolation`` sequences only (FIFO; None: no limit)."""
+        self._groups: deque = deque()
         self.block_tokens = block_tokens
         self.layout = layout
         self.prefix_caching = prefix_caching
@@ -88,6 +111,8 @@ class KVCache:
         caching off nothing is ever committed, so nothing is found."""
         if not req.blocks:
             return NO_HIT
+        if self.state_blocks:
+            return self._resume(req, tokens or req.prompt_tokens)
         nodes = self._match(req.blocks, req.prompt_tokens, req.unit_tokens)
         if not nodes:
             return NO_HIT
@@ -116,11 +141,32 @@ class KVCache:
                 ranges.append((start, end))
         return Hit(tuple(nodes), tuple(ranges), tokens, units, pinned)
 
+    def _resume(self, req, end: int) -> Hit:
+        """Recurrent models: the KV prefix up to the deepest resident checkpoint c ≤ min(KV
+        depth, end − 1)."""
+        ids, unit = req.blocks, req.unit_tokens
+        nodes = [] if self.kv_free else self._match(ids, req.prompt_tokens, unit)
+        k = min(len(ids) if self.kv_free else len(nodes), (end - 1) // unit)
+        states = self.tree.states
+        while k > 0:
+            st = states.get(ids[k - 1])
+            if st is not None and st.depth == k - 1:
+                break
+            k -= 1
+        if k == 0:
+            return NO_HIT
+        nodes = nodes[:k]
+        pinned = sum(n.blocks for n in nodes if n.free) + (st.blocks if st.free else 0)
+        c = k * unit
+        return Hit(tuple(nodes), ((0, c),), c, k, pinned, st)
+
     def cached_tokens(self, req) -> int:
         """Tokens of ``req``'s prompt this replica would reuse now (what routers compare): the
         tokens of ``lookup(req, now)``, without building the Hit."""
         if not req.blocks:
             return 0
+        if self.state_blocks:
+            return self._resume(req, req.prompt_tokens).tokens
         nodes = self._match(req.blocks, req.prompt_tokens, req.unit_tokens)
         if not nodes:
             return 0
@@ -141,7 +187,11 @@ class KVCache:
         acquire = self.tree.acquire
         for node in hit.nodes:
             acquire(node, now_ns)
+        if hit.resume is not None:  # held while the allocation evicts, then only touched
+            acquire(hit.resume, now_ns)
         self.allocate(blocks, now_ns)
+        if hit.resume is not None:
+            self.tree.release(hit.resume, now_ns)
         return True
 
     def allocate(self, blocks: int, now_ns: int) -> None:
@@ -169,7 +219,39 @@ class KVCache:
         self.free += blocks
 
     def node_blocks(self) -> int:
-        return sum(n.blocks for n in self.tree.nodes.values())
+        tree = self.tree
+        return sum(n.blocks for n in tree.nodes.values()) + sum(
+            n.blocks for n in tree.states.values()
+        )
+
+    # ---- recurrent-state checkpoints -------------------------------------------------------
+    def store_state(self, unit_id: int, parent: Node | None, depth: int, position: int,
+                    now_ns: int) -> Node | None:  # fmt: skip
+        """Keep the state after unit ``unit_id`` in ``state_blocks`` blocks the caller already
+        allocated. Returns the new checkpoint, or None if it was resident (then the caller frees
+        its blocks; the resident one is touched)."""
+        tree = self.tree
+        old = tree.states.get(unit_id)
+        if old is not None:
+            tree.acquire(old, now_ns)
+            tree.release(old, now_ns)
+            return None
+        return tree.insert_state(unit_id, parent, depth, position, self.state_blocks, now_ns)
+
+    def close_group(self, states: list, now_ns: int) -> None:
+        """A sequence's checkpoints, for the isolation cache: the checkpoints of the sequences
+        before the last ``isolation`` ones are dropped, oldest sequence first."""
+        if self.isolation is None or not states:
+            return
+        self._groups.append(states)
+        tree = self.tree
+        while len(self._groups) > self.isolation:
+            for node in self._groups.popleft():
+                if tree.states.get(node.id) is node and node.free:
+                    tree.drop(node, now_ns)
+                    self.free += node.blocks
+                    self.evictions += 1
+                    self.evicted_blocks += node.blocks
 
     # ---- inserting computed units -----------------------------------------------------------
     def commit_unit(

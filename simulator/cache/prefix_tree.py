@@ -42,6 +42,7 @@ class Node:
         "created_ns",
         "recompute_s",
         "free",
+        "state",
         "candidate",
         "in_heap",
         "policy_data",
@@ -91,6 +92,8 @@ class Node:
         """What recomputing it at its position costs (seconds), priced at insert."""
         self.free = False
         """Unreferenced (its blocks count as evictable)."""
+        self.state = False
+        """A recurrent-state checkpoint (the state after unit ``id``), not a unit's KV."""
         self.candidate = False
         """In the candidate set: may be evicted now."""
         self.in_heap = False
@@ -157,6 +160,8 @@ class PrefixTree:
         self._add, self._remove, self._pop = candidates.add, candidates.remove, candidates.pop
         self.leaf_only = leaf_only
         self.nodes: dict[int, Node] = {}
+        self.states: dict[int, Node] = {}
+        """Recurrent-state checkpoints, by the chain id of the unit they follow."""
         self.evictable_blocks = 0
         """Blocks of free nodes: all of them can be evicted (leaves first under leaf_only)."""
         self.releases = 0
@@ -229,6 +234,28 @@ class PrefixTree:
                 self._remove(parent)
         return node
 
+    def insert_state(self, unit_id: int, parent: Node | None, depth: int, position: int,
+                     blocks: int, now_ns: int) -> Node:  # fmt: skip
+        """Add a free checkpoint: the recurrent state after unit ``unit_id`` (at ``position``)."""
+        node = Node(unit_id, parent, depth, position, 0, 0, blocks, now_ns, 0.0)
+        node.state = True
+        self.states[unit_id] = node
+        if parent is not None:
+            parent.children += 1
+            if parent.candidate and self.leaf_only:
+                parent.candidate = False
+                self._remove(parent)
+        node.refs = 1
+        self.release(node, now_ns)
+        return node
+
+    def drop(self, node: Node, now_ns: int) -> None:
+        """Remove a free node the policy did not choose (an isolation cache's FIFO)."""
+        if node.candidate:
+            node.candidate = False
+            self._remove(node)
+        self._unlink(node, now_ns)
+
     def acquire(self, node: Node, now_ns: int) -> None:
         """A request starts to use ``node`` (a hit or its own insert)."""
         if node.free:
@@ -261,17 +288,21 @@ class PrefixTree:
     def pop_victim(self, now_ns: int) -> Node | None:
         """Remove and return the candidate the policy evicts first."""
         node = self._pop(now_ns)
-        if node is None:
-            return None
-        node.candidate = node.free = False
-        del self.nodes[node.id]
+        if node is not None:
+            node.candidate = False
+            self._unlink(node, now_ns)
+        return node
+
+    def _unlink(self, node: Node, now_ns: int) -> None:
+        """Take a free node out of the tree (its parent may become a leaf candidate)."""
+        node.free = False
+        del (self.states if node.state else self.nodes)[node.id]
         self.evictable_blocks -= node.blocks
         parent = node.parent
         if parent is not None:
             node.parent = None
-            if self.nodes.get(parent.id) is parent:
+            if self.nodes.get(parent.id) is parent:  # NOTE: parents are always KV units
                 parent.children -= 1
                 if self.leaf_only and parent.free and not parent.children:
                     parent.candidate = True
                     self._add(parent, now_ns)
-        return node

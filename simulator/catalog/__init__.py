@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -61,13 +61,15 @@ class AttentionSpec:
 
 @dataclass(frozen=True)
 class MlpSpec:
-    """Dense gated MLP layers (SwiGLU: gate and up projections, then down)."""
+    """Dense MLP layers: gated (SwiGLU: gate and up projections, then down) or not (one up
+    projection and an activation, e.g. Nemotron-H's squared ReLU)."""
 
     layers: int
     intermediate: int
+    gated: bool = True
 
     def weights(self, hidden: int) -> int:
-        return 3 * hidden * self.intermediate
+        return (3 if self.gated else 2) * hidden * self.intermediate
 
 
 @dataclass(frozen=True)
@@ -91,9 +93,15 @@ class MoeSpec:
 
 @dataclass(frozen=True)
 class RecurrentSpec:
-    """Recurrent layers (Mamba-2 SSM or Gated DeltaNet linear attention): per sequence a state of
-    ``heads × head_dim × state_dim`` fp32 values plus a short convolution window, independent of
-    the context length."""
+    """Recurrent layers (Mamba-2 SSM, arXiv 2405.21060; or Gated DeltaNet linear attention,
+    arXiv 2412.06464): per sequence a state of ``heads × head_dim × state_dim`` fp32 values plus
+    the causal convolution's last ``conv_kernel − 1`` inputs, independent of the context length.
+
+    Mamba-2: heads × head_dim is d_inner, state_dim the SSM state size, ``groups`` the B/C groups;
+    the input projection makes x, z (2·d_inner), B, C (2·groups·state) and dt (heads).
+    Gated DeltaNet: heads are the value heads (head_dim the value dim), state_dim the key dim,
+    ``groups`` the key heads; the input projection makes q, k (2·groups·state), v, z
+    (2·heads·head_dim) and the gates a, b (2·heads)."""
 
     layers: int
     kind: str  # "mamba2" | "gdn"
@@ -311,6 +319,54 @@ def _moe_layers(f: _Fields, layers: int) -> int:
     return sum(1 for i in range(layers) if (i + 1) % step == 0 and i not in only)
 
 
+def _mamba2(f: _Fields, layers: int, hidden: int) -> RecurrentSpec:
+    """Mamba-2 layers from a Nemotron-H (``mamba_*``) or Mamba2 (``num_heads``…) config."""
+    cfg = f.cfg
+    if f.has("mamba_num_heads"):
+        heads, head_dim = f.int("mamba_num_heads"), f.int("mamba_head_dim")
+    else:
+        head_dim = f.int("head_dim", 64)
+        heads = f.int("num_heads", f.int("expand", 2) * hidden // head_dim)
+    state, groups = f.int("ssm_state_size", cfg.get("state_size", 128)), f.int("n_groups", 1)
+    inner = heads * head_dim
+    return RecurrentSpec(layers, "mamba2", heads, head_dim, state, groups,
+                         f.int("conv_kernel", 4), inner + 2 * groups * state,
+                         2 * inner + 2 * groups * state + heads)  # fmt: skip
+
+
+def _gated_deltanet(f: _Fields, layers: int) -> RecurrentSpec:
+    """Gated DeltaNet layers from a Qwen3-Next / Qwen3.5 config (``linear_*``)."""
+    nk, nv = f.int("linear_num_key_heads"), f.int("linear_num_value_heads")
+    dk, dv = f.int("linear_key_head_dim"), f.int("linear_value_head_dim")
+    return RecurrentSpec(layers, "gdn", nv, dv, dk, nk, f.int("linear_conv_kernel_dim", 4),
+                         2 * nk * dk + nv * dv, 2 * nk * dk + 2 * nv * dv + 2 * nv)  # fmt: skip
+
+
+def _hybrid_layers(f: _Fields, layers: int) -> tuple[int, int, int] | None:
+    """(attention, recurrent, MLP-only) layer counts of a hybrid model, or None if not hybrid.
+
+    Nemotron-H's ``hybrid_override_pattern`` has one character a layer: M (Mamba-2 mixer),
+    * (attention), - (MLP). Qwen3-Next/3.5 list ``layer_types`` ("linear_attention" /
+    "full_attention") or a ``full_attention_interval``; every layer there has an MLP too."""
+    cfg = f.cfg
+    pattern = cfg.get("hybrid_override_pattern")
+    if pattern is not None:
+        if not isinstance(pattern, str) or len(pattern) != layers or set(pattern) - set("M*-"):
+            raise KvsimError(f"{f.where}: field 'hybrid_override_pattern' must be {layers} "
+                             "characters of M (Mamba), * (attention), - (MLP)")  # fmt: skip
+        return pattern.count("*"), pattern.count("M"), pattern.count("-")
+    types = cfg.get("layer_types")
+    if isinstance(types, list) and "linear_attention" in types:
+        if len(types) != layers:
+            raise KvsimError(f"{f.where}: field 'layer_types' must list {layers} layers")
+        return types.count("full_attention"), types.count("linear_attention"), 0
+    if f.has("full_attention_interval") and f.has("linear_num_value_heads"):
+        n = f.int("full_attention_interval")
+        attn = layers // n
+        return attn, layers - attn, 0
+    return None
+
+
 def _hf_config(path: Path) -> ModelSpec:
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
@@ -318,9 +374,31 @@ def _hf_config(path: Path) -> ModelSpec:
         raise KvsimError(f"{path}: cannot read model config.json ({type(e).__name__})") from None
     if not isinstance(cfg, dict):
         raise KvsimError(f"{path}: a model config.json is a JSON object")
-    f = _Fields(cfg, str(path))
+    return _from_config(cfg, str(path), str(path))
+
+
+def _from_config(cfg: dict, where: str, name: str, source: str = "") -> ModelSpec:
+    """A model from the fields of a Hugging Face config.json."""
+    path = where
+    if isinstance(cfg.get("text_config"), dict):  # multimodal wrappers (Qwen3.5): the LM part
+        cfg = {**cfg, **cfg["text_config"]}
+    f = _Fields(cfg, where)
+    if cfg.get("model_type") == "mamba2" or "Mamba2ForCausalLM" in (cfg.get("architectures") or []):
+        return _pure_mamba2(f, name, source or where)
     hidden, layers, vocab = f.int("hidden_size"), f.int("num_hidden_layers"), f.int("vocab_size")
-    attention = _attention(f, layers, hidden)
+    hybrid = _hybrid_layers(f, layers)
+    recurrent = None
+    mlp_layers = layers
+    if hybrid is not None:
+        n_attn, n_rec, n_mlp_only = hybrid
+        attention = replace(_attention(f, n_attn, hidden), layers=n_attn) if n_attn else None
+        if f.has("hybrid_override_pattern"):
+            recurrent = _mamba2(f, n_rec, hidden)
+            mlp_layers = n_mlp_only
+        else:
+            recurrent = _gated_deltanet(f, n_rec)
+    else:
+        attention = _attention(f, layers, hidden)
     experts = cfg.get("num_local_experts") or cfg.get("num_experts") or cfg.get("n_routed_experts")
     mlp = moe = None
     if experts:
@@ -341,10 +419,11 @@ def _hf_config(path: Path) -> ModelSpec:
             )
         if n_moe < layers:
             mlp = MlpSpec(layers - n_moe, f.int("intermediate_size"))
-    else:
-        mlp = MlpSpec(layers, f.int("intermediate_size"))
+    elif mlp_layers:
+        gated = cfg.get("mlp_hidden_act", cfg.get("hidden_act")) != "relu2"
+        mlp = MlpSpec(mlp_layers, f.int("intermediate_size"), gated)
     spec = ModelSpec(
-        name=str(path),
+        name=name,
         params=0.0,
         layers=layers,
         hidden=hidden,
@@ -353,22 +432,43 @@ def _hf_config(path: Path) -> ModelSpec:
         attention=attention,
         mlp=mlp,
         moe=moe,
+        recurrent=recurrent,
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        source=str(path),
+        source=source or str(path),
+    )
+    return _with_params(spec, None)
+
+
+def _pure_mamba2(f: _Fields, name: str, source: str) -> ModelSpec:
+    """A model of Mamba-2 layers only (transformers' Mamba2 config: no attention, no MLP)."""
+    hidden = f.int("hidden_size")
+    layers = f.int("num_hidden_layers")
+    spec = ModelSpec(
+        name=name,
+        params=0.0,
+        layers=layers,
+        hidden=hidden,
+        vocab=f.int("vocab_size"),
+        max_position=f.int("max_position_embeddings", 1 << 20),
+        recurrent=_mamba2(f, layers, hidden),
+        tie_embeddings=bool(f.cfg.get("tie_word_embeddings", True)),
+        source=source,
     )
     return _with_params(spec, None)
 
 
 def _with_params(spec: ModelSpec, stated: float | None) -> ModelSpec:
-    from dataclasses import replace
-
     return replace(spec, params=float(stated if stated is not None else shape_params(spec)))
 
 
 def _catalog_model(key: str, entry: dict) -> ModelSpec:
-    """A catalog entry: flat fields for the attention and MLP shape, optional sections."""
+    """A catalog entry: flat fields for the attention and MLP shape, optional sections; or
+    ``hf_config``: the model's Hugging Face config.json fields."""
     e = dict(entry)
     where = f"model catalog entry {key!r}"
+    if "hf_config" in e:
+        spec = _from_config(e["hf_config"], where, key, str(e.get("source", "")))
+        return _with_params(spec, float(e["params"]) if "params" in e else None)
     f = _Fields(e, where)
     layers, hidden = f.int("layers"), f.int("hidden")
     attn = e.get("attention", {})

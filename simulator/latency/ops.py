@@ -301,11 +301,17 @@ def token_ops(model: ModelSpec, tp: int, tokens: int) -> list[tuple[float, Op]]:
         norms += n
     if model.mlp is not None:
         n, inter = model.mlp.layers, model.mlp.intermediate // tp
-        out += [
-            (n, Gemm(b, tokens, h, 2 * inter)),  # gate + up
-            (n, Elementwise(b, tokens, inter, 3)),  # SiLU · mul
-            (n, Gemm(b, tokens, inter, h)),  # down
-        ]
+        if model.mlp.gated:
+            out += [
+                (n, Gemm(b, tokens, h, 2 * inter)),  # gate + up
+                (n, Elementwise(b, tokens, inter, 3)),  # SiLU · mul
+            ]
+        else:
+            out += [
+                (n, Gemm(b, tokens, h, inter)),  # up
+                (n, Elementwise(b, tokens, inter, 2)),  # activation (squared ReLU)
+            ]
+        out.append((n, Gemm(b, tokens, inter, h)))  # down
         norms += n
     moe = model.moe
     if moe is not None:
@@ -326,8 +332,16 @@ def token_ops(model: ModelSpec, tp: int, tokens: int) -> list[tuple[float, Op]]:
                 (n, Gemm(b, tokens, shared, h)),
             ]
         norms += n
-    if model.recurrent is not None:
-        norms += model.recurrent.layers
+    rec = model.recurrent
+    if rec is not None:  # heads split over the ranks; the scan or step itself is priced apart
+        n, inner = rec.layers, max(1, rec.inner // tp)
+        out += [
+            (n, Gemm(b, tokens, h, max(1, rec.in_proj // tp))),  # input projection
+            (n, Elementwise(b, tokens, max(1, rec.conv_dim // tp), 2)),  # causal conv1d
+            (n, Elementwise(b, tokens, inner, 3)),  # gated RMSNorm of the output
+            (n, Gemm(b, tokens, inner, h)),  # output projection
+        ]
+        norms += n
     out.append((norms + 1, Elementwise(b, tokens, h, 4)))  # residual add + RMSNorm (+ final norm)
     if tp > 1:
         # One all-reduce after each tensor-parallel component's row-parallel projection.
@@ -376,6 +390,19 @@ def attention_kv_linear(op: Attention) -> tuple[float, float, float]:
     b = float(op.kv_dim * op.dtype_bytes)
     c = 2.0 * op.q_tokens * op.heads * op.head_dim * op.dtype_bytes
     return a, b, c
+
+
+def recurrent_ops(model: ModelSpec, tp: int, prefill_tokens: int, decodes: int) -> list[Op]:
+    """The recurrent kernel of one recurrent layer on one rank: a chunked scan over the prompt
+    tokens of the batch and one step for each decoding sequence (constant in the context)."""
+    rec = model.recurrent
+    heads = max(1, rec.heads // tp)
+    ops: list[Op] = []
+    if prefill_tokens:
+        ops.append(SsmScan(model.dtype_bytes, prefill_tokens, heads, rec.head_dim, rec.state_dim))
+    if decodes:
+        ops.append(SsmStep(model.dtype_bytes, decodes, heads, rec.head_dim, rec.state_dim))
+    return ops
 
 
 def lm_head_op(model: ModelSpec, tp: int, logits: int) -> Gemm:

@@ -37,7 +37,7 @@ import math
 from bisect import bisect_left
 
 from ..catalog import ModelSpec
-from .ops import StepOverhead, attention_op, lm_head_op, sampling_op, token_ops
+from .ops import StepOverhead, attention_op, lm_head_op, recurrent_ops, sampling_op, token_ops
 
 NS_PER_S = 1_000_000_000
 _FRAC = 32  # fraction bits of the fixed-point decode price
@@ -56,7 +56,10 @@ class IterationPricer:
         self.tp = tp
         self.latency = latency
         self.attention_layers = model.attention_layers
+        self.recurrent_layers = model.recurrent.layers if model.recurrent else 0
         self._layers: dict[int, float] = {}  # every layer's token ops, by token count
+        self._scan: dict[int, float] = {}  # recurrent scans, by prompt tokens
+        self._step: dict[int, float] = {}  # recurrent steps, by decoding sequences
         self._head: dict[int, float] = {}  # LM head, by sequences sampling a token
         self._overhead: dict[int, float] = {}  # step overhead, by batch size
         # A calibration profile counts prices outside its measured ranges; the roofline has none.
@@ -65,11 +68,29 @@ class IterationPricer:
         self._attention_terms = getattr(latency, "decode_attention_terms", None)
         self._recompute: dict[tuple[int, int], float] = {}  # by (start token, tokens)
 
-    def dense_s(self, tokens: int, logits: int, seqs: int) -> float:
-        """Seconds of everything but attention for an iteration (memoized)."""
+    def recurrent_s(self, prefill_tokens: int, decodes: int) -> float:
+        """Seconds of the recurrent layers' scan over prompt tokens and step over decoding
+        sequences (memoized by each)."""
+        if not self.recurrent_layers:
+            return 0.0
+        scan = self._scan.get(prefill_tokens)
+        if scan is None:
+            ops = recurrent_ops(self.model, self.tp, prefill_tokens, 0)
+            scan = self._scan[prefill_tokens] = self.recurrent_layers * self.extra_s(ops)
+        step = self._step.get(decodes)
+        if step is None:
+            ops = recurrent_ops(self.model, self.tp, 0, decodes)
+            step = self._step[decodes] = self.recurrent_layers * self.extra_s(ops)
+        return scan + step
+
+    def dense_s(self, tokens: int, logits: int, seqs: int, decodes: int = 0) -> float:
+        """Seconds of everything but attention for an iteration of ``tokens`` tokens, of which
+        ``decodes`` are decoding sequences' (memoized)."""
         s = self._layers.get(tokens)
         if s is None:
             s = self._layers[tokens] = self.layers_s(tokens)
+        if self.recurrent_layers:
+            s += self.recurrent_s(tokens - decodes, decodes)
         if logits:
             h = self._head.get(logits)
             if h is None:
@@ -121,9 +142,11 @@ class IterationPricer:
         qk_pairs: int,
         segments: int,
         extra_ops=(),
+        decodes: int = 0,
     ) -> int:
-        """Nanoseconds of one iteration (at least 1)."""
-        s = self.dense_s(tokens, logits, seqs) + self.attention_s(
+        """Nanoseconds of one iteration (at least 1); ``decodes`` of its ``tokens`` are decoding
+        sequences' (recurrent layers step them and scan the rest)."""
+        s = self.dense_s(tokens, logits, seqs, decodes) + self.attention_s(
             tokens, kv_tokens, qk_pairs, seqs, segments
         )
         if extra_ops:
@@ -142,7 +165,7 @@ class IterationPricer:
             layers = self._layers.get(tokens)
             if layers is None:
                 layers = self._layers[tokens] = self.layers_s(tokens)
-            s = layers + self.attention_s(tokens, end, qk, 1, 1)
+            s = layers + self.recurrent_s(tokens, 0) + self.attention_s(tokens, end, qk, 1, 1)
             self._recompute[key] = s
         return s
 
@@ -152,7 +175,7 @@ class IterationPricer:
         const, X0, P), X0 and P None when not affine-capable."""
         t = self._decode.get((batch, segments))
         if t is None:
-            fixed = self.dense_s(batch, batch, batch)
+            fixed = self.dense_s(batch, batch, batch, batch)
             terms = None
             if self.attention_layers and self._attention_terms is not None:
                 op = attention_op(self.model, self.tp, batch, 0, 0, batch, segments)
