@@ -488,8 +488,21 @@ class Scheduler:
         stores = 0
         if self.checkpoint is not None:
             s.ckpts = self._plan_checkpoints(s, hit.tokens)
-            if s.ckpts:
-                n, stores = self._cut(s, hit.tokens, n)
+            held = sum(node.blocks for node in hit.nodes) + (self.sb if hit.resume else 0)
+            while s.ckpts:
+                n, stores = self._cut(s, hit.tokens, min(remaining, budget, self.chunk))
+                # Admission holds the hit, the checkpoint it loads, the first chunk, the live
+                # state and the checkpoints the chunk stores (without chunked prefill, all the
+                # prompt's). Keep the deepest ones an empty pool could hold beside the rest:
+                # more could never be admitted (the fit check guarantees room for none).
+                room = (cache.capacity - held - cache.blocks_for(n)) // self.sb - 1
+                if stores <= room:
+                    break
+                s.ckpts, stores = s.ckpts[stores - room :], room
+                if self.chunked:  # the chunk no longer ends at the skipped one: cut again
+                    n, stores = min(remaining, budget, self.chunk), 0
+                else:
+                    break
         need = cache.blocks_for(n) + self.sb * (1 + stores)
         if not cache.try_allocate(need, now, hit, self.watermark):
             return 0

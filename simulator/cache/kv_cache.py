@@ -261,11 +261,12 @@ class KVCache:
         """Make a computed unit a node the request holds. Returns the node and the private blocks
         the request gives up: its own blocks become the node, or are freed if another request
         inserted the same unit meanwhile. Returns (None, 0) when prefix caching is off, when the
-        unit has no full block, or when a node of that id holds another content (a unit of
+        model keeps no KV, when the unit has no full block, or when a node of that id holds
+        another content (a unit of
         another length, at another position or, under contiguous, after another parent): the
         request keeps its blocks private."""
         blocks = unit_tokens // self.block_tokens
-        if not self.prefix_caching or blocks == 0:
+        if not self.prefix_caching or blocks == 0 or self.kv_free:
             return None, 0
         tokens = blocks * self.block_tokens
         tree = self.tree

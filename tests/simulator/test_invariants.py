@@ -83,12 +83,30 @@ settings.load_profile("kvsim")
     budget=st.sampled_from([64, 256]),
     chunked=st.booleans(),
     chunking=st.sampled_from(["fixed", "adaptive"]),
+    checkpoint=st.sampled_from([None, {"type": "every", "k": 128}, {"type": "dp", "n": 2}]),
 )
 def test_invariants_hold_and_fast_equals_exact(
-    tmp_path, checked, rows, blocks, replicas, eviction, layout, routing, budget, chunked, chunking
+    tmp_path,
+    checked,
+    rows,
+    blocks,
+    replicas,
+    eviction,
+    layout,
+    routing,
+    budget,
+    chunked,
+    chunking,
+    checkpoint,
 ):
+    cache = {"num_gpu_blocks": blocks, "eviction": eviction, "layout": layout}
+    model = "llama-3.1-8b"
+    if checkpoint is not None:  # a hybrid model: a state is 100 blocks of its KV
+        model, cache["layout"] = "qwen3.5-0.8b", "contiguous"
+        cache.update(num_gpu_blocks=blocks + 250, checkpoint=checkpoint)
     over = dict(
-        cache={"num_gpu_blocks": blocks, "eviction": eviction, "layout": layout},
+        model=model,
+        cache=cache,
         cluster={"replicas": replicas},
         routing=routing,
         scheduler={

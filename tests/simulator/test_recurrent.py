@@ -1,0 +1,259 @@
+"""Hybrid and recurrent models: layer mixes, state memory, the resume rule of DESIGN §5.3, where
+checkpoints are stored, the isolation cache — driven directly and through scenarios."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import scenario_doc, write_kvsim_trace
+
+from kvsim.simulator import scenario_from_dict, simulate
+from kvsim.simulator.cache import KVCache
+from kvsim.simulator.catalog import get_gpu, get_model
+from kvsim.simulator.errors import KvsimError
+from kvsim.simulator.latency import IterationPricer, RooflineModel
+from kvsim.simulator.policies import CHECKPOINT, EVICTION
+from kvsim.simulator.scheduler import DONE, Scheduler, Seq
+from kvsim.traces import Request
+
+BS, UNIT, SB = 16, 64, 3  # block size, unit, blocks of one state
+
+
+def test_catalog_hybrids_have_their_layer_mix_and_state_sizes():
+    """Nemotron-H-8B: 24 Mamba-2, 4 attention, 24 MLP layers, a 97.41 MiB state (24 × (128 × 64
+    × 128 × 4 + 10,240 × 3 × 2) bytes); Qwen3.5-0.8B: 18 Gated DeltaNet + 6 attention layers,
+    18 × (16 × 128 × 128 × 4 + 6,144 × 3 × 2) bytes; Mamba-2 2.7B: no KV at all."""
+    n = get_model("nemotron-h-8b")
+    assert (n.attention_layers, n.recurrent.layers, n.mlp.layers) == (4, 24, 24)
+    assert n.state_bytes == 24 * (128 * 64 * 128 * 4 + 10240 * 3 * 2) == 102_137_856
+    assert n.kv_bytes_per_token == 4 * 2 * 8 * 128 * 2 and not n.mlp.gated
+    q = get_model("qwen3.5-0.8b")
+    assert (q.attention_layers, q.recurrent.layers, q.recurrent.kind) == (6, 18, "gdn")
+    assert q.state_bytes == 18 * (16 * 128 * 128 * 4 + 6144 * 3 * 2)
+    assert q.kv_bytes_per_token == 6 * 2 * 2 * 256 * 2 == 12288
+    m = get_model("mamba2-2.7b")
+    assert m.attention is None and m.kv_bytes_per_token == 0
+    assert m.state_bytes == 64 * (80 * 64 * 128 * 4 + (5120 + 256) * 3 * 2)
+
+
+def test_recurrent_layers_scan_prompts_and_step_decodes():
+    """A pure-decode iteration prices one recurrent step per sequence, constant in the context
+    (so decode runs stay affine); a prompt chunk prices a scan over its tokens."""
+    p = IterationPricer(get_model("qwen3.5-0.8b"), 1, RooflineModel(get_gpu("h100-sxm")))
+    assert p.recurrent_s(0, 8) > 0 and p.recurrent_s(512, 0) > p.recurrent_s(64, 0)
+    a = p.iteration_ns(8, 8, 8, 8 * 1000, 8 * 1000, 8, decodes=8)
+    b = p.iteration_ns(8, 8, 8, 8 * 1000, 8 * 1000, 8, decodes=0)
+    assert a != b  # the same tokens as decodes (steps) or prompt tokens (a scan)
+    run = p.decode_run(8, 8000, 20, 0)
+    t = 0
+    for i in range(20):
+        t += p.decode_run(8, 8000 + 8 * i, 1, t).end - t
+    assert run.end == t
+
+
+class _At:
+    """A checkpoint placement with fixed positions (for tests)."""
+
+    def __init__(self, *positions):
+        self.p = positions
+
+    def positions(self, prompt_tokens):
+        return tuple(x for x in self.p if x <= prompt_tokens)
+
+
+def _sched(capacity=400, checkpoint=None, budget=256, chunked=True, isolation=None):
+    cache = KVCache(capacity, BS, EVICTION.create("lru", None), state_blocks=SB,
+                    isolation=isolation)  # fmt: skip
+    sched = Scheduler(cache, budget, 8, budget, chunked, checkpoint=checkpoint, state_bytes=1000)
+    return cache, sched
+
+
+def _run(sched, req, now=0):
+    s = Seq(req, now)
+    sched.add(s)
+    batches = []
+    while sched.has_work():
+        sched.now_ns = now
+        b = sched.schedule()
+        batches.append(b)
+        sched.complete(b, 1, now + 1)
+        sched.check_invariants()
+        now += 10
+    return s, batches
+
+
+def _req(rid, units, tail=UNIT, ids=None, out=2):
+    ids = ids or tuple(range(1, units + 1))
+    return Request(rid, 0.0, UNIT * (units - 1) + tail, out, ids, UNIT)
+
+
+def test_chunks_end_at_checkpoints_which_are_stored_with_copies():
+    """Checkpoints at 128 and 256 (after units 2 and 4) of a 5-unit prompt: the 256-token budget
+    is cut at 128, then at 256, then the rest; each cut chunk stores a state (3 blocks, a copy op)
+    and the sequence holds its live state (3 blocks) meanwhile."""
+    cache, sched = _sched(checkpoint=_At(128, 256))
+    s, batches = _run(sched, _req(0, 5))
+    assert [[n for _, n in b.prefills] for b in batches[:3]] == [[128], [128], [64]]
+    assert [len(b.extra_ops) for b in batches[:3]] == [1, 1, 0]
+    assert batches[0].extra_ops[0].nbytes == 1000 and batches[0].extra_ops[0].path == "d2d"
+    assert sorted(cache.tree.states) == [2, 4]
+    assert [cache.tree.states[i].start_token for i in (2, 4)] == [128, 256]
+    assert s.phase == DONE and cache.free + cache.node_blocks() == cache.capacity
+
+
+def test_resume_from_the_deepest_checkpoint_within_the_kv_prefix():
+    """States after units 2 and 4; KV for units 1..5 resident. A prompt sharing 5 units (and a
+    6th of its own) resumes at 256 (the deepest checkpoint ≤ min(KV depth 320, its last token));
+    it reuses 256 tokens, recomputes from there in all layers, and loads one state. With the KV
+    of units 4 and 5 gone, it resumes at 128. With no checkpoint it recomputes everything."""
+    cache, sched = _sched(checkpoint=_At(128, 256))
+    _run(sched, _req(0, 5))
+    other = _req(1, 6, ids=(1, 2, 3, 4, 5, 99))
+    hit = cache.lookup(other, 0)
+    assert (hit.tokens, hit.ranges, hit.units, hit.resume.id) == (256, ((0, 256),), 4, 4)
+    assert [n.id for n in hit.nodes] == [1, 2, 3, 4]
+    s, batches = _run(sched, other, now=1000)
+    assert s.hit_tokens == 256 and batches[0].extra_ops  # the state loaded
+    assert batches[0].kv_tokens == 6 * UNIT  # prefill from 256 over the reused 256
+
+    cache, sched = _sched(checkpoint=_At(128, 256))
+    _run(sched, _req(0, 3, ids=(1, 2, 3)))  # state after unit 2 only (256 > its prompt)
+    hit = cache.lookup(_req(1, 6, ids=(1, 2, 3, 7, 8, 9)), 0)
+    assert hit.tokens == 128 and hit.resume.id == 2
+    cache, sched = _sched(checkpoint=None)
+    _run(sched, _req(0, 5))
+    assert cache.lookup(other, 0).tokens == 0  # KV resident, but no state to resume from
+
+
+def test_the_last_token_is_computed_even_at_a_checkpoint():
+    """A prompt of exactly 4 units with a state after unit 4 resumes from unit 2's (≤ 255)."""
+    cache, sched = _sched(checkpoint=_At(128, 256))
+    _run(sched, _req(0, 4))
+    assert sorted(cache.tree.states) == [2, 4]
+    assert cache.lookup(_req(1, 4), 0).tokens == 128
+
+
+def test_without_chunked_prefill_every_passed_checkpoint_is_stored():
+    cache, sched = _sched(checkpoint=_At(128, 256), budget=512, chunked=False)
+    _, batches = _run(sched, _req(0, 5))
+    assert [n for _, n in batches[0].prefills] == [320] and len(batches[0].extra_ops) == 2
+    assert sorted(cache.tree.states) == [2, 4]
+
+
+def test_checkpoints_a_pool_could_never_hold_at_admission_are_not_planned():
+    """A 5-unit prompt (20 blocks) in one pass with checkpoints after units 1..4: a 32-block pool
+    holds the prompt, the live state (3) and 3 checkpoints (9) — the deepest three are stored,
+    not a request waiting forever. Chunked, a 193-token prompt resuming at 128 holds its hit (8
+    KV blocks) and the loaded state (3); a chunk cut at 192 (4 blocks) beside its live state (3)
+    and that checkpoint (3) would need 21 of 19 blocks: the checkpoint is skipped and the chunk
+    runs to the end of the prompt (65 tokens, 5 blocks: 19 in all)."""
+    cache, sched = _sched(capacity=32, checkpoint=_At(64, 128, 192, 256), budget=512,
+                          chunked=False)  # fmt: skip
+    s, batches = _run(sched, _req(0, 5, out=1))
+    assert len(batches[0].extra_ops) == 3 and sorted(cache.tree.states) == [2, 3, 4]
+    assert s.phase == DONE
+
+    cache, sched = _sched(capacity=19, checkpoint=_At(128, 192))
+    _run(sched, _req(0, 2, ids=(1, 2), out=1))  # KV of units 1, 2, the state after unit 2
+    assert sorted(cache.tree.states) == [2]
+    s, batches = _run(sched, _req(1, 4, tail=1, ids=(1, 2, 3, 4), out=1), now=1000)
+    assert s.hit_tokens == 128 and [n for _, n in batches[0].prefills] == [65]
+    assert len(batches[0].extra_ops) == 1  # the state loaded; none stored
+    assert sorted(cache.tree.states) == [2] and s.phase == DONE
+
+
+def test_isolation_cache_keeps_the_last_n_sequences_checkpoints():
+    cache, sched = _sched(checkpoint=_At(64), isolation=2)
+    for i in range(4):
+        _run(sched, _req(i, 2, ids=(100 * i + 1, 100 * i + 2)), now=100 * i)
+    assert sorted(cache.tree.states) == [201, 301]  # the first two sequences' were dropped
+    assert cache.evictions == 2
+
+
+def test_a_model_without_attention_holds_states_only():
+    """Mamba-2: tokens cost no blocks; a sequence holds its state (1 block = 1 state here)."""
+    cache = KVCache(10, BS, EVICTION.create("lru", None), state_blocks=1, kv_free=True)
+    sched = Scheduler(cache, 256, 8, 256, True, checkpoint=_At(64), state_bytes=1000)
+    s, _ = _run(sched, _req(0, 3, out=40))
+    assert s.generated == 40 and cache.free == 9 and list(cache.tree.states) == [1]
+    hit = cache.lookup(_req(1, 3, ids=(1, 2, 9)), 0)
+    assert hit.tokens == 64 and hit.nodes == () and hit.resume.id == 1
+
+
+def _rows(n_docs=3, questions=4):
+    rows = []
+    for _ in range(questions):
+        for d in range(n_docs):
+            doc = [1000 * d + u for u in range(6)]
+            rows.append({"arrival_s": 0.05 * len(rows), "prompt_tokens": 7 * UNIT,
+                         "output_tokens": 3, "blocks": doc + [10**6 + len(rows)],
+                         "unit_tokens": UNIT})  # fmt: skip
+    return rows
+
+
+@pytest.mark.parametrize("checkpoint", [{"type": "every", "k": 128}, {"type": "dp", "n": 2},
+                                        "sqrt", "log2", {"type": "balanced", "n": 3}])  # fmt: skip
+@pytest.mark.parametrize("model", ["qwen3.5-0.8b", "nemotron-h-8b", "mamba2-2.7b"])
+def test_hybrid_scenarios_run_and_fast_equals_exact(tmp_path, checkpoint, model):
+    trace = write_kvsim_trace(tmp_path / "t.jsonl", _rows())
+    # (a Nemotron-H state is 390 blocks of 16 tokens of its KV)
+    doc = scenario_doc(trace, model=model, cache={"num_gpu_blocks": 4000, "checkpoint": checkpoint})
+    fast = simulate(scenario_from_dict(doc, base_dir=tmp_path))
+    doc["simulation"] = {"exact_steps": True}
+    exact = simulate(scenario_from_dict(doc, base_dir=tmp_path))
+    assert fast.summary["finished"] == 12
+    assert fast.requests_csv() == exact.requests_csv()
+
+
+def test_every_question_after_the_first_resumes_inside_its_document(tmp_path):
+    """Documents of 6 units and one question unit each, checkpoints every 128 tokens: the first
+    question of a document computes all 448 tokens; the later ones resume at 384 (the deepest
+    checkpoint, after the document's 6th unit)."""
+    trace = write_kvsim_trace(tmp_path / "t.jsonl", _rows())
+    every = {"num_gpu_blocks": 2000, "checkpoint": {"type": "every", "k": 128}}
+    doc = scenario_doc(trace, model="qwen3.5-0.8b", cache=every)
+    res = simulate(scenario_from_dict(doc, base_dir=tmp_path))
+    hits = [int(r["hit_tokens"]) for r in res.requests]
+    assert hits == [0, 0, 0] + [384] * 9
+
+
+def test_bad_checkpoint_settings_are_one_line_errors(tmp_path):
+    trace = write_kvsim_trace(tmp_path / "t.jsonl", _rows(1, 1))
+    cases = [
+        (dict(cache={"checkpoint": "every"}), "bad parameters"),
+        (dict(cache={"checkpoint": {"type": "every", "k": 0}}), "eviction|checkpoint"),
+        (dict(cache={"checkpoint": "evry"}), "did you mean 'every'"),
+        (dict(model="llama-3.1-8b", cache={"checkpoint": "sqrt"}), "needs a model with recurrent"),
+        (dict(cache={"layout": "msa"}), "use contiguous"),
+    ]
+    for over, msg in cases:
+        doc = scenario_doc(trace, **{"model": "qwen3.5-0.8b", **over})
+        with pytest.raises(KvsimError, match=msg):
+            simulate(scenario_from_dict(doc, base_dir=tmp_path))
+
+
+def test_checkpoint_registry_checks_the_interface():
+    with pytest.raises(KvsimError, match="does not implement the checkpoint interface"):
+        CHECKPOINT.resolve("kvsim.simulator.policies.eviction:LRU")
+
+
+def test_hybrid_configs_from_hugging_face(tmp_path):
+    """A Nemotron-H and a Qwen3.5 config.json read as the catalog's (the catalog entries are the
+    same fields)."""
+    import yaml
+
+    from kvsim.simulator.catalog import _load
+
+    catalog = _load("models.yaml")
+    for name in ("nemotron-h-8b", "qwen3.5-0.8b", "mamba2-2.7b"):
+        (tmp_path / f"{name}.json").write_text(json.dumps(catalog[name]["hf_config"]))
+        m = get_model(f"{name}.json", tmp_path)
+        ref = get_model(name)
+        assert (m.state_bytes, m.kv_bytes_per_token, m.attention_layers) == (
+            ref.state_bytes, ref.kv_bytes_per_token, ref.attention_layers)  # fmt: skip
+    bad = dict(catalog["nemotron-h-8b"]["hf_config"], hybrid_override_pattern="M*X")
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(KvsimError, match="hybrid_override_pattern"):
+        get_model("bad.json", tmp_path)
+    assert yaml  # (imported for the catalog's YAML)
