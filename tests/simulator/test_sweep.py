@@ -1,11 +1,24 @@
-"""kvsim sweep: grid expansion and Pareto fronts."""
+"""kvsim sweep: grid expansion, points equal to `kvsim run --set`, resume, refusals, bad files,
+Pareto fronts, a deterministic table, and the local pool against a real local Ray cluster."""
 
 from __future__ import annotations
 
+import csv
+import json
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
+import pytest
 import yaml
 
+from kvsim.simulator.cli import main
 from kvsim.simulator.sweep import load_sweep, pareto_front, staircase
 
 BASE = {
@@ -37,6 +50,8 @@ plots:
   - {x: ttft_s.p99, y: throughput.requests_per_s, series: scheduler.chunking.type,
      kind: pareto, maximize_y: true}
 """
+RUN_FILES = ("summary.json", "requests.csv", "scenario.resolved.yaml", "report.html")
+OUT_FILES = ("results.csv", "results.parquet", "report.html")
 
 
 def _write(folder: Path, sweep_text: str, name: str = "s.yaml") -> Path:
@@ -45,6 +60,38 @@ def _write(folder: Path, sweep_text: str, name: str = "s.yaml") -> Path:
     path = folder / name
     path.write_text(sweep_text)
     return path
+
+
+def _sweep(capsys, path: Path, out: Path, *extra: str) -> str:
+    assert main(["sweep", str(path), "--out", str(out), "--no-progress", *extra]) == 0
+    return capsys.readouterr().out
+
+
+def _error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert err.startswith("kvsim: error: ")
+    return err
+
+
+def _rows(out: Path) -> list[dict]:
+    with open(out / "results.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _folders(out: Path) -> list[str]:
+    return [r["folder"] for r in _rows(out)]
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """The four-point union sweep, run once by the local pool (two workers)."""
+    folder = tmp_path_factory.mktemp("sweep")
+    path = _write(folder, UNION)
+    out = folder / "out"
+    assert main(["sweep", str(path), "--out", str(out), "--no-progress", "--workers", "2"]) == 0
+    return path, out
 
 
 # ---------------------------------------------------------------- expansion
@@ -105,6 +152,351 @@ def test_values_reach_the_scenario_as_written(tmp_path):
     assert got == ["1e3", "yes", "a: b", "", "#x", "07"]
 
 
+# ---------------------------------------------------------------- running
+
+
+def test_a_point_is_kvsim_run_with_its_overrides(swept, tmp_path, capsys):
+    path, out = swept
+    run = tmp_path / "run"
+    argv = [
+        "run",
+        str(path.parent / "base.yaml"),
+        "--out",
+        str(run),
+        "--no-progress",
+        "--set",
+        "seed=3",
+        "--set",
+        "scheduler.chunking={type: adaptive, target_s: 0.02}",
+    ]
+    assert main(argv) == 0
+    point = out / _folders(out)[2]
+    for name in RUN_FILES:
+        assert (point / name).read_bytes() == (run / name).read_bytes(), name
+    meta = json.loads((point / "point.json").read_text())
+    assert meta == {"index": 2, "overrides": argv[-3::2]}
+    resolved = yaml.safe_load((point / "scenario.resolved.yaml").read_text())
+    assert resolved["seed"] == 3 and resolved["scheduler"]["chunking"]["target_s"] == 0.02
+
+
+def test_table_has_every_input_and_output_column(swept):
+    path, out = swept
+    rows = _rows(out)
+    header = list(rows[0])
+    assert header[:7] == [
+        "point",
+        "folder",
+        "seed",
+        "scheduler.chunking",
+        "scheduler.chunking.type",
+        "cluster.replicas",
+        "scheduler.chunking.target_s",
+    ]
+    assert [r["point"] for r in rows] == ["0", "1", "2", "3"]
+    assert [r["scheduler.chunking"] for r in rows] == [
+        "{type: fixed}",
+        "{type: fixed}",
+        "{type: adaptive, target_s: 0.02}",
+        "{type: adaptive, target_s: 0.1}",
+    ]
+    assert [r["scheduler.chunking.type"] for r in rows] == ["fixed", "fixed"] + ["adaptive"] * 2
+    assert [r["cluster.replicas"] for r in rows] == ["1", "2", "", ""]
+    assert [r["scheduler.chunking.target_s"] for r in rows] == ["", "", "0.02", "0.1"]
+    # Every output column is the point's summary.json, flattened by hand here.
+    for r in rows:
+        summary = json.loads((out / r["folder"] / "summary.json").read_text())
+        assert r["ttft_s.p99"] == repr(summary["ttft_s"]["p99"])
+        assert r["throughput.requests_per_s"] == repr(summary["throughput"]["requests_per_s"])
+        assert r["requests"] == "40" and r["latency_calibrated"] == "false"
+        assert r["job_latency_s.p99"] == "" and summary["job_latency_s"]["p99"] is None
+        flat = {}
+        stack = [("", summary)]
+        while stack:
+            prefix, d = stack.pop()
+            for k, v in d.items():
+                if isinstance(v, dict):
+                    stack.append((f"{prefix}{k}.", v))
+                else:
+                    flat[f"{prefix}{k}"] = v
+        assert set(flat) <= set(header)
+    text = (out / "results.csv").read_text()
+    assert str(path.parent) not in text  # no absolute paths in the table
+    table = pq.read_table(out / "results.parquet")
+    assert table.column_names == header
+    types = {f.name: str(f.type) for f in table.schema}
+    assert types["point"] == "int64" and types["cluster.replicas"] == "int64"
+    assert types["scheduler.chunking.target_s"] == "double" and types["ttft_s.p99"] == "double"
+    assert types["latency_calibrated"] == "bool" and types["job_latency_s.p99"] == "null"
+    assert table.column("cluster.replicas").to_pylist() == [1, 2, None, None]
+    assert table.column("ttft_s.p99").to_pylist() == [float(r["ttft_s.p99"]) for r in rows]
+
+
+def test_same_sweep_gives_identical_files_in_any_completion_order(swept, tmp_path, capsys):
+    path, out = swept
+    again = tmp_path / "again"
+    _sweep(capsys, path, again, "--workers", "1")
+    for name in OUT_FILES:
+        assert (again / name).read_bytes() == (out / name).read_bytes(), name
+    assert _folders(again) == _folders(out)
+
+
+def _figures(report: str, layouts: list | None = None) -> list[list[dict]]:
+    """The traces of each chart, read from the Plotly.newPlot calls of the report (and each
+    chart's layout appended to ``layouts``)."""
+    out = []
+    decoder = json.JSONDecoder()
+    for m in re.finditer(r'Plotly\.newPlot\(\s*"kvsim-sweep-(\d+)",\s*', report):
+        assert int(m.group(1)) == len(out)  # fixed ids, in order
+        data, end = decoder.raw_decode(report, m.end())
+        out.append(data)
+        if layouts is not None:
+            layouts.append(decoder.raw_decode(report, report.index("{", end))[0])
+    return out
+
+
+def test_report_draws_curves_and_each_series_pareto_front(swept):
+    path, out = swept
+    report = (out / "report.html").read_text()
+    assert report.startswith("<!DOCTYPE html>") and "<script src=" not in report
+    charts = _figures(report)
+    assert len(charts) == 2
+    assert all(t["type"] == "scatter" for c in charts for t in c)  # SVG, never WebGL
+    rows = _rows(out)
+    curve = charts[0]
+    assert [t["x"] for t in curve] == [[1, 2]]  # points 2 and 3 have no replicas
+    assert curve[0]["y"] == [float(rows[0]["ttft_s.p99"]), float(rows[1]["ttft_s.p99"])]
+    front_traces = [t for t in charts[1] if t["mode"] == "markers" and t["name"] != "all points"]
+    assert [t["name"] for t in front_traces] == ["fixed", "adaptive"]
+    for trace in front_traces:
+        group = [r for r in rows if r["scheduler.chunking.type"] == trace["name"]]
+        pts = [(float(r["ttft_s.p99"]), float(r["throughput.requests_per_s"])) for r in group]
+        # Brute force: lower TTFT and higher throughput are better.
+        front = sorted(
+            p for p in pts if not any(q[0] <= p[0] and q[1] >= p[1] and q != p for q in pts)
+        )
+        assert list(zip(trace["x"], trace["y"], strict=True)) == front
+
+
+def test_default_charts_one_per_numeric_override(tmp_path, capsys):
+    path = _write(tmp_path, "base: base.yaml\ngrid: {cluster.replicas: [1, 2], seed: [1, 2]}\n")
+    out = tmp_path / "out"
+    _sweep(capsys, path, out)
+    layouts: list[dict] = []
+    charts = _figures((out / "report.html").read_text(), layouts)
+    assert len(charts) == 2
+    assert [t["name"] for t in charts[0]] == ["1", "2"]  # one line per seed
+    assert [t["x"] for t in charts[0]] == [[1, 2], [1, 2]]
+    assert [t["name"] for t in charts[1]] == ["1", "2"]  # one line per replica count
+    assert [t["x"] for t in charts[1]] == [[1, 2], [1, 2]]
+    assert [
+        (
+            lay["xaxis"]["title"]["text"],
+            lay["yaxis"]["title"]["text"],
+            lay["legend"]["title"]["text"],
+        )
+        for lay in layouts
+    ] == [
+        ("cluster.replicas", "ttft_s.p99", "seed"),
+        ("seed", "ttft_s.p99", "cluster.replicas"),
+    ]
+    rows = _rows(out)
+    assert charts[1][0]["y"] == [float(rows[i]["ttft_s.p99"]) for i in (0, 1)]  # replicas 1
+
+
+# ---------------------------------------------------------------- resume and refusals
+
+
+def test_resume_reuses_done_points_and_reruns_an_incomplete_one(swept, tmp_path, capsys):
+    path, first = swept
+    out = tmp_path / "out"
+    shutil.copytree(first, out)
+    folders = _folders(out)
+    before = {f: (out / f / "summary.json").stat().st_mtime_ns for f in folders}
+    (out / folders[1] / "requests.csv").unlink()
+    (out / "points" / ".1-deadbeef.x").mkdir()  # a staging folder an interrupt left behind
+    text = _sweep(capsys, path, out)
+    assert "(1 ran, 3 reused)" in text
+    marks = [line.split()[-1] for line in text.splitlines()[2:6]]
+    assert marks == ["reused", "ran", "reused", "reused"]
+    after = {f: (out / f / "summary.json").stat().st_mtime_ns for f in folders}
+    assert [after[f] == before[f] for f in folders] == [True, False, True, True]
+    assert (out / folders[1] / "requests.csv").read_bytes() == (
+        first / folders[1] / "requests.csv"
+    ).read_bytes()
+    assert sorted(p.name for p in (out / "points").iterdir()) == sorted(
+        Path(f).name for f in folders
+    )
+    for name in OUT_FILES:
+        assert (out / name).read_bytes() == (first / name).read_bytes(), name
+
+
+def test_a_folder_of_another_sweep_is_refused_unless_forced(swept, tmp_path, capsys):
+    path, first = swept
+    out = tmp_path / "out"
+    shutil.copytree(first, out)
+    other = _write(
+        tmp_path / "other", UNION.replace("cluster.replicas: [1, 2]", "cluster.replicas: [1, 3]")
+    )
+    err = _error(capsys, ["sweep", str(other), "--out", str(out), "--no-progress"])
+    assert f"--out {out}: holds the results of a different sweep" in err and "--force" in err
+    assert _rows(out) == _rows(first)  # nothing touched
+    text = _sweep(capsys, other, out, "--force")
+    assert "(1 ran, 3 reused)" in text  # only the point with 3 replicas is new
+    new = _folders(out)
+    assert sorted(p.name for p in (out / "points").iterdir()) == sorted(Path(f).name for f in new)
+    assert _rows(out)[1]["cluster.replicas"] == "3"
+    # A folder that is not a sweep's is refused too.
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    err = _error(capsys, ["sweep", str(path), "--out", str(stranger)])
+    assert "exists and holds no sweep" in err
+    assert (stranger / "notes.txt").read_text() == "mine"
+
+
+def test_a_point_folder_of_other_overrides_is_refused_unless_forced(swept, tmp_path, capsys):
+    path, first = swept
+    out = tmp_path / "out"
+    shutil.copytree(first, out)
+    folder = out / _folders(out)[0]
+    meta = json.loads((folder / "point.json").read_text())
+    meta["overrides"][-1] = "cluster.replicas=7"
+    (folder / "point.json").write_text(json.dumps(meta))
+    err = _error(capsys, ["sweep", str(path), "--out", str(out), "--no-progress"])
+    assert f"{_folders(out)[0]} holds the result of other overrides" in err
+    assert "(1 ran, 3 reused)" in _sweep(capsys, path, out, "--force")
+    assert json.loads((folder / "point.json").read_text())["overrides"][-1] == "cluster.replicas=1"
+
+
+def test_ctrl_c_keeps_finished_points_and_the_same_command_resumes(tmp_path, capsys):
+    path = _write(
+        tmp_path, "base: base.yaml\nset: {workload.requests: 150}\ngrid: {seed: [1, 2, 3, 4]}\n"
+    )
+    out = tmp_path / "out"
+    argv = ["sweep", str(path), "--out", str(out), "--workers", "1", "--no-progress"]
+    p = subprocess.Popen(
+        [sys.executable, "-m", "kvsim.simulator.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not list(pathlib.Path(out / "points").glob("*/point.json")):
+        assert p.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130
+    done = int(err.split("interrupted; ")[1].split(" of 4")[0])
+    assert 1 <= done < 4 and "Traceback" not in err
+    assert err.strip().endswith(f"points done in {out}/ (the same command resumes)")
+    finished = sorted(f.parent.name for f in (out / "points").glob("*/point.json"))
+    assert len(finished) == done and not (out / "results.csv").exists()
+    assert f"({4 - done} ran, {done} reused)" in _sweep(capsys, path, out, "--workers", "1")
+    assert len(_rows(out)) == 4
+
+
+# ---------------------------------------------------------------- bad input
+
+GOOD = {"base": "base.yaml", "grid": {"cluster.replicas": [1, 2]}}
+
+
+@pytest.mark.parametrize(
+    "doc, expected",
+    [
+        ("- 1\n", ["a sweep file is a YAML mapping"]),
+        ("grid: [\n", [":2: not valid YAML"]),
+        ({**GOOD, "gird": 1}, ["unknown key 'gird'", "did you mean 'grid'?"]),
+        ({"grid": GOOD["grid"]}, ["base: required field is missing"]),
+        ({**GOOD, "base": "nope.yaml"}, ["base: scenario file", "nope.yaml not found"]),
+        ({**GOOD, "base": 3}, ["base: 3 is not allowed", "a scenario file path"]),
+        ({**GOOD, "name": "a/b"}, ["name: 'a/b' is not allowed", "runs/<name>"]),
+        ({**GOOD, "set": [1]}, ["set: [1] is not allowed", "a mapping of path → value"]),
+        (
+            {**GOOD, "set": {"cluster..replicas": 1}},
+            ["set: 'cluster..replicas' is not allowed", "dotted field names"],
+        ),
+        ({"base": "base.yaml"}, ["grid: required field is missing"]),
+        ({**GOOD, "grid": 3}, ["grid: 3 is not allowed", "list of values"]),
+        ({**GOOD, "grid": []}, ["grid: [] is not allowed"]),
+        ({**GOOD, "grid": [{}]}, ["grid[0]: {} is not allowed"]),
+        (
+            {**GOOD, "grid": {"cluster.replicas": 4}},
+            ["grid.cluster.replicas: 4 is not allowed", "a non-empty list"],
+        ),
+        ({**GOOD, "grid": [GOOD["grid"], {"seed": []}]}, ["grid[1].seed: [] is not allowed"]),
+        ({**GOOD, "set": {"cluster.replicas": 1}}, ["grid.cluster.replicas: also under set:"]),
+        (
+            {**GOOD, "grid": {"seed": list(range(101)), "cluster.replicas": list(range(1, 101))}},
+            ["grid: 10100 points is not allowed", "at most 10000"],
+        ),
+        ({**GOOD, "plots": {"x": "a"}}, ["plots: {'x': 'a'} is not allowed", "a list of charts"]),
+        ({**GOOD, "plots": [{"x": "cluster.replicas"}]}, ["plots[0].y: required field"]),
+        (
+            {**GOOD, "plots": [{"x": "a", "y": "b", "colour": "red"}]},
+            ["plots[0]: unknown key 'colour'"],
+        ),
+        (
+            {**GOOD, "plots": [{"x": "a", "y": "b", "kind": "bar"}]},
+            ["plots[0].kind: 'bar' is not allowed: curve or pareto"],
+        ),
+        (
+            {**GOOD, "plots": [{"x": "a", "y": "b", "maximize_y": True}]},
+            ["plots[0].maximize_y: True is not allowed: only with kind: pareto"],
+        ),
+        (
+            {**GOOD, "plots": [{"x": "a", "y": "b", "log_x": "yes"}]},
+            ["plots[0].log_x: 'yes' is not allowed: true or false"],
+        ),
+        ({**GOOD, "plots": [{"x": "a", "y": 2}]}, ["plots[0].y: 2 is not allowed"]),
+        # Points are checked as scenarios before any runs.
+        (
+            {**GOOD, "grid": {"cluster.replicas": [1, "many"]}},
+            ["point 1 (--set cluster.replicas=many)", "cluster.replicas: 'many' is not allowed"],
+        ),
+        ({**GOOD, "grid": {"cache.evicton": ["lru"]}}, ["point 0", "did you mean 'eviction'"]),
+        (
+            {**GOOD, "grid": {"cluster.replicas": [1, 1]}},
+            ["point 1 (--set cluster.replicas=1) is the same scenario as point 0"],
+        ),
+    ],
+)
+def test_bad_sweep_file_is_one_line(tmp_path, capsys, doc, expected):
+    text = doc if isinstance(doc, str) else yaml.safe_dump(doc, sort_keys=False)
+    path = _write(tmp_path, text)
+    out = tmp_path / "out"
+    err = _error(capsys, ["sweep", str(path), "--out", str(out), "--no-progress"])
+    assert err.startswith(f"kvsim: error: {path}")
+    for fragment in expected:
+        assert fragment in err, err
+    assert not out.exists()  # nothing ran
+
+
+def test_a_plot_of_no_column_is_an_error_after_the_table(tmp_path, capsys):
+    path = _write(tmp_path, "base: base.yaml\ngrid: {seed: [1]}\nplots: [{x: seed, y: ttft_p99}]\n")
+    out = tmp_path / "out"
+    err = _error(capsys, ["sweep", str(path), "--out", str(out), "--no-progress"])
+    assert f"{path}: plots[0].y: 'ttft_p99' is not allowed: not a column" in err
+    assert (out / "results.csv").is_file() and not (out / "report.html").exists()
+
+
+def test_console_script_and_missing_ray(tmp_path, monkeypatch, capsys):
+    path = _write(tmp_path, "base: base.yaml\ngrid: {seed: [1]}\nbogus: 1\n")
+    p = subprocess.run(
+        [sys.executable, "-m", "kvsim.simulator.cli", "sweep", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.startswith(f"kvsim: error: {path}: unknown key 'bogus'")
+    path.write_text("base: base.yaml\ngrid: {seed: [1]}\n")
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as when it is absent
+    err = _error(capsys, ["sweep", str(path), "--out", str(tmp_path / "o"), "--executor", "ray"])
+    assert "--executor ray needs Ray" in err and "pip install 'kvsim[ray]'" in err
+    err = _error(capsys, ["sweep", str(path), "--ray-address", "auto"])
+    assert "--ray-address: only with --executor ray" in err
+
+
 # ---------------------------------------------------------------- Pareto fronts
 
 
@@ -131,3 +523,20 @@ def test_pareto_front_by_hand():
     assert pareto_front(xs, ys, maximize_y=True) == [5]
     assert pareto_front([2, 2, 1], [1, 3, 0], maximize_y=True) == [2, 1]
     assert pareto_front([], []) == [] and staircase([]) == []
+
+
+# ---------------------------------------------------------------- Ray
+
+
+def test_ray_executor_gives_the_local_pool_s_files(swept, tmp_path, capsys):
+    import ray  # the test extra installs it: never skipped
+
+    path, local = swept
+    out = tmp_path / "ray"
+    text = _sweep(capsys, path, out, "--executor", "ray", "--workers", "2")
+    assert "(4 ran, 0 reused)" in text and not ray.is_initialized()
+    for name in OUT_FILES:
+        assert (out / name).read_bytes() == (local / name).read_bytes(), name
+    for folder in _folders(local):
+        for name in (*RUN_FILES, "point.json"):
+            assert (out / folder / name).read_bytes() == (local / folder / name).read_bytes()
