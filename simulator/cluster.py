@@ -27,7 +27,14 @@ from .policies import CHECKPOINT, EVICTION, ROUTING
 from .policies.eviction import EvictionContext
 from .policies.routing import choose
 from .replica import Replica
-from .scenario import AgentWorkload, Scenario, SessionWorkload, SyntheticWorkload, TraceWorkload
+from .scenario import (
+    AgentWorkload,
+    GroupedWorkload,
+    Scenario,
+    SessionWorkload,
+    SyntheticWorkload,
+    TraceWorkload,
+)
 from .scheduler import Scheduler, Seq
 from .workload import Workload
 
@@ -135,6 +142,7 @@ def workload_requests(scenario: Scenario) -> Iterator:
     """The scenario's request stream (lazy)."""
     from kvsim.traces import read_trace
     from kvsim.traces.generators import synthetic_requests
+    from kvsim.traces.groups import grouped_requests
     from kvsim.traces.sessions import Duration, agent_jobs, long_context_sessions
 
     w = scenario.workload
@@ -169,6 +177,11 @@ def workload_requests(scenario: Scenario) -> Iterator:
             _length(w.output_tokens), _length(w.tool_result_tokens), tool,
             w.system_prompt_tokens, w.start_cv, w.unit_tokens, scenario.seed,
         )  # fmt: skip
+    elif isinstance(w, GroupedWorkload):
+        stream = grouped_requests(
+            w.groups, _length(w.queries), _length(w.context_tokens), _length(w.own_tokens),
+            _length(w.output_tokens), w.rate, w.unit_tokens, w.max_prompt_tokens, scenario.seed,
+        )  # fmt: skip
     else:
         stream = read_trace(scenario.trace_path(), w.format)
     if w.max_requests is not None:
@@ -179,6 +192,11 @@ def workload_requests(scenario: Scenario) -> Iterator:
 def expected_requests(scenario: Scenario) -> int | None:
     """How many requests the workload will produce, when that is cheap to know."""
     w = scenario.workload
+    if isinstance(w, GroupedWorkload):
+        from kvsim.traces.groups import group_sizes
+
+        n = sum(group_sizes(w.groups, _length(w.queries), scenario.seed))
+        return min(n, w.max_requests or n)
     if not isinstance(w, TraceWorkload):
         return min(w.requests, w.max_requests or w.requests)
     if w.max_requests is not None:
@@ -207,7 +225,9 @@ class Cluster:
         self.model = get_model(scenario.model, scenario.base_dir)
         self.gpu = get_gpu(scenario.hardware)
         self.env = simpy.Environment()
-        self.recorder = Recorder(scenario.slo.ttft_s, scenario.slo.tpot_s)
+        self.recorder = Recorder(
+            scenario.slo.ttft_s, scenario.slo.tpot_s, scenario.simulation.warmup_requests
+        )
         self.capacity = kv_capacity_blocks(scenario, self.model, self.gpu)
         self._on_done = on_done or (lambda n: None)
         tp = scenario.cluster.tensor_parallel
@@ -264,6 +284,7 @@ class Cluster:
                 chunking=chunking,
                 checkpoint=checkpoint,
                 state_bytes=state_bytes,
+                capture=cc.checkpoint_capture,
             )
             self.replicas.append(
                 Replica(self.env, i, sched, pricer, scenario.simulation.exact_steps)
@@ -381,9 +402,31 @@ class Cluster:
                 / max(1, len(self.replicas) * self.env.now),
                 "latency_model": self.latency.describe(),
                 **self._latency_notes(),
+                **self._checkpoint_notes(),
             },
         }
         return Results(self.recorder, info)
+
+    def _checkpoint_notes(self) -> dict:
+        """Recurrent models: the checkpoints stored and the memory they held (decimal GB, all
+        replicas; a checkpoint is one sequence's state over all its tensor-parallel ranks)."""
+        if not self._state_blocks:
+            return {}
+        trees = [r.scheduler.cache.tree for r in self.replicas]
+        gb = self.model.state_bytes / 1e9
+        now = self.env.now
+        return {
+            "checkpoints": {
+                "stored": sum(t.states_stored for t in trees),
+                "resident_end": sum(len(t.states) for t in trees),
+                "gb_end": gb * sum(len(t.states) for t in trees),
+                "gb_mean": gb * sum(t.state_seconds(now) for t in trees) / (now / 1e9)
+                if now
+                else 0.0,
+                "gb_peak": gb * sum(t.states_peak for t in trees),
+                "state_bytes": self.model.state_bytes,
+            }
+        }
 
 
 def simulate(scenario: Scenario, on_done: Callable[[int], None] | None = None) -> Results:
