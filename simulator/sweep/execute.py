@@ -18,6 +18,7 @@ files, so it is the same whichever executor ran the points and in whatever order
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -27,6 +28,7 @@ import re
 import shutil
 import signal
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +149,23 @@ def _state(folder: Path, point: Point, resolved: str) -> str:
     return "done"
 
 
+@contextlib.contextmanager
+def _interrupts_held():
+    """Ctrl-C (SIGINT) waits until the block ends, then is raised: a point's folder and the
+    count of points done change together. (Only the main thread can swap handlers.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda n, f: pending.append(n))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pending:
+            signal.raise_signal(signal.SIGINT)
+
+
 def _commit(out: Path, point: Point, files: dict[str, bytes]) -> None:
     """Write a point's files into a staging folder and rename it into place."""
     final = out / point.folder
@@ -159,7 +178,7 @@ def _commit(out: Path, point: Point, files: dict[str, bytes]) -> None:
         mask = os.umask(0o22)
         os.umask(mask)
         os.chmod(staging, 0o777 & ~mask)  # mkdtemp's folders are private; results are not
-        if final.exists():
+        if final.exists():  # a point re-run: its old folder goes only once the new is in place
             old = staging.with_name(staging.name + ".old")
             os.rename(final, old)
             os.rename(staging, final)
@@ -187,10 +206,11 @@ def _pool_context():
     return ctx
 
 
-def run_local(tasks: list[Task], workers: int, address, on_result) -> None:
-    """Run the tasks on a pool of ``workers`` processes; ``on_result`` as each finishes."""
+def run_local(tasks: list[Task], workers: int, address, on_result, task=run_point) -> None:
+    """Run the tasks on a pool of ``workers`` processes; ``on_result`` as each finishes (in the
+    driver, while the others run). ``task``: the worker function (tests replace it)."""
     with _pool_context().Pool(min(workers, len(tasks)), initializer=_worker_init) as pool:
-        for result in pool.imap_unordered(run_point, tasks, chunksize=1):
+        for result in pool.imap_unordered(task, tasks, chunksize=1):
             on_result(*result)
     # Leaving the with block terminates the pool: on an error or Ctrl-C too.
 
@@ -271,8 +291,9 @@ def run_sweep(
         if error is not None:
             shown = " ".join(f"--set {o}" for o in point.overrides)
             raise KvsimError(f"{sweep.path}: point {index} ({shown}): {error}")
-        _commit(out, point, files)
-        done += 1
+        with _interrupts_held():
+            _commit(out, point, files)
+            done += 1
         bar.update(done)
 
     try:

@@ -278,7 +278,10 @@ def test_report_draws_curves_and_each_series_pareto_front(swept):
 
 
 def test_default_charts_one_per_numeric_override(tmp_path, capsys):
-    path = _write(tmp_path, "base: base.yaml\ngrid: {cluster.replicas: [1, 2], seed: [1, 2]}\n")
+    path = _write(
+        tmp_path,
+        "base: base.yaml\nset: {slo.ttft_s: 1.5}\ngrid: {cluster.replicas: [1, 2], seed: [1, 2]}\n",
+    )
     out = tmp_path / "out"
     _sweep(capsys, path, out)
     layouts: list[dict] = []
@@ -301,6 +304,13 @@ def test_default_charts_one_per_numeric_override(tmp_path, capsys):
     ]
     rows = _rows(out)
     assert charts[1][0]["y"] == [float(rows[i]["ttft_s.p99"]) for i in (0, 1)]  # replicas 1
+    # The summary repeats slo.ttft_s, an override column here: its copy is summary.slo.ttft_s.
+    header = list(rows[0])
+    assert header[2:5] == ["slo.ttft_s", "cluster.replicas", "seed"]
+    assert [(r["slo.ttft_s"], r["summary.slo.ttft_s"], r["slo.tpot_s"]) for r in rows] == [
+        ("1.5", "1.5", "0.1")
+    ] * 4
+    assert "slo.ttft_s" not in header[5:]
 
 
 # ---------------------------------------------------------------- resume and refusals
@@ -354,6 +364,24 @@ def test_a_folder_of_another_sweep_is_refused_unless_forced(swept, tmp_path, cap
     assert (stranger / "notes.txt").read_text() == "mine"
 
 
+def test_a_changed_base_scenario_makes_another_sweep(swept, tmp_path, capsys):
+    path, first = swept
+    folder = tmp_path / "copy"
+    shutil.copytree(path.parent, folder)
+    out = folder / "out"
+    base = yaml.safe_load((folder / "base.yaml").read_text())
+    base["workload"]["rate"] = 25.0
+    (folder / "base.yaml").write_text(yaml.safe_dump(base))
+    err = _error(capsys, ["sweep", str(folder / "s.yaml"), "--out", str(out), "--no-progress"])
+    assert "holds the results of a different sweep" in err
+    assert "(4 ran, 0 reused)" in _sweep(capsys, folder / "s.yaml", out, "--force")
+    for f in _folders(out):
+        assert (
+            yaml.safe_load((out / f / "scenario.resolved.yaml").read_text())["workload"]["rate"]
+            == 25.0
+        )
+
+
 def test_a_point_folder_of_other_overrides_is_refused_unless_forced(swept, tmp_path, capsys):
     path, first = swept
     out = tmp_path / "out"
@@ -368,9 +396,31 @@ def test_a_point_folder_of_other_overrides_is_refused_unless_forced(swept, tmp_p
     assert json.loads((folder / "point.json").read_text())["overrides"][-1] == "cluster.replicas=1"
 
 
+def test_the_driver_gets_each_point_as_it_finishes(tmp_path):
+    """Point 1 finishes only once the driver has handled point 0: results are not held back
+    until every point is done (that is what keeps finished points through a Ctrl-C)."""
+    from helpers import wait_for_file
+
+    from kvsim.simulator.sweep.execute import run_local
+
+    seen = tmp_path / "point-0-handled"
+    got = []
+
+    def on_result(index, files, error):
+        got.append((index, files, error))
+        seen.touch()
+
+    run_local([(0, str(seen), []), (1, str(seen), [])], 2, None, on_result, task=wait_for_file)
+    assert got == [(0, {"saw": b"no"}, None), (1, {"saw": b"yes"}, None)]
+
+
 def test_ctrl_c_keeps_finished_points_and_the_same_command_resumes(tmp_path, capsys):
+    # Point 0 is quick and point 1 takes over a second: Ctrl-C lands while point 1 runs.
     path = _write(
-        tmp_path, "base: base.yaml\nset: {workload.requests: 150}\ngrid: {seed: [1, 2, 3, 4]}\n"
+        tmp_path,
+        "base: base.yaml\ngrid:\n  - {seed: [1]}\n"
+        "  - {seed: [2], workload.requests: [15000], workload.rate: [400.0]}\n"
+        "  - {seed: [3, 4]}\n",
     )
     out = tmp_path / "out"
     argv = ["sweep", str(path), "--out", str(out), "--workers", "1", "--no-progress"]
@@ -392,7 +442,7 @@ def test_ctrl_c_keeps_finished_points_and_the_same_command_resumes(tmp_path, cap
     assert err.strip().endswith(f"points done in {out}/ (the same command resumes)")
     finished = sorted(f.parent.name for f in (out / "points").glob("*/point.json"))
     assert len(finished) == done and not (out / "results.csv").exists()
-    assert f"({4 - done} ran, {done} reused)" in _sweep(capsys, path, out, "--workers", "1")
+    assert f"({4 - done} ran, {done} reused)" in _sweep(capsys, path, out, "--workers", "2")
     assert len(_rows(out)) == 4
 
 
