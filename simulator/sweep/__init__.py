@@ -1,8 +1,9 @@
 """Sweeps: a base scenario run over a grid of ``--set`` overrides (DESIGN §8, ``kvsim sweep``).
 
+from pathlib import Path
 from kvsim.simulator.sweep import load_sweep, run_sweep
 run = run_sweep(load_sweep("scenarios/sweeps/quickstart_replicas.yaml"), Path("runs/qs"))
-run.columns, run.rows
+run.table.columns, run.table.rows
 """
 
 from .execute import EXECUTORS, SweepRun, run_sweep
