@@ -41,8 +41,15 @@ EXAMPLES = """examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors as kvsim's one line (exit 2) instead of usage + error."""
+
+    def error(self, message: str):
+        raise KvsimError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="kvsim",
         description="Simulate an LLM serving cluster and its KV-cache policies on a request trace.",
         epilog=EXAMPLES,
@@ -50,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    overrides = argparse.ArgumentParser(add_help=False)
+    overrides = _Parser(add_help=False)
     overrides.add_argument(
         "--set",
         dest="overrides",
@@ -247,6 +254,22 @@ def _load(args):
     return load_scenario(args.scenario, args.overrides, policy_path=_policy_dirs(args))
 
 
+def _cluster(scenario, on_done=None):
+    """The scenario's cluster, built as a run builds it; an error about the scenario (its
+    policies, its model's fit, its KV capacity) names the scenario file, one about the latency
+    profile names the profile."""
+    from .cluster import Cluster
+
+    try:
+        return Cluster(scenario, on_done)
+    except KvsimError as e:
+        msg = str(e)
+        own = scenario.latency.type == "profile" and msg.startswith(str(scenario.profile_path()))
+        if own or msg.startswith(scenario.source):
+            raise
+        raise KvsimError(f"{scenario.source}: {msg}") from None
+
+
 def _temp_files_failed(e: OSError) -> KvsimError:
     return KvsimError(
         f"writing the run's temporary files failed ({e.strerror or e}); free space in "
@@ -255,7 +278,9 @@ def _temp_files_failed(e: OSError) -> KvsimError:
 
 
 def _run(args) -> int:
-    from .cluster import expected_requests, simulate
+    from kvsim.traces import TraceError
+
+    from .cluster import expected_requests
     from .output import ResultsFolder, summary_json
     from .progress import ProgressBar
 
@@ -268,8 +293,10 @@ def _run(args) -> int:
         enabled = not args.no_progress and sys.stderr.isatty()
         bar = ProgressBar(expected_requests(scenario) if enabled else None, enabled=enabled)
         try:
-            results = simulate(scenario, on_done=bar.update)
-        except OSError as e:  # the trace's own read errors are KvsimErrors by now
+            results = _cluster(scenario, bar.update).run()
+        except TraceError as e:
+            raise KvsimError(str(e)) from None
+        except OSError as e:  # the trace's own read errors are TraceErrors
             raise _temp_files_failed(e) from None
         wall = bar.close()
         folder.commit(scenario, results)
@@ -298,11 +325,9 @@ def _validate(args) -> int:
     checked as arrivals."""
     from kvsim.traces import TraceError
 
-    from .cluster import Cluster
-
     s = _load(args)
     try:
-        cluster = Cluster(s)
+        cluster = _cluster(s)
         rows = cluster.check_workload(VALIDATE_ROWS)
     except TraceError as e:
         raise KvsimError(str(e)) from None
@@ -352,7 +377,11 @@ def _error_line(e: KvsimError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except KvsimError as e:
+        print(f"kvsim: error: {_error_line(e)}", file=sys.stderr)
+        return 2
     handlers = {
         "run": _run,
         "validate": _validate,
@@ -373,7 +402,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as e:
         what = "terminated" if isinstance(e, _Terminated) else "interrupted"
-        print(f"kvsim: {what}; no results written", file=sys.stderr)
+        written = getattr(e, "results_written", None)
+        done = f"results written to {written}/" if written else "no results written"
+        print(f"kvsim: {what}; {done}", file=sys.stderr)
         return 143 if isinstance(e, _Terminated) else 130
     except BrokenPipeError:  # output piped into a reader that stopped early (| head)
         import os

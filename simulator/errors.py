@@ -10,6 +10,7 @@ bad value is echoed at most :data:`ECHO_CHARS` characters long.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -44,7 +45,9 @@ def echo(value, limit: int = ECHO_CHARS) -> str:
 
 class _StrictLoader(_Loader):
     """The safe loader, refusing a key given twice in one mapping (merge keys ``<<`` aside: a
-    merged mapping's keys are defaults that explicit keys override, as YAML specifies)."""
+    merged mapping's keys are defaults that explicit keys override, as YAML specifies), and
+    reading ``1e-3`` and ``6e3`` as numbers as YAML 1.2 does (YAML 1.1 wants ``6.0e+3`` and
+    would leave a string that a number field then refuses)."""
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
@@ -63,6 +66,13 @@ class _StrictLoader(_Loader):
                         None, None, f"key {echo(key, 80)} is given twice", key_node.start_mark
                     )
         return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def _check_shape(text: str) -> None:
@@ -128,15 +138,21 @@ def parse_yaml(text: str):
                 f"more than {MAX_YAML_NODES:,} values once its aliases are expanded",
                 root.start_mark,
             )
-        return loader.construct_document(root)
+        try:
+            return loader.construct_document(root)
+        except (ValueError, OverflowError) as e:  # e.g. an integer of 100,000 digits
+            raise ConstructorError(
+                None, None, f"a value cannot be read ({clip(str(e), 100)})", root.start_mark
+            ) from None
     finally:
         loader.dispose()
 
 
-def yaml_error_line(e: yaml.YAMLError, where: str) -> str:
-    """A YAML error as ``where[:line]: not valid YAML (problem)``."""
+def yaml_error_line(e: yaml.YAMLError, where: str, lines: bool = True) -> str:
+    """A YAML error as ``where[:line]: not valid YAML (problem)`` (no line if ``lines`` is
+    false: a one-line value)."""
     mark = getattr(e, "problem_mark", None)
-    at = f"{where}:{mark.line + 1}" if mark is not None else where
+    at = f"{where}:{mark.line + 1}" if mark is not None and lines else where
     problem = getattr(e, "problem", None) or str(e)
     return f"{at}: not valid YAML ({problem})"
 

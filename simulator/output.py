@@ -78,17 +78,26 @@ def _umask() -> int:
 
 
 class _SignalsHeld:
-    """SIGINT and SIGTERM are held (delivered on exit) while files are moved into place."""
+    """SIGINT and SIGTERM are held while files are moved into place, then raised again.
+
+    NOTE: held by swapping the Python handlers, not by a signal mask: a mask is per thread, and
+    the kernel hands a process-directed signal to any thread that does not block it."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __enter__(self):
-        self._held = threading.current_thread() is threading.main_thread()
-        if self._held:
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        self._saved = {}
+        self._pending: list[int] = []
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._saved[s] = signal.signal(s, lambda n, f: self._pending.append(n))
         return self
 
     def __exit__(self, *exc):
-        if self._held:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+        for s, handler in self._saved.items():
+            signal.signal(s, handler)
+        for n in self._pending:
+            signal.raise_signal(n)  # through the handler it found (default: as if not held)
 
 
 class ResultsFolder:
@@ -140,16 +149,24 @@ class ResultsFolder:
         assert self._staging is not None, "commit() outside the with block"
         try:
             write_files(self._staging, scenario, results)
-            with _SignalsHeld():
-                if self._new:
-                    os.rename(self._staging, self.out)
-                    self._staging = None
-                else:
-                    for name in FILES:
-                        os.replace(self._staging / name, self.out / name)
         except OSError as e:
             raise self._fail("cannot write the results; nothing was written", e) from None
-        self._created = []  # the results are in place: keep every folder
+        try:
+            with _SignalsHeld():
+                try:
+                    if self._new:
+                        os.rename(self._staging, self.out)
+                        self._staging = None
+                    else:
+                        for name in FILES:
+                            os.replace(self._staging / name, self.out / name)
+                except OSError as e:
+                    raise self._fail("cannot move the results into place", e) from None
+                self._created = []  # the results are in place: keep every folder
+        except KeyboardInterrupt as e:
+            # A signal held during the moves is delivered as they end: the results are in.
+            e.results_written = self.out
+            raise
         return self.out
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -141,7 +141,7 @@ class SchedulerConfig(_Strict):
     )
     max_waiting: int | None = Field(
         None,
-        ge=0,
+        ge=1,
         le=MAX_COUNT,
         description="requests a replica's waiting queue holds at most; an arrival routed to a "
         "full queue is rejected (dropped: 'rejected: queue full'); default: unbounded",
@@ -243,6 +243,13 @@ class SyntheticWorkload(_WorkloadBase):
         256, ge=1, le=MAX_TOKENS, description="tokens per content unit (prefix-cache id)"
     )
 
+    @field_validator("rate")
+    @classmethod
+    def _not_vanishing(cls, v: float):
+        if v < 1e-6:
+            raise ValueError("must be at least 1e-06 (a request every 11.6 days)")
+        return v
+
 
 Workload = Annotated[TraceWorkload | SyntheticWorkload, Field(discriminator="type")]
 
@@ -294,6 +301,7 @@ class Scenario(_Strict):
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    _source: str = PrivateAttr(default="<scenario>")
 
     @field_validator("name")
     @classmethod
@@ -323,6 +331,11 @@ class Scenario(_Strict):
     @property
     def base_dir(self) -> Path:
         return self._base_dir
+
+    @property
+    def source(self) -> str:
+        """Where the scenario came from (its file), as errors name it."""
+        return self._source
 
     def trace_path(self) -> Path:
         assert isinstance(self.workload, TraceWorkload)
@@ -390,7 +403,7 @@ def _override_value(path: str, raw: str):
     try:
         return parse_yaml(raw)
     except yaml.constructor.ConstructorError as e:  # duplicate keys, bounds: refuse
-        raise KvsimError(yaml_error_line(e, f"--set {clip(path, 80)}")) from None
+        raise KvsimError(yaml_error_line(e, f"--set {clip(path, 80)}", lines=False)) from None
     except yaml.YAMLError:
         return raw
 
@@ -457,6 +470,7 @@ def scenario_from_dict(
     except KvsimError as e:
         raise KvsimError(f"{source}: {e}") from None
     s._base_dir = (base_dir or Path.cwd()).resolve()
+    s._source = source
     _check_semantics(s, source)
     return s
 
