@@ -90,9 +90,12 @@ class Registry:
                     obj = getattr(importlib.import_module(module), attr)
             except Exception as e:  # noqa: BLE001 - a user's module may fail in any way
                 where = " or the --policy-path folders" if search else ""
+                top = module.split(".")[0]
+                here = Path(top + ".py").is_file() or Path(top).is_dir()
+                hint = "; the current folder is searched only if named: --policy-path ." * here
                 raise KvsimError(
                     f"{self.family} policy {echo(name)} cannot be imported from the installed "
-                    f"packages{where} ({type(e).__name__}: {clip(str(e), 120)})"
+                    f"packages{where} ({type(e).__name__}: {clip(str(e), 120)}){hint}"
                 ) from None
             cls = self._check_interface(name, obj)
             self._imported[name] = cls
