@@ -201,10 +201,11 @@ def _csv_rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[str, dict
                 f"{path}:1: missing column {missing[0]!r}; the header has {echo(header)}"
             )
         for row in reader:
-            if None in row:  # more cells than the header has columns
+            # DictReader keys extra cells under None and fills missing ones with None.
+            if None in row or None in row.values():
+                cells = len(header) + len(row.get(None, ())) - sum(v is None for v in row.values())
                 raise TraceError(
-                    f"{path}:{physical[0]}: {len(header) + len(row[None])} cells; "
-                    f"the header has {len(header)} columns"
+                    f"{path}:{physical[0]}: {cells} cells; the header has {len(header)} columns"
                 )
             yield f"{path}:{physical[0]}", row
     except csv.Error as e:

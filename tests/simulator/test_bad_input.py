@@ -601,6 +601,25 @@ def test_unreadable_traces(tmp_path, capsys, data, message):
     assert _error(capsys, ["run", str(s)], tmp_path / "out").startswith(f"{trace}{message}")
 
 
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ('ContextTokens,TIMESTAMP,GeneratedTokens\n",120,7\n', ":2: 1 cells; the header has 3"),
+        ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:04.0,10\n",
+         ":2: 2 cells; the header has 3"),
+        ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:04.0,10,1,9\n",
+         ":2: 4 cells; the header has 3"),
+    ],
+)  # fmt: skip
+def test_csv_rows_of_the_wrong_width(tmp_path, capsys, body, message):
+    """The first case was found by the fuzzer: an unclosed quote swallows the rest of the file
+    into one cell, and the missing cells used to reach the parser as None."""
+    trace = tmp_path / "a.csv"
+    trace.write_text(body)
+    err = _error(capsys, ["trace", "stats", str(trace), "--format", "azure"])
+    assert err.startswith(f"{trace}{message}"), err
+
+
 def test_a_csv_cell_over_the_field_limit(tmp_path, capsys):
     trace = tmp_path / "a.csv"
     trace.write_text(
