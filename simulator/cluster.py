@@ -26,11 +26,9 @@ from .policies.routing import choose
 from .replica import Replica
 from .scenario import Scenario, SyntheticWorkload, TraceWorkload
 from .scheduler import Scheduler, Seq
-from .timeseries import QueueSeries
+from .timeseries import MAX_TIME_NS, QueueSeries
 
 GIB = 1 << 30
-MAX_TIME_NS = 1 << 62
-"""Simulated time is integer nanoseconds, recorded as int64: about 146 years of headroom."""
 QUEUE_FULL = "rejected: queue full"
 
 

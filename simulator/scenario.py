@@ -154,6 +154,13 @@ class SchedulerConfig(_Strict):
                 f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "
                 f"max_num_seqs ({self.max_num_seqs})"
             )
+        # Without chunking a prompt is one chunk: a cap below the budget would leave every
+        # longer prompt waiting for ever (the run would end with it in flight).
+        if not self.enable_chunked_prefill and self.chunk_tokens is not None:
+            raise ValueError(
+                f"chunk_tokens ({self.chunk_tokens}) caps prefill chunks; with "
+                "enable_chunked_prefill: false a prompt is one chunk: leave chunk_tokens unset"
+            )
         return self
 
 

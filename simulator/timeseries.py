@@ -19,7 +19,11 @@ from array import array
 
 import numpy as np
 
+from .errors import KvsimError
+
 NS = 1_000_000_000
+MAX_TIME_NS = 1 << 62
+"""Simulated time is recorded as int64 nanoseconds: about 146 years of headroom."""
 FIRST_INTERVAL_NS = 10_000_000
 """The interval a run starts with (10 ms), doubled as often as the run's length needs."""
 MAX_SAMPLES = 2048
@@ -44,14 +48,21 @@ class QueueSeries:
         self._next_ns = 0
 
     def run(self, env) -> None:
-        """Run ``env`` to its end (as ``env.run()``), sampling on the way."""
+        """Run ``env`` to its end (as ``env.run()``), sampling on the way; a clock that would
+        pass :data:`MAX_TIME_NS` (an int64 of nanoseconds in the results) is one-line error."""
         step, peek = env.step, env.peek
         while True:
             t = peek()
-            if t == float("inf"):
-                return
-            while self._next_ns < t:
-                self._record()
+            if t > self._next_ns:  # NOTE: the only test on most events
+                if t == float("inf"):
+                    return
+                if t >= MAX_TIME_NS:
+                    raise KvsimError(
+                        f"the simulated clock would pass {MAX_TIME_NS / NS:.3g} s (an event at "
+                        f"{t / NS:.3g} s): are the latency model's prices absurdly slow?"
+                    )
+                while self._next_ns < t:
+                    self._record()
             step()
 
     def _record(self) -> None:

@@ -707,6 +707,12 @@ def test_arrivals_beyond_the_simulated_clock(tmp_path, capsys):
          "fixed.value: 1e+21 is not allowed: Input should be a valid integer"),
         ("scheduler.max_waiting=0", "scheduler.max_waiting: 0 is not allowed: Input should be "
          "greater than or equal to 1"),
+        # Found by the fuzzer: every prompt longer than 256 tokens waited for ever, and the run
+        # ended with requests in flight (a RuntimeError, all results lost).
+        ("scheduler={enable_chunked_prefill: false, chunk_tokens: 256}", "scheduler: {'enable_"
+         "chunked_prefill': False, 'chunk_tokens': 256} is not allowed: chunk_tokens (256) caps "
+         "prefill chunks; with enable_chunked_prefill: false a prompt is one chunk: leave "
+         "chunk_tokens unset"),
     ],
 )  # fmt: skip
 def test_strict_and_finite_scenario_values(tmp_path, capsys, setting, message):
@@ -756,6 +762,31 @@ def test_badly_structured_profiles(tmp_path, capsys, change, fragment):
         err = _error(capsys, [command, str(s)], tmp_path / "out")
         assert err.startswith(f"{tmp_path / 'p.yaml'}: "), err
         assert fragment in err
+
+
+def test_absurdly_slow_prices_stop_at_the_end_of_the_clock(tmp_path, capsys):
+    """Found by the fuzzer: a profile pricing a FLOP at one second put an iteration past int64
+    nanoseconds, and writing the request record failed ("argument out of range")."""
+    profile = {
+        "kvsim_profile": 1,
+        "device": {"device": "hand-written", "timer": "cuda_events"},
+        "ops": {
+            "gemm": {
+                "params": {"launch_s": 5e-6, "s_per_flop": 1, "s_per_byte": 0, "extra": {}},
+                "ranges": {},
+                "heldout_mape": 0.01,
+                "heldout_max_error": 0.02,
+            }
+        },
+        "not_measured": {"step_overhead": "host", "allreduce": "several GPUs"},
+    }
+    _write(tmp_path, profile, "p.yaml")
+    s = _write(
+        tmp_path, _doc(latency={"type": "profile", "path": "p.yaml", "fallback": "roofline"})
+    )
+    err = _error(capsys, ["run", str(s)], tmp_path / "out")
+    assert err.startswith("the simulated clock would pass 4.61e+09 s (an event at "), err
+    assert err.endswith(" s): are the latency model's prices absurdly slow?")
 
 
 def test_usage_mistakes_are_one_line_too(capsys):
