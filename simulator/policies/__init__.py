@@ -1,5 +1,6 @@
 """Pluggable policies, one module per family, each with a name registry."""
 
+from . import asymcache, eviction_peers  # noqa: F401 (they register eviction policies)
 from .checkpoint import CHECKPOINT
 from .eviction import EVICTION
 from .registry import Registry
