@@ -152,6 +152,10 @@ def test_l_ignores_inserts_and_hits_on_units_in_use_and_clamps_to_its_range():
     pol = EVICTION.create("asymcache", None, reestimate_every=2)
     _feed(pol, [10**16, 10**17])  # beyond 10^6 s
     assert pol.l_s == pytest.approx(1e6)
+    pol = EVICTION.create("asymcache", None, reestimate_every=3)
+    _feed(pol, [1_000_000, 2_000_000, 3 * S])  # the P99 of 3 is the 3rd (⌈2.97⌉)
+    assert pol.l_s == pytest.approx(_expected_l_s([1_000_000, 2_000_000, 3 * S]), rel=1e-12)
+    assert pol.l_s > 3
 
 
 def test_a_new_l_rekeys_every_candidate():
@@ -244,14 +248,16 @@ def test_asymcache_with_equal_costs_evicts_exactly_what_lru_evicts(ops, p, r, in
 
 # ---- max_score -------------------------------------------------------------------------------
 def _max_score_cache() -> KVCache:
-    """Class 1 (depths 1–2): unit 2 inserted at 0, reused at 8 s (λ = 1/8 per s, p = 1/2).
-    Class 0 (depth 0): unit 1 inserted at 8 s, reused at 10 s (λ = 1/2 per s, p = 1/2).
-    Never reused: unit 5 (depth 3, class 2) and then unit 7 (depth 7, class 3), both at 10 s."""
+    """Class 1 (depths 1–2): unit 2 inserted at 0, reused at 8 s: λ = 1/8 per s, p = 1/2.
+    Class 0 (depth 0): unit 1 inserted at 8 s and reused at 10 s, unit 8 inserted at 10 s:
+    λ = 1/2 per s, p = 1/3. Never reused: unit 5 (depth 3, class 2), then unit 7 (depth 7,
+    class 3), at 10 s."""
     c = _cache("max_score", window_s=10.0)
     n2 = _unit(c, 2, 1, 0, release_at=0)
     _reuse(c, [n2], 8 * S, 8 * S)
     n1 = _unit(c, 1, 0, 8 * S, release_at=8 * S)
     _reuse(c, [n1], 10 * S, 10 * S)
+    _unit(c, 8, 0, 10 * S, release_at=10 * S)
     _unit(c, 5, 3, 10 * S, release_at=10 * S)
     _unit(c, 7, 7, 10 * S, release_at=10 * S)
     return c
@@ -259,18 +265,19 @@ def _max_score_cache() -> KVCache:
 
 def test_max_score_evicts_the_least_likely_reuse_in_the_window():
     """score = p·e^(−λτ)·(1 − e^(−λ·10 s)). Never-reused classes score 0 and go first, the
-    deeper unit 7 ahead of unit 5. At 11 s: unit 1 (τ 1 s) 0.5·e^−0.5·(1 − e^−5) = 0.301,
-    unit 2 (τ 3 s) 0.5·e^−0.375·(1 − e^−1.25) = 0.245: 2 goes first. At 20 s: unit 1 (τ 10 s)
-    0.5·e^−5·(1 − e^−5) = 0.0033, unit 2 (τ 12 s) 0.5·e^−1.5·(1 − e^−1.25) = 0.0796: 1 first."""
+    deeper unit 7 ahead of unit 5. Units 1 and 8 (τ = x after 10 s) score
+    (1/3)·(1 − e^−5)·e^(−x/2) = 0.3311·e^(−x/2); unit 2 (τ = 2 s + x) scores
+    (1/2)·(1 − e^−1.25)·e^(−(2 + x)/8) = 0.2778·e^(−x/8): unit 2 goes first until x = 0.468 s
+    (ln(0.3311/0.2778) / 0.375), after that units 1 and 8 (1 released before 8)."""
     c = _max_score_cache()
     assert math.exp(c.policy.log_score(0, 1 * S)) == pytest.approx(
-        0.5 * math.exp(-0.5) * (1 - math.exp(-5)), rel=1e-12
+        (1 / 3) * math.exp(-0.5) * (1 - math.exp(-5)), rel=1e-12
     )
     assert math.exp(c.policy.log_score(1, 3 * S)) == pytest.approx(
         0.5 * math.exp(-0.375) * (1 - math.exp(-1.25)), rel=1e-12
     )
-    assert _victims(c, 11 * S) == [7, 5, 2, 1]
-    assert _victims(_max_score_cache(), 20 * S) == [7, 5, 1, 2]
+    assert _victims(c, 10 * S + 200_000_000) == [7, 5, 2, 1, 8]
+    assert _victims(_max_score_cache(), 11 * S) == [7, 5, 1, 8, 2]
 
 
 # ---- pensieve --------------------------------------------------------------------------------
@@ -296,17 +303,60 @@ def test_pensieve_evicts_the_lowest_cost_per_idle_time(now_s, order):
     assert _victims(_pensieve_cache(), now_s * S) == order
 
 
-def test_pensieve_prunes_classes_without_changing_the_victim():
-    """Many cost classes: the victim is the global argmin of ΔT/τ, checked against a scan."""
-    c = _cache("pensieve")
-    nodes = [_unit(c, 100 + k, k % 10, 0) for k in range(30)]
-    for k in sorted(range(30), key=lambda k: k * 7 % 30):  # released at distinct times 0…29 s
-        c.release([nodes[k]], 0, (k * 7 % 30) * S)
-    now = 40 * S
-    expected = sorted(
-        nodes, key=lambda n: (n.recompute_s / (now - n.last_access_ns), n.recompute_s, n.released)
-    )
-    assert _victims(c, now) == [n.id for n in expected]
+@given(
+    units=st.lists(
+        st.tuples(st.integers(0, 9), st.sampled_from([0.5, 1.0, 1.5, 2.0, 3.0]), st.integers(0, 5)),
+        min_size=1,
+        max_size=30,
+    ),
+    pops=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 4)), min_size=1, max_size=10),
+)
+def test_pensieve_victims_are_the_argmin_of_a_full_scan(units, pops):
+    """Units of arbitrary costs (not monotone in position: the cost tie rule matters) released
+    at non-decreasing times, then pops at later times: each victim is the minimum of
+    (ΔT / τ, ΔT, start token, release order) over every candidate, however the classes are
+    pruned."""
+    costs = {}
+    c = _cache("pensieve", recompute=lambda start, tokens: costs[start])
+
+    def key(x, now):
+        idle = now - x.last_access_ns
+        value = x.recompute_s / idle if idle else math.inf
+        return (value, x.recompute_s, x.start_token, x.released)
+
+    now = 0
+    for k, (depth, cost, dt_s) in enumerate(units):
+        start = (depth + 10 * k) * UNIT  # a distinct position per unit, so a cost per unit
+        costs[start] = cost
+        now += dt_s * S
+        c.allocate(UNIT // BS, now)
+        node, _ = c.commit_unit(k, None, depth + 10 * k, start, UNIT, now)
+        c.release([node], 0, now)
+    for dt_s, n in pops:
+        now += dt_s * S
+        for _ in range(n):
+            cands = [x for x in c.tree.nodes.values() if x.candidate]
+            v = c.tree.pop_victim(now)
+            if not cands:
+                assert v is None
+                break
+            assert v is min(cands, key=lambda x, now=now: key(x, now))
+            c.free += v.blocks
+
+
+@pytest.mark.parametrize(
+    "name, make, t1, t2",
+    [
+        ("asymcache", _three_candidates, 10 * S, 11 * S),
+        ("max_score", _max_score_cache, 10 * S + 200_000_000, 11 * S),
+        ("pensieve", _pensieve_cache, 7 * S, 10 * S),
+    ],
+)
+def test_policies_whose_victims_depend_on_the_clock_say_so(name, make, t1, t2):
+    """The same candidates give other victims at another time, so the cache must evict only at
+    exact iteration boundaries (``time_dependent``)."""
+    assert _victims(make(), t1) != _victims(make(), t2)
+    assert make().time_dependent and make().policy.policy_name == name
 
 
 # ---- errors ------------------------------------------------------------------------------------
