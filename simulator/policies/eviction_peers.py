@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import heapq
 import math
-from bisect import insort
 
 from .eviction import EVICTION, EvictionContext
 
 NS_PER_S = 1_000_000_000
+_NEVER = math.inf  # no head: an empty class
 
 
 class LruHeap:
@@ -79,9 +79,10 @@ class MaxScore:
 
     What this does: score(B, now) = p_c · e^(−λ_c·τ) · (1 − e^(−λ_c·W)), the probability that the
     next reuse of B falls within the window W after now given the exponential model, with τ the
-    idle time of B (now − ``last_access_ns``); evict the lowest score, then the deepest
-    (largest ``start_token``), then the least recently released. Within a class the score falls
-    with τ, so only the LRU heads of the classes are compared, as in the PR: O(classes) a pop.
+    idle time of B (now − ``last_access_ns``). Within a class the score falls with τ, so only
+    the LRU heads of the classes are compared, as in the PR: O(classes) a pop. Among the heads,
+    the lowest score goes first, then the deepest (largest ``start_token``), then the least
+    recently released; within a class, LRU order (a request releases its units deepest first).
 
     Approximations, where the simulator lacks what the paper used:
     - the class c of a node is its depth class ⌊log2(depth + 1)⌋ (units 0, 1–2, 3–6, 7–14, …):
@@ -178,16 +179,24 @@ class Pensieve:
 
     What this does: value(B, now) = ``node.recompute_s`` / (now − ``last_access_ns``), priced by
     the replica's latency model at insert; the lowest goes first, then the cheaper, then the
-    earlier position, then the least recently released. A unit idle for 0 ns is worth +inf (a
-    zero-cost one 0). Approximations: a node (a content unit of the trace) stands for Pensieve's
+    least recently released (units of equal ΔT sit at the same position, so among units released
+    together the deepest: a request releases deepest first). A unit idle for 0 ns is worth +inf
+    (a zero-cost one 0). Approximations: a node (a content unit of the trace) stands for Pensieve's
     32-token chunk, and its own last use for its conversation's (traces name no conversations;
     a request releases its whole chain at once, so a request's units share one T, as a
     conversation's chunks do).
 
-    Candidates of one recompute cost are kept in one LRU heap (within it the oldest has the lowest
-    value); a pop visits the cost classes in increasing cost and stops once cost / (idle time of
-    the oldest candidate) reaches the best value found, a bound on every later class: exact, and
-    usually a few classes. Its worst case is O(classes), the distinct (position, length) units.
+    Candidates of one recompute cost form a class, kept in one LRU heap: the class's oldest (its
+    head) has its lowest value. The heads compete in a kinetic tournament (Basch, Guibas and
+    Hershberger's kinetic data structures): a binary tree over the classes whose every node holds
+    the winner of its two children and the time their order flips. Values c/(t − t_last) of two
+    heads cross at most once as t grows, after which the cheaper wins for good. A pop processes
+    the flips due by now (each re-plays a node and, if its winner changed, its ancestors), reads
+    the root and, after the victim leaves, re-plays its class's path: O(log classes) plus the
+    flips. Flips are scheduled a relative 10⁻¹² early (a recomputed winner stays until its next
+    flip), so floating-point rounding of the crossing time never leaves a stale winner; a head
+    reused since it was recorded is replaced when it wins. A new class is a new leaf; the tree
+    doubles when full.
     """
 
     time_dependent = True
@@ -195,51 +204,113 @@ class Pensieve:
     layouts = ("msa",)
 
     def __init__(self, context: EvictionContext | None = None):
-        self._classes: dict[float, LruHeap] = {}
-        self._costs: list[float] = []  # sorted keys of _classes
-        self._oldest = LruHeap(2)  # every candidate: the oldest bounds every idle time
+        self._queues: list[LruHeap] = []  # the classes, in the order they appeared
+        self._costs: list[float] = []  # their costs
+        self._slot: dict[float, int] = {}  # cost → class index
+        self._head_t: list[float] = []  # per class: its recorded head's last access (or never)
+        self._head_r: list[int] = []  # per class: its recorded head's release stamp
+        self._size = 1  # leaves of the tree (a power of two ≥ classes)
+        self._win = [-1, -1]
+        """Per tree node (node j has children 2j and 2j + 1; class k is leaf size + k): the
+        winning class, or −1 where every class below is empty."""
+        self._version = [0, 0]
+        self._flips: list[tuple[float, int, int]] = []  # (time, node, version): lazy
 
-    @staticmethod
-    def value(cost_s: float, idle_ns: int) -> float:
-        """Retention value ΔT / τ (seconds per nanosecond of idleness)."""
-        if cost_s == 0:
-            return 0.0
-        return cost_s / idle_ns if idle_ns > 0 else math.inf
+    # ---- the kinetic tournament -----------------------------------------------------------------
+    def _replay(self, j: int, now: int) -> bool:
+        """Recompute node j's winner and next flip at ``now``; True if the winner changed.
+        Heads go in order of (value, cost, release order)."""
+        win = self._win
+        a, b = win[2 * j], win[2 * j + 1]
+        flip = math.inf
+        if a < 0 or b < 0:
+            w = b if a < 0 else a
+        else:
+            costs, head_t = self._costs, self._head_t
+            ca, cb, ta, tb = costs[a], costs[b], head_t[a], head_t[b]
+            va = 0.0 if ca == 0 else (ca / (now - ta) if now > ta else math.inf)
+            vb = 0.0 if cb == 0 else (cb / (now - tb) if now > tb else math.inf)
+            if (va, ca, self._head_r[a]) < (vb, cb, self._head_r[b]):
+                w, cw, tw, cl, tl = a, ca, ta, cb, tb
+            else:
+                w, cw, tw, cl, tl = b, cb, tb, ca, ta
+            if cl < cw:  # the cheaper loser overtakes once cl·(t − tw) ≤ cw·(t − tl)
+                cross = (cw * tl - cl * tw) / (cw - cl)
+                flip = max(math.floor(cross * (1 - 1e-12)) - 1, now + 1)
+        changed = w != win[j]
+        win[j] = w
+        self._version[j] += 1
+        if flip != math.inf:
+            heapq.heappush(self._flips, (flip, j, self._version[j]))
+        return changed
+
+    def _set_leaf(self, k: int, now: int) -> None:
+        """Record class k's current head (lazily cleaned) and re-play its path, as far as a
+        winner other than class k stays."""
+        head = self._queues[k].head()
+        win = self._win
+        if head is None:
+            self._head_t[k], win[self._size + k] = _NEVER, -1
+        else:
+            self._head_t[k], self._head_r[k] = head.last_access_ns, head.released
+            win[self._size + k] = k
+        j = (self._size + k) // 2
+        while j:
+            before = win[j]
+            if not self._replay(j, now) and before != k:
+                break  # this node's winner, and so everything above, is unaffected
+            j //= 2
+
+    def _advance(self, now: int) -> None:
+        """Process the flips due by ``now``."""
+        flips, version = self._flips, self._version
+        while flips and flips[0][0] <= now:
+            _, j, v = heapq.heappop(flips)
+            if v != version[j]:
+                continue  # re-played since
+            while j and self._replay(j, now):
+                j //= 2
+            # NOTE: an ancestor whose children's winners are unchanged keeps its winner and flip
+
+    def _new_class(self, cost: float, now: int) -> int:
+        k = len(self._costs)
+        self._queues.append(LruHeap(1))
+        self._costs.append(cost)
+        self._head_t.append(_NEVER)
+        self._head_r.append(0)
+        self._slot[cost] = k
+        if k == self._size:  # full: double and re-play every node
+            size = self._size = 2 * self._size
+            self._win = [-1] * size + [i if self._head_t[i] != _NEVER else -1 for i in range(k)]
+            self._win += [-1] * (2 * size - len(self._win))
+            self._version, self._flips = [0] * 2 * size, []
+            for j in range(size - 1, 0, -1):
+                self._replay(j, now)
+        return k
 
     def add(self, node, now_ns: int) -> None:
         if node.policy_data is None:
             node.policy_data = 0
-        cost = node.recompute_s
-        queue = self._classes.get(cost)
-        if queue is None:
-            queue = self._classes[cost] = LruHeap(1)
-            insort(self._costs, cost)
-        queue.push(node)
-        self._oldest.push(node)
+        k = self._slot.get(node.recompute_s)
+        if k is None:
+            k = self._new_class(node.recompute_s, now_ns)
+        self._queues[k].push(node)
+        if self._win[self._size + k] < 0 or node.released < self._head_r[k]:
+            self._set_leaf(k, now_ns)  # a new head (under msa: only in a class that was empty)
 
     def remove(self, node) -> None:
         pass  # lazy: dropped when it surfaces
 
     def pop(self, now_ns: int):
-        oldest = self._oldest.head()
-        if oldest is None:
-            return None
-        max_idle_ns = now_ns - oldest.last_access_ns
-        best = best_key = best_queue = None
-        for cost in self._costs:
-            if best_key is not None and self.value(cost, max_idle_ns) >= best_key[0]:
-                break  # every later class costs more: its values are at least this bound
-            queue = self._classes[cost]
-            node = queue.head()
-            if node is None:
-                continue
-            key = (
-                self.value(cost, now_ns - node.last_access_ns),
-                cost,
-                node.start_token,
-                node.released,
-            )
-            if best_key is None or key < best_key:
-                best, best_key, best_queue = node, key, queue
-        best_queue.pop_head()
-        return best
+        self._advance(now_ns)
+        while True:
+            k = self._win[1]
+            if k < 0:
+                return None
+            queue = self._queues[k]
+            head = queue.head()
+            if head is not None and head.released == self._head_r[k]:
+                queue.pop_head()
+                self._set_leaf(k, now_ns)
+                return head
+            self._set_leaf(k, now_ns)  # its head was reused since: the next one competes

@@ -159,14 +159,14 @@ def test_l_ignores_inserts_and_hits_on_units_in_use_and_clamps_to_its_range():
 
 
 def test_a_new_l_rekeys_every_candidate():
-    """A rebuild at t = 10 s with L = 1 s: R and P (idle 10 s) are far down the steep branch,
-    Q (ΔT 1 s, idle 5 s) too, and ΔT now matters less than idleness."""
+    """At t = 10 s one reuse 5.4 s long makes L = 10^0.74 s = 5.50 s (its bin's upper edge).
+    R and P (idle 10 s) are now past L, on the steep branch: log V(R) = ln 2 − (10 − τ0)/β
+    = −22.7, log V(P) = −22.0, while Q (idle 5 s) is on the gentle one: log V(Q) = −5/α = −0.63.
+    Keyed as before (L = 10 s), Q would go first; keyed on the gentle branch alone, too."""
     c = _three_candidates()
     c.policy.reestimate_every = 1
-    c.policy.on_access(SimpleNamespace(hits=1, refs=0), 10 * S, 10 * S - 999_000_000)
-    assert c.policy.l_s == pytest.approx(1.0) and c.policy.rebuilds == 1
-    # f = 1/2 · 2^(−40(τ − 1 s)/1 s): log2 V(R) = 1 − 1 − 360, V(P) = 2 − 1 − 360,
-    # V(Q) = 0 − 1 − 160: Q is worth 2^200 times R.
+    c.policy.on_access(SimpleNamespace(hits=1, refs=0), 10 * S, 10 * S - 5_400_000_000)
+    assert c.policy.l_s == pytest.approx(10**0.74, rel=1e-12) and c.policy.rebuilds == 1
     assert _victims(c, 10 * S) == [2, 4, 9]
 
 
@@ -305,43 +305,81 @@ def test_pensieve_evicts_the_lowest_cost_per_idle_time(now_s, order):
 
 @given(
     units=st.lists(
-        st.tuples(st.integers(0, 9), st.sampled_from([0.5, 1.0, 1.5, 2.0, 3.0]), st.integers(0, 5)),
+        st.tuples(st.integers(0, 9), st.sampled_from([0.5, 1.0, 1.5, 2.0, 3.0, 0.0])),
         min_size=1,
         max_size=30,
     ),
-    pops=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 4)), min_size=1, max_size=10),
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["release", "release", "reuse", "pop"]),
+            st.integers(0, 3),  # seconds since the previous step (0: ties in time)
+            st.integers(0, 29),  # which unit (reuse), how many victims (pop)
+        ),
+        min_size=1,
+        max_size=60,
+    ),
 )
-def test_pensieve_victims_are_the_argmin_of_a_full_scan(units, pops):
-    """Units of arbitrary costs (not monotone in position: the cost tie rule matters) released
-    at non-decreasing times, then pops at later times: each victim is the minimum of
-    (ΔT / τ, ΔT, start token, release order) over every candidate, however the classes are
-    pruned."""
+def test_pensieve_victims_are_the_argmin_of_a_full_scan(units, ops):
+    """Units of arbitrary costs (not monotone in position: the cost tie rule matters; some free
+    to recompute), inserted together, then releases in any order, reuses (acquired and released
+    again: stale heads) and pops at non-decreasing times: each victim is the minimum of
+    (ΔT / τ, ΔT, release order) over every candidate."""
     costs = {}
     c = _cache("pensieve", recompute=lambda start, tokens: costs[start])
 
     def key(x, now):
         idle = now - x.last_access_ns
-        value = x.recompute_s / idle if idle else math.inf
-        return (value, x.recompute_s, x.start_token, x.released)
+        if x.recompute_s == 0:
+            value = 0.0
+        else:
+            value = x.recompute_s / idle if idle else math.inf
+        return (value, x.recompute_s, x.released)
 
-    now = 0
-    for k, (depth, cost, dt_s) in enumerate(units):
+    held = []
+    for k, (depth, cost) in enumerate(units):
         start = (depth + 10 * k) * UNIT  # a distinct position per unit, so a cost per unit
         costs[start] = cost
+        c.allocate(UNIT // BS, 0)
+        held.append(c.commit_unit(k, None, depth + 10 * k, start, UNIT, 0)[0])
+    now = 0
+    for kind, dt_s, a in ops:
         now += dt_s * S
-        c.allocate(UNIT // BS, now)
-        node, _ = c.commit_unit(k, None, depth + 10 * k, start, UNIT, now)
-        c.release([node], 0, now)
-    for dt_s, n in pops:
-        now += dt_s * S
-        for _ in range(n):
-            cands = [x for x in c.tree.nodes.values() if x.candidate]
-            v = c.tree.pop_victim(now)
-            if not cands:
-                assert v is None
-                break
-            assert v is min(cands, key=lambda x, now=now: key(x, now))
-            c.free += v.blocks
+        if kind == "release" and held:
+            c.release([held.pop(a % len(held))], 0, now)
+        elif kind == "reuse":
+            node = c.tree.nodes.get(a % len(units))
+            if node is not None and node.refs == 0:
+                _reuse(c, [node], now, now)
+        elif kind == "pop":
+            for _ in range(a % 4 + 1):
+                cands = [x for x in c.tree.nodes.values() if x.candidate]
+                v = c.tree.pop_victim(now)
+                if not cands:
+                    assert v is None
+                    break
+                assert v is min(cands, key=lambda x, now=now: key(x, now))
+                c.free += v.blocks
+
+
+def test_pensieve_a_reused_unit_competes_with_its_new_idle_time():
+    """Unit 1 is reused at 7 s. At 8 s: unit 2 is worth 2/8, unit 3 3/8, unit 4 1/2 and unit 1
+    1/1 — no longer 1/8 as when it was idle since 0."""
+    c = _pensieve_cache()
+    _reuse(c, [c.tree.nodes[1]], 7 * S, 7 * S)
+    assert _victims(c, 8 * S) == [2, 3, 4, 1]
+
+
+def test_pensieve_ties_go_to_the_cheaper_unit():
+    """Unit 1 (position 0, ΔT 2 s, idle 4 s) and unit 2 (position 3, ΔT 1 s, idle 2 s) are both
+    worth 0.5 s per idle second: the cheaper goes first, though it sits deeper. Unit 4 (ΔT 100 s,
+    idle 10 s) is worth 10 and goes last; being the oldest, it keeps the classes' bound low
+    enough that unit 1 is compared with unit 2."""
+    costs = {0: 2.0, 3 * UNIT: 1.0, 6 * UNIT: 100.0}
+    c = _cache("pensieve", recompute=lambda start, tokens: costs[start])
+    _unit(c, 4, 6, 0, release_at=0)
+    _unit(c, 1, 0, 6 * S, release_at=6 * S)
+    _unit(c, 2, 3, 8 * S, release_at=8 * S)
+    assert _victims(c, 10 * S) == [2, 1, 4]
 
 
 @pytest.mark.parametrize(
