@@ -36,9 +36,11 @@ from .scenario import (
     TraceWorkload,
 )
 from .scheduler import Scheduler, Seq
+from .timeseries import MAX_TIME_NS, QueueSeries
 from .workload import Workload
 
 GIB = 1 << 30
+QUEUE_FULL = "rejected: queue full"
 
 
 def check_fits(scenario: Scenario, model: ModelSpec, gpu: GpuSpec) -> None:
@@ -294,6 +296,7 @@ class Cluster:
         self.workload = Workload(workload_requests(scenario), self._source())
         self._scale = 1e9 / scenario.workload.rate_scale
         self._session_start: dict = {}  # open sessions' first arrivals (ns)
+        self._max_waiting = sc.max_waiting if sc.max_waiting is not None else float("inf")
 
     def _finisher(self, index: int):
         def done(seq, now_ns) -> bool:
@@ -351,6 +354,12 @@ class Cluster:
         req = self.workload.next()
         if req is None:
             return
+        t_s = req.arrival_s * self._scale / 1e9
+        if not t_s < MAX_TIME_NS / 1e9:
+            raise KvsimError(
+                f"{self._source()}: request {req.id} arrives at {t_s:.3g} s (after "
+                f"workload.rate_scale); simulated time ends at {MAX_TIME_NS / 1e9:.3g} s"
+            )
         t = max(self.env.now, round(req.arrival_s * self._scale))
         _at(self.env, t, lambda _ev: self._arrive(req))
 
@@ -370,9 +379,22 @@ class Cluster:
                 for r in self.replicas:
                     r.sync(now)
             idx = choose(self.router, req, self.replicas)
-            self.replicas[idx].submit(Seq(req, now))
+            if self.replicas[idx].num_waiting >= self._max_waiting:
+                self.recorder.drop(req, now, QUEUE_FULL, self._turn_done(req, now))
+                self._on_done(len(self.recorder))
+            else:
+                self.replicas[idx].submit(Seq(req, now))
         if chained:
             self._next_arrival()
+
+    def check_workload(self, rows: int) -> int:
+        """Read the workload's first ``rows`` requests and check them as arrivals are checked,
+        without simulating (``kvsim validate``); returns how many were read."""
+        n = 0
+        for req in itertools.islice(workload_requests(self.scenario), rows):
+            self._drop_reason(req)
+            n += 1
+        return n
 
     def _latency_notes(self) -> dict:
         if self.latency.name != "profile":
@@ -386,7 +408,8 @@ class Cluster:
 
     def run(self) -> Results:
         self._next_arrival()
-        self.env.run()
+        series = QueueSeries(self.replicas)
+        series.run(self.env)  # env.run(), sampling the queues on the way
         unfinished = sum(r.scheduler.has_work() for r in self.replicas)
         if unfinished:
             raise RuntimeError("simulation ended with requests still in flight")
@@ -405,7 +428,9 @@ class Cluster:
                 **self._checkpoint_notes(),
             },
         }
-        return Results(self.recorder, info)
+        results = Results(self.recorder, info)
+        results.timeseries = series
+        return results
 
     def _checkpoint_notes(self) -> dict:
         """Recurrent models: the checkpoints stored and the memory they held (decimal GB, all

@@ -319,6 +319,8 @@ class Results:
     """What a run produced: ``summary`` (a dict), ``requests`` (rows), CSV text."""
 
     def __init__(self, rec: Recorder, info: dict):
+        self.timeseries = None
+        """Queue lengths over time (``timeseries.QueueSeries``), set by the cluster's run."""
         self._sink = rec.sink
         self._reasons = rec.reason_list
         n, done = rec.count, rec.finished_count

@@ -2,7 +2,9 @@
 
 What a serving engineer looks at first: the latency distributions against the SLO (CDFs of TTFT,
 TPOT, E2E), whether latency drifts over the run (TTFT by arrival time: queueing shows as a ramp),
-throughput over time, and how the prefix cache and preemptions behave over time.
+throughput over time, how the prefix cache and preemptions behave over time, and the queues
+(waiting and running requests over time, summed over replicas: overload shows as a waiting queue
+that only grows).
 """
 
 from __future__ import annotations
@@ -27,15 +29,17 @@ def _cdf(values: np.ndarray, points: int = 400) -> tuple[np.ndarray, np.ndarray]
     return np.quantile(v, q), q
 
 
-def _figure(cols: dict, summary: dict) -> go.Figure:
+def _figure(cols: dict, summary: dict, queues: dict) -> go.Figure:
     fig = make_subplots(
-        rows=3,
+        rows=4,
         cols=2,
         subplot_titles=(
             "TTFT (CDF)", "TPOT (CDF)", "TTFT by arrival time", "E2E and job latency (CDF)",
             "Throughput over time", "Prefix hits and preemptions over time",
+            "Requests waiting and running (all replicas)",
         ),
-        vertical_spacing=0.09,
+        specs=[[{}, {}], [{}, {}], [{}, {}], [{"colspan": 2}, None]],
+        vertical_spacing=0.07,
     )  # fmt: skip
     slo = summary["slo"]
     curves = [
@@ -81,7 +85,12 @@ def _figure(cols: dict, summary: dict) -> go.Figure:
         fig.add_trace(go.Bar(x=mid, y=pre, name="preemptions (by arrival)"), row=3, col=2)
         fig.update_xaxes(title_text="time (s)", row=3, col=1)
         fig.update_xaxes(title_text="arrival (s)", row=3, col=2)
-    fig.update_layout(height=1100, template="plotly_white", legend={"orientation": "h"},
+    for name in ("waiting", "running"):
+        fig.add_trace(go.Scatter(x=queues["time_s"], y=queues[name], mode="lines",
+                                 line={"shape": "hv"}, name=name), row=4, col=1)  # fmt: skip
+    fig.update_xaxes(title_text="time (s)", row=4, col=1)
+    fig.update_yaxes(title_text="requests", row=4, col=1)
+    fig.update_layout(height=1450, template="plotly_white", legend={"orientation": "h"},
                       margin={"t": 60, "b": 40})  # fmt: skip
     return fig
 
@@ -90,7 +99,7 @@ def report_html(results: Results, title: str) -> str:
     """The report as one HTML document (plotly.js embedded: opens without a network)."""
     s = results.summary
     cols = results.columns()
-    fig = _figure(cols, s)
+    fig = _figure(cols, s, results.timeseries.columns())
     plot = pio.to_html(fig, full_html=False, include_plotlyjs=True, div_id="kvsim-report",
                        config={"displaylogo": False})  # fmt: skip
     rows = "".join(
