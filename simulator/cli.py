@@ -124,6 +124,14 @@ def _parser() -> argparse.ArgumentParser:
         help="write into a folder that holds another sweep's results, replacing them",
     )
     sw.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sw.add_argument(
+        "--policy-path",
+        dest="policy_path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder to import dotted policy paths from, as for kvsim run (repeatable)",
+    )
 
     val = sub.add_parser("validate", parents=[overrides], help="check a scenario and exit")
     val.add_argument("scenario")
@@ -377,6 +385,7 @@ def _sweep(args) -> int:
     sweep = load_sweep(args.sweep)
     if args.ray_address and args.executor != "ray":
         raise KvsimError("--ray-address: only with --executor ray")
+    policy_path = _policy_dirs(args)
     out = Path(args.out) if args.out else Path("runs") / sweep.name
     try:
         run = run_sweep(
@@ -387,17 +396,17 @@ def _sweep(args) -> int:
             ray_address=args.ray_address,
             force=args.force,
             progress=not args.no_progress and sys.stderr.isatty(),
+            policy_path=policy_path,
         )
     except KeyboardInterrupt as e:
-        if not hasattr(e, "points_done"):  # before any point ran
-            print("kvsim: interrupted; no points run", file=sys.stderr)
-            return 130
-        print(
-            f"kvsim: interrupted; {e.points_done} of {e.points_total} points done in {out}/ "
-            "(the same command resumes)",
-            file=sys.stderr,
-        )
-        return 130
+        what = "terminated" if isinstance(e, _Terminated) else "interrupted"
+        if hasattr(e, "points_done"):
+            done = f"{e.points_done} of {e.points_total} points done in {out}/ (the same command "
+            done += "resumes)"
+        else:
+            done = "no points run"
+        print(f"kvsim: {what}; {done}", file=sys.stderr)
+        return 143 if isinstance(e, _Terminated) else 130
     marks = {i: "ran" for i in run.ran} | {i: "reused" for i in run.reused}
     print(
         f"kvsim: sweep {sweep.name}: {len(sweep.points)} points over {sweep.base} "

@@ -18,7 +18,6 @@ files, so it is the same whichever executor ran the points and in whatever order
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -28,13 +27,12 @@ import re
 import shutil
 import signal
 import tempfile
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import KvsimError
-from ..output import FILES, write_results
+from ..output import FILES, SignalsHeld, write_results
 from ..progress import ProgressBar
 from ..scenario import load_scenario
 from .report import report_html
@@ -46,7 +44,7 @@ POINT_FILE = "point.json"
 EXECUTORS = ("local", "ray")
 _POINT_DIR = re.compile(r"\d+-[0-9a-f]{8}")
 
-Task = tuple[int, str, list[str]]
+Task = tuple[int, str, list[str], tuple[str, ...]]
 Result = tuple[int, "dict[str, bytes] | None", "str | None"]
 
 
@@ -57,9 +55,9 @@ def run_point(task: Task) -> Result:
 
     from ..cluster import simulate
 
-    index, base, overrides = task
+    index, base, overrides, policy_path = task
     try:
-        scenario = load_scenario(base, overrides)
+        scenario = load_scenario(base, overrides, policy_path=policy_path)
         results = simulate(scenario)
         with tempfile.TemporaryDirectory(prefix="kvsim-point-") as tmp:
             out = write_results(Path(tmp) / "run", scenario, results)
@@ -147,23 +145,6 @@ def _state(folder: Path, point: Point, resolved: str) -> str:
     except (OSError, ValueError):
         return "incomplete"
     return "done"
-
-
-@contextlib.contextmanager
-def _interrupts_held():
-    """Ctrl-C (SIGINT) waits until the block ends, then is raised: a point's folder and the
-    count of points done change together. (Only the main thread can swap handlers.)"""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda n, f: pending.append(n))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if pending:
-            signal.raise_signal(signal.SIGINT)
 
 
 def _commit(out: Path, point: Point, files: dict[str, bytes]) -> None:
@@ -260,12 +241,15 @@ def run_sweep(
     ray_address: str | None = None,
     force: bool = False,
     progress: bool = False,
+    policy_path: tuple[str, ...] = (),
 ) -> SweepRun:
     """Validate every point, run those not done yet, write the table and the report.
 
-    Ctrl-C stops the run; the points finished by then stay complete, and running the sweep
-    again reuses them (the KeyboardInterrupt carries ``points_done`` and ``points_total``)."""
-    resolved = resolve_points(sweep)
+    Ctrl-C (or SIGTERM, where the caller turns it into a KeyboardInterrupt) stops the run; the
+    points finished by then stay complete, and running the sweep again reuses them (the
+    KeyboardInterrupt carries ``points_done`` and ``points_total``). ``policy_path``: folders
+    dotted policy paths may be imported from, as ``kvsim run --policy-path``."""
+    resolved = resolve_points(sweep, policy_path)
     _prepare(out, _definition(sweep, resolved), force)
     todo: list[Point] = []
     reused: list[int] = []
@@ -291,7 +275,7 @@ def run_sweep(
         if error is not None:
             shown = " ".join(f"--set {o}" for o in point.overrides)
             raise KvsimError(f"{sweep.path}: point {index} ({shown}): {error}")
-        with _interrupts_held():
+        with SignalsHeld():  # the folder and the count of points done change together
             _commit(out, point, files)
             done += 1
         bar.update(done)
@@ -299,7 +283,8 @@ def run_sweep(
     try:
         if todo:
             base = str(sweep.base.resolve())  # workers may run elsewhere (a Ray node)
-            tasks = [(p.index, base, list(p.overrides)) for p in todo]
+            paths = tuple(str(Path(d).resolve()) for d in policy_path)
+            tasks = [(p.index, base, list(p.overrides), paths) for p in todo]
             _RUNNERS[executor](tasks, workers or os.cpu_count() or 1, ray_address, on_result)
     except KeyboardInterrupt as e:
         e.points_done, e.points_total = done, total

@@ -18,7 +18,7 @@ from typing import Any
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from ..errors import KvsimError
+from ..errors import KvsimError, echo
 from .spec import Plot, Sweep
 from .table import Table, cell_text, column_kind
 
@@ -164,9 +164,9 @@ def _check_columns(sweep: Sweep, columns: list[str]) -> None:
             if name is not None and name not in known:
                 shown = ", ".join(columns[:12]) + (", …" if len(columns) > 12 else "")
                 raise KvsimError(
-                    f"{sweep.path}: plots[{i}].{field}: {name!r} is not allowed: not a column of "
-                    f"the results table (results.csv is written; finished points are reused when "
-                    f"run again); columns: {shown}"
+                    f"{sweep.path}: plots[{i}].{field}: {echo(name)} is not allowed: not a "
+                    "column of the results table (results.csv is written; finished points are "
+                    f"reused when run again); columns: {shown}"
                 )
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import KvsimError, read_yaml_mapping
+from ..errors import KvsimError, echo, read_yaml_mapping
 from ..scenario import apply_overrides, load_scenario
 
 SWEEP_KEYS = ("name", "base", "set", "grid", "plots")
@@ -120,13 +120,15 @@ def _set_text(path: str, value: Any, where: str) -> str:
             continue
         if _canonical(node) == _canonical(value):
             return f"{path}={text}"
-    raise KvsimError(f"{where}: {value!r} is not allowed: it cannot be written as a --set value")
+    raise KvsimError(
+        f"{where}: {echo(value)} is not allowed: it cannot be written as a --set value"
+    )
 
 
 def _check_path(path: Any, where: str) -> str:
     if not isinstance(path, str) or not _PATH.fullmatch(path):
         raise KvsimError(
-            f"{where}: {path!r} is not allowed: an override path is dotted field names, "
+            f"{where}: {echo(path)} is not allowed: an override path is dotted field names, "
             "e.g. cluster.replicas"
         )
     return path
@@ -134,14 +136,15 @@ def _check_path(path: Any, where: str) -> str:
 
 def _flag(value: Any, where: str) -> bool:
     if not isinstance(value, bool):
-        raise KvsimError(f"{where}: {value!r} is not allowed: true or false")
+        raise KvsimError(f"{where}: {echo(value)} is not allowed: true or false")
     return value
 
 
 def _column_name(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise KvsimError(
-            f"{where}: {value!r} is not allowed: a column name, e.g. cluster.replicas or ttft_s.p99"
+            f"{where}: {echo(value)} is not allowed: a column name, e.g. cluster.replicas or "
+            "ttft_s.p99"
         )
     return value
 
@@ -151,12 +154,13 @@ def _unknown(doc: dict, allowed: tuple[str, ...], where: str) -> None:
         if key not in allowed:
             hint = difflib.get_close_matches(str(key), allowed, n=1)
             did = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise KvsimError(f"{where}: unknown key {key!r}{did} (allowed: {', '.join(allowed)})")
+            allowed_keys = ", ".join(allowed)
+            raise KvsimError(f"{where}: unknown key {echo(key)}{did} (allowed: {allowed_keys})")
 
 
 def _plot(doc: Any, where: str) -> Plot:
     if not isinstance(doc, dict):
-        raise KvsimError(f"{where}: {doc!r} is not allowed: a mapping such as "
+        raise KvsimError(f"{where}: {echo(doc)} is not allowed: a mapping such as "
                          "{x: cluster.replicas, y: ttft_s.p99}")  # fmt: skip
     _unknown(doc, PLOT_KEYS, where)
     for key in ("x", "y"):
@@ -164,15 +168,17 @@ def _plot(doc: Any, where: str) -> Plot:
             raise KvsimError(f"{where}.{key}: required field is missing")
     kind = doc.get("kind", "curve")
     if kind not in PLOT_KINDS:
-        raise KvsimError(f"{where}.kind: {kind!r} is not allowed: {' or '.join(PLOT_KINDS)}")
+        raise KvsimError(f"{where}.kind: {echo(kind)} is not allowed: {' or '.join(PLOT_KINDS)}")
     flags = {k: _flag(doc[k], f"{where}.{k}") for k in PLOT_FLAGS if k in doc}
     for k in ("maximize_x", "maximize_y"):
         if k in flags and kind != "pareto":
-            raise KvsimError(f"{where}.{k}: {flags[k]!r} is not allowed: only with kind: pareto")
+            raise KvsimError(
+                f"{where}.{k}: {echo(flags[k])} is not allowed: only with kind: pareto"
+            )
     series = doc.get("series")
     title = doc.get("title")
     if title is not None and not isinstance(title, str):
-        raise KvsimError(f"{where}.title: {title!r} is not allowed: a text")
+        raise KvsimError(f"{where}.title: {echo(title)} is not allowed: a text")
     return Plot(
         x=_column_name(doc["x"], f"{where}.x"),
         y=_column_name(doc["y"], f"{where}.y"),
@@ -191,14 +197,14 @@ def _grid_products(grid: Any, source: str, fixed: dict) -> list[list[tuple[str, 
         tables = [(f"grid[{i}]", g) for i, g in enumerate(grid)]
     else:
         raise KvsimError(
-            f"{source}: grid: {grid!r} is not allowed: a mapping of override path → list of "
+            f"{source}: grid: {echo(grid)} is not allowed: a mapping of override path → list of "
             "values, or a list of such mappings"
         )
     total = 0
     for where, table in tables:
         if not isinstance(table, dict) or not table:
             raise KvsimError(
-                f"{source}: {where}: {table!r} is not allowed: a mapping of override path → "
+                f"{source}: {where}: {echo(table)} is not allowed: a mapping of override path → "
                 "list of values, e.g. {cluster.replicas: [1, 2, 4]}"
             )
         for path, values in table.items():
@@ -209,7 +215,7 @@ def _grid_products(grid: Any, source: str, fixed: dict) -> list[list[tuple[str, 
                 )
             if not isinstance(values, list) or not values:
                 raise KvsimError(
-                    f"{source}: {where}.{path}: {values!r} is not allowed: a non-empty list of "
+                    f"{source}: {where}.{path}: {echo(values)} is not allowed: a non-empty list of "
                     "values, e.g. [1, 2, 4]"
                 )
         total += math.prod(len(v) for v in table.values())
@@ -233,20 +239,20 @@ def load_sweep(path: str | Path) -> Sweep:
     name = doc.get("name", path.stem)
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise KvsimError(
-            f"{source}: name: {name!r} is not allowed: letters, digits and ._+=,@()- (it names "
+            f"{source}: name: {echo(name)} is not allowed: letters, digits and ._+=,@()- (it names "
             "the folder runs/<name>), at most 100 characters"
         )
     if "base" not in doc:
         raise KvsimError(f"{source}: base: required field is missing (the scenario file)")
     base_text = doc["base"]
     if not isinstance(base_text, str) or not base_text:
-        raise KvsimError(f"{source}: base: {base_text!r} is not allowed: a scenario file path")
+        raise KvsimError(f"{source}: base: {echo(base_text)} is not allowed: a scenario file path")
     base = Path(os.path.normpath(path.parent / base_text))
     if not base.is_file():
         raise KvsimError(f"{source}: base: scenario file {base} not found")
     fixed = doc.get("set") or {}
     if not isinstance(fixed, dict):
-        raise KvsimError(f"{source}: set: {fixed!r} is not allowed: a mapping of path → value")
+        raise KvsimError(f"{source}: set: {echo(fixed)} is not allowed: a mapping of path → value")
     for p in fixed:
         _check_path(p, f"{source}: set")
     if "grid" not in doc:
@@ -267,12 +273,12 @@ def load_sweep(path: str | Path) -> Sweep:
     plots = doc.get("plots")
     if plots is not None:
         if not isinstance(plots, list):
-            raise KvsimError(f"{source}: plots: {plots!r} is not allowed: a list of charts")
+            raise KvsimError(f"{source}: plots: {echo(plots)} is not allowed: a list of charts")
         plots = tuple(_plot(d, f"{source}: plots[{i}]") for i, d in enumerate(plots))
     return Sweep(path, name, base, tuple(points), plots)
 
 
-def resolve_points(sweep: Sweep) -> list[str]:
+def resolve_points(sweep: Sweep, policy_path: tuple[str, ...] = ()) -> list[str]:
     """Every point's scenario, validated before anything runs, as its resolved YAML text.
 
     A bad point is a one-line error naming the sweep file and the point's overrides; two points
@@ -281,7 +287,8 @@ def resolve_points(sweep: Sweep) -> list[str]:
     seen: dict[str, int] = {}
     for point in sweep.points:
         try:
-            text = load_scenario(sweep.base, list(point.overrides)).resolved_yaml()
+            scenario = load_scenario(sweep.base, list(point.overrides), policy_path=policy_path)
+            text = scenario.resolved_yaml()
         except KvsimError as e:
             raise KvsimError(f"{sweep.path}: point {point.index} ({_shown(point)}): {e}") from None
         if text in seen:

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from kvsim.simulator.cli import main
+from kvsim.simulator.output import FILES
 from kvsim.simulator.sweep import load_sweep, pareto_front, staircase
 
 BASE = {
@@ -50,7 +51,7 @@ plots:
   - {x: ttft_s.p99, y: throughput.requests_per_s, series: scheduler.chunking.type,
      kind: pareto, maximize_y: true}
 """
-RUN_FILES = ("summary.json", "requests.csv", "scenario.resolved.yaml", "report.html")
+RUN_FILES = FILES  # what `kvsim run` writes
 OUT_FILES = ("results.csv", "results.parquet", "report.html")
 
 
@@ -414,7 +415,12 @@ def test_the_driver_gets_each_point_as_it_finishes(tmp_path):
     assert got == [(0, {"saw": b"no"}, None), (1, {"saw": b"yes"}, None)]
 
 
-def test_ctrl_c_keeps_finished_points_and_the_same_command_resumes(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "sig, status, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
+def test_ctrl_c_keeps_finished_points_and_the_same_command_resumes(
+    tmp_path, capsys, sig, status, word
+):
     # Point 0 is quick and point 1 takes over a second: Ctrl-C lands while point 1 runs.
     path = _write(
         tmp_path,
@@ -434,16 +440,46 @@ def test_ctrl_c_keeps_finished_points_and_the_same_command_resumes(tmp_path, cap
     while not list(pathlib.Path(out / "points").glob("*/point.json")):
         assert p.poll() is None and time.monotonic() < deadline
         time.sleep(0.01)
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     _, err = p.communicate(timeout=60)
-    assert p.returncode == 130
-    done = int(err.split("interrupted; ")[1].split(" of 4")[0])
+    assert p.returncode == status
+    done = int(err.split(f"kvsim: {word}; ")[1].split(" of 4")[0])
     assert 1 <= done < 4 and "Traceback" not in err
     assert err.strip().endswith(f"points done in {out}/ (the same command resumes)")
     finished = sorted(f.parent.name for f in (out / "points").glob("*/point.json"))
     assert len(finished) == done and not (out / "results.csv").exists()
     assert f"({4 - done} ran, {done} reused)" in _sweep(capsys, path, out, "--workers", "2")
     assert len(_rows(out)) == 4
+
+
+def test_policies_from_a_policy_path(tmp_path, capsys):
+    """A dotted policy path is imported from --policy-path in the driver and in the workers, as
+    `kvsim run --policy-path` does; without it the point is refused before anything runs."""
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "kvsim_test_sweep_policy.py").write_text(
+        "class Evict:\n"
+        "    def __init__(self, context):\n"
+        "        pass\n\n"
+        "    def key(self, node):\n"
+        "        return (node.last_access_ns, -node.depth)\n"
+    )
+    path = _write(
+        tmp_path,
+        "base: base.yaml\nset: {cache.num_gpu_blocks: 300}\n"
+        "grid: {cache.eviction: [lru, 'kvsim_test_sweep_policy:Evict']}\n",
+    )
+    out = tmp_path / "out"
+    err = _error(capsys, ["sweep", str(path), "--out", str(out), "--no-progress"])
+    point = "point 1 (--set cache.num_gpu_blocks=300 --set cache.eviction=kvsim_test_sweep_policy"
+    assert f"{point}:Evict)" in err
+    assert "cannot be imported" in err and not out.exists()
+    _sweep(capsys, path, out, "--policy-path", str(policies))
+    rows = _rows(out)
+    assert [r["cache.eviction"] for r in rows] == ["lru", "kvsim_test_sweep_policy:Evict"]
+    assert int(rows[1]["evictions"]) > 0
+    # The policy orders victims as LRU does (oldest release first, deepest first among equals).
+    assert rows[1]["ttft_s.p99"] == rows[0]["ttft_s.p99"]
 
 
 # ---------------------------------------------------------------- bad input
