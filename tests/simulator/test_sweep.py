@@ -480,6 +480,19 @@ def test_policies_from_a_policy_path(tmp_path, capsys):
     assert int(rows[1]["evictions"]) > 0
     # The policy orders victims as LRU does (oldest release first, deepest first among equals).
     assert rows[1]["ttft_s.p99"] == rows[0]["ttft_s.p99"]
+    # A worker in a fresh interpreter (a Ray node's) imports the policy from the task's folders.
+    code = (
+        "import sys; from kvsim.simulator.sweep.execute import run_point; "
+        "i, files, error = run_point((1, sys.argv[1], sys.argv[3:], (sys.argv[2],))); "
+        "print(error or files['summary.json'].decode())"
+    )
+    overrides = load_sweep(path).points[1].overrides
+    argv = [sys.executable, "-c", code, str(tmp_path / "base.yaml"), str(policies), *overrides]
+    p = subprocess.run(argv, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == json.loads(
+        (out / rows[1]["folder"] / "summary.json").read_text()
+    )
 
 
 # ---------------------------------------------------------------- bad input
