@@ -57,7 +57,9 @@ class CandidateSetPolicy(Protocol):
     def pop(self, now_ns: int): ...
 
 
-EVICTION = Registry("eviction", interfaces=({"key": 1}, {"add": 2, "remove": 1, "pop": 1}))
+EVICTION = Registry(
+    "eviction", interfaces=({"key": 1}, {"add": 2, "remove": 1, "pop": 1}), field="cache.eviction"
+)
 
 
 @EVICTION.register("lru")

@@ -31,10 +31,14 @@ from ..errors import KvsimError, clip, echo
 class Registry:
     """Policies of one family, by name."""
 
-    def __init__(self, family: str, interfaces: tuple[dict[str, int], ...] = ()):
+    def __init__(
+        self, family: str, interfaces: tuple[dict[str, int], ...] = (), field: str | None = None
+    ):
         """``interfaces``: the method sets a policy of this family may implement, each method
-        with the number of arguments it takes after ``self``."""
+        with the number of arguments it takes after ``self``; ``field``: the scenario field that
+        names it (errors raised while building a policy start with it)."""
         self.family = family
+        self.field = field
         self.interfaces = interfaces
         self._classes: dict[str, type] = {}
         self._imported: dict[str, type] = {}
@@ -123,16 +127,17 @@ class Registry:
         """An instance of the policy ``name``: ``cls(*args, **params)`` (``args`` are what the
         family gives every policy, e.g. an eviction context)."""
         cls = self.resolve(name)
+        where = f"{self.field}: " if self.field else ""
         try:
             inspect.signature(cls).bind(*args, **params)
         except TypeError as e:
             raise KvsimError(
-                f"{self.family} policy {echo(name)}: bad parameters {echo(params)} ({e})"
+                f"{where}{self.family} policy {echo(name)}: bad parameters {echo(params)} ({e})"
             ) from None
         try:
             return cls(*args, **params)
         except (TypeError, ValueError, ArithmeticError) as e:
-            raise KvsimError(f"{self.family} policy {echo(name)}: {clip(str(e))}") from None
+            raise KvsimError(f"{where}{self.family} policy {echo(name)}: {clip(str(e))}") from None
 
 
 @contextlib.contextmanager

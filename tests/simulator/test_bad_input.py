@@ -163,7 +163,8 @@ def test_validate_builds_the_cluster_as_run_does(tmp_path, capsys):
     args = ["--set", "cache.eviction={type: kvsim_test_validate_policy:Evict, p: 2}",
             "--policy-path", str(folder)]  # fmt: skip
     expected = (
-        f"{s}: eviction policy 'kvsim_test_validate_policy:Evict': p must be in (0, 1), not 2"
+        f"{s}: cache.eviction: eviction policy 'kvsim_test_validate_policy:Evict': p must be "
+        "in (0, 1), not 2"
     )
     assert _error(capsys, ["validate", str(s), *args]) == expected
     assert _error(capsys, ["run", str(s), *args], tmp_path / "out") == expected

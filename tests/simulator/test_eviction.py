@@ -417,7 +417,8 @@ def test_policies_whose_victims_depend_on_the_clock_say_so(name, make, t1, t2):
 def test_bad_parameters_are_one_line_errors(name, params, message):
     with pytest.raises(KvsimError) as e:
         EVICTION.create(name, None, **params)
-    assert str(e.value).startswith(f"eviction policy {name!r}: ") and "\n" not in str(e.value)
+    assert str(e.value).startswith(f"cache.eviction: eviction policy {name!r}: ")
+    assert "\n" not in str(e.value)
     assert message in str(e.value)
 
 
