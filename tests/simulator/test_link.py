@@ -42,9 +42,7 @@ def test_three_overlapping_transfers_share_the_rate():
     # [0, 1000): A alone, 1000 done (2000 left). [1000, 1200): A, B at 0.5: A 1900, B 900 left.
     # From 1200 a third each: C's 600 B take 1800 ns -> C at 3000 (A 1300, B 300 left).
     # From 3000 a half each: B's 300 B take 600 ns -> B at 3600 (A 1000 left). A alone -> 4600.
-    got, link = _run(
-        {"bandwidth_gbit_per_s": 8.0}, [(0, 1, 3000), (1000, 2, 1000), (1200, 3, 600)]
-    )
+    got, link = _run({"bandwidth_gbit_per_s": 8.0}, [(0, 1, 3000), (1000, 2, 1000), (1200, 3, 600)])
     assert got == {3: 3000, 2: 3600, 1: 4600}
     assert link.busy_ns == 4600 and link.transfers == 3
 
