@@ -68,3 +68,18 @@ class OldestFootprint:
             key=lambda n: ((now_ns - n.last_access_ns) * n.blocks, n.depth, n.id),
         )
         return self.cands.pop(id(node))
+
+
+class HalfRaw:
+    """A user's transfer codec (for tests): half the raw KV bytes, no codec work."""
+
+    def __init__(self, context):
+        from kvsim.simulator.policies.transfer import Quality
+
+        self.quality = Quality(source="none")
+        self.bytes_per_token = context.producer.kv_bytes_per_token // 2
+
+    def plan(self, tokens):
+        from kvsim.simulator.policies.transfer import TransferPlan
+
+        return TransferPlan(tokens * self.bytes_per_token)
