@@ -3,11 +3,15 @@
 TTFT = first token − arrival; TPOT = (finish − first token) / (output tokens − 1), undefined for
 one-token answers; E2E = finish − arrival.
 
-NOTE (memory): a finished request's record is appended at once, as 13 packed integers, to a
-temporary file (completion order, which is deterministic) and formatted as CSV only when written;
-everything else is a running sum. Percentiles are exact yet need no per-request memory: they are
-selected from that file in a few streaming passes (``_order_statistics``). So memory does not grow
-with trace length.
+A request's record (:class:`RequestRecord`) is created at arrival and follows it across replicas
+(DESIGN §9, S4): with a prefill and a decode pool, the prefill replica's hits, the hand-off's
+payload, waits and codec times, and the decode replica's outcome end up in one row.
+
+NOTE (memory): a finished request's record is appended at once, as packed integers
+(``FIELDS``), to a temporary file (completion order, which is deterministic) and formatted as CSV
+only when written; everything else is a running sum. Percentiles are exact yet need no
+per-request memory: they are selected from that file in a few streaming passes
+(``_order_statistics``). So memory does not grow with trace length.
 """
 
 from __future__ import annotations
@@ -21,9 +25,18 @@ import tempfile
 import numpy as np
 
 NS = 1e9
-# id, arrival, first, finish (ns), 8 counts, status (-1 = done), session (-1: none), turn, job
-# latency (ns; -1 unless the request ended its session)
-_RECORD = struct.Struct("<16q")
+# One finished or dropped request, as packed int64s. Times in ns; status -1 = done, else the index
+# of the drop reason; session -1: none; job latency, hand-off fields and replicas -1 where they do
+# not apply.
+FIELDS = (
+    "id", "arrival_ns", "first_ns", "finish_ns", "prompt_tokens", "output_tokens", "hit_tokens",
+    "hit_units", "units", "recomputed", "preemptions", "replica", "status", "session", "turn",
+    "job_ns", "prefill_replica", "decode_replica", "payload_bytes", "wait_ns", "transfer_ns",
+    "producer_codec_ns", "consumer_codec_ns", "handoff_ns", "cpu_hit_units",
+)  # fmt: skip
+F = {name: i for i, name in enumerate(FIELDS)}
+"""Column of each field in a record array."""
+_RECORD = struct.Struct(f"<{len(FIELDS)}q")
 
 COLUMNS = (
     "id",
@@ -46,12 +59,100 @@ COLUMNS = (
     "turn",
     "job_latency_s",
 )
+HANDOFF_COLUMNS = (
+    "prefill_replica",
+    "decode_replica",
+    "payload_bytes",
+    "wait_s",
+    "transfer_s",
+    "producer_codec_s",
+    "consumer_codec_s",
+    "handoff_s",
+)
+"""With a prefill and a decode pool: the replicas, the payload, the wait for the decode replica's
+blocks, the transfer (send to arrival), each side's codec time, and the hand-off (prefill done to
+the decode replica's first token)."""
+CPU_COLUMNS = ("cpu_hit_units",)
+"""With a CPU tier: units found there (``hit_units`` counts both tiers)."""
+
+
+class RequestRecord:
+    """What a request did across replicas, created at arrival (DESIGN §9, S4)."""
+
+    __slots__ = (
+        "arrival_ns",
+        "prefill_replica",
+        "handed_off",
+        "hit_tokens",
+        "hit_units",
+        "cpu_hit_units",
+        "preemptions",
+        "recomputed",
+        "prefill_done_ns",
+        "payload_bytes",
+        "wait_ns",
+        "transfer_ns",
+        "producer_codec_ns",
+        "consumer_codec_ns",
+        "handoff_ns",
+    )
+
+    def __init__(self, arrival_ns: int):
+        self.arrival_ns = arrival_ns
+        """When it reached the cluster."""
+        self.prefill_replica = -1
+        """The prefill replica that handed it off (-1: none)."""
+        self.handed_off = False
+        """Its prefill replica's counts below are final (a decode replica finishes it)."""
+        self.hit_tokens = 0
+        """Prompt tokens reused at its (prefill) replica's first admission."""
+        self.hit_units = 0
+        """Units found resident there, on the GPU or in the CPU tier."""
+        self.cpu_hit_units = 0
+        """Of those, units found in the CPU tier (loaded over PCIe)."""
+        self.preemptions = 0
+        """Preemptions on the replicas it left."""
+        self.recomputed = 0
+        """Tokens recomputed on the replicas it left."""
+        self.prefill_done_ns = -1
+        """When its prefill replica finished the prompt."""
+        self.payload_bytes = -1
+        """Bytes its hand-off put on the link."""
+        self.wait_ns = -1
+        """Prefill done to the transfer's start (the decode replica reserving its blocks)."""
+        self.transfer_ns = -1
+        """Transfer start to arrival (overhead, shared bandwidth, latency)."""
+        self.producer_codec_ns = -1
+        """Codec work on the prefill replica (priced alone)."""
+        self.consumer_codec_ns = -1
+        """Codec work on the decode replica (priced alone; what pipelining leaves)."""
+        self.handoff_ns = -1
+        """Prefill done to the decode replica's first sampled token."""
+
+    def left(self, seq) -> None:
+        """``seq`` (its state on the prefill replica) is handed off: keep its counts."""
+        self.handed_off = True
+        self.hit_tokens, self.hit_units = seq.hit_tokens, seq.hit_units
+        self.cpu_hit_units = seq.cpu_hit_units
+        self.preemptions += seq.preemptions
+        self.recomputed += seq.recomputed
 
 
 class Recorder:
     """Collects request outcomes during a run."""
 
-    def __init__(self, slo_ttft_s: float, slo_tpot_s: float):
+    def __init__(
+        self, slo_ttft_s: float, slo_tpot_s: float, handoff: bool = False, cpu_tier: bool = False
+    ):
+        self.handoff = handoff
+        """Rows carry the hand-off columns (a prefill and a decode pool)."""
+        self.cpu_tier = cpu_tier
+        """Rows carry the CPU-tier column."""
+        self.handoffs = self.handoff_ns_sum = 0
+        self.payload_bytes = 0
+        self.wait_ns_sum = self.transfer_ns_sum = 0
+        self.producer_codec_ns_sum = self.consumer_codec_ns_sum = 0
+        self.cpu_hit_units = 0
         self.sink = tempfile.TemporaryFile()
         self._pack = _RECORD.pack
         self.slo_ttft_s, self.slo_tpot_s = slo_ttft_s, slo_tpot_s
@@ -80,7 +181,8 @@ class Recorder:
 
     def finished(self, seq, replica: int, now_ns: int, job_ns: int = -1) -> None:
         r = seq.req
-        arr, first = seq.arrival_ns, seq.first_ns
+        rec = seq.rec
+        arr, first = rec.arrival_ns, seq.first_ns
         self._arrived(arr)
         ttft_ns = first - arr
         self.ttft_ns_sum += ttft_ns
@@ -99,13 +201,26 @@ class Recorder:
         if self.last_finish_ns is None or now_ns > self.last_finish_ns:
             self.last_finish_ns = now_ns
         units = len(r.blocks)
+        src = rec if rec.handed_off else seq  # hits: the replica that prefilled it
+        hit_tokens, hit_units, cpu_units = src.hit_tokens, src.hit_units, src.cpu_hit_units
+        preemptions = rec.preemptions + seq.preemptions
+        recomputed = rec.recomputed + seq.recomputed
         self.prompt_done += r.prompt_tokens
         self.output_done += out
-        self.hit_tokens_done += seq.hit_tokens
+        self.hit_tokens_done += hit_tokens
         self.units += units
-        self.hit_units += seq.hit_units
-        self.preemptions += seq.preemptions
-        self.recomputed += seq.recomputed
+        self.hit_units += hit_units
+        self.cpu_hit_units += cpu_units
+        self.preemptions += preemptions
+        self.recomputed += recomputed
+        if rec.handed_off:
+            self.handoffs += 1
+            self.handoff_ns_sum += rec.handoff_ns
+            self.payload_bytes += rec.payload_bytes
+            self.wait_ns_sum += rec.wait_ns
+            self.transfer_ns_sum += rec.transfer_ns
+            self.producer_codec_ns_sum += rec.producer_codec_ns
+            self.consumer_codec_ns_sum += rec.consumer_codec_ns
         self.sink.write(
             self._pack(
                 r.id,
@@ -114,17 +229,26 @@ class Recorder:
                 now_ns,
                 r.prompt_tokens,
                 out,
-                seq.hit_tokens,
-                seq.hit_units,
+                hit_tokens,
+                hit_units,
                 units,
-                seq.recomputed,
-                seq.preemptions,
+                recomputed,
+                preemptions,
                 replica,
                 -1,
                 -1 if r.session is None else r.session,
                 r.turn,
                 job_ns,
-            )
+                rec.prefill_replica,
+                replica if rec.handed_off else -1,
+                rec.payload_bytes,
+                rec.wait_ns,
+                rec.transfer_ns,
+                rec.producer_codec_ns,
+                rec.consumer_codec_ns,
+                rec.handoff_ns,
+                cpu_units,
+            )  # fmt: skip
         )
         if job_ns >= 0:
             self.jobs += 1
@@ -154,7 +278,16 @@ class Recorder:
                 -1 if req.session is None else req.session,
                 req.turn,
                 job_ns,
-            )
+                -1,
+                -1,
+                -1,
+                -1,
+                -1,
+                -1,
+                -1,
+                -1,
+                0,
+            )  # fmt: skip
         )
         if job_ns >= 0:
             self.jobs += 1
@@ -180,17 +313,20 @@ def _records(sink):
 def _latency_keys(raw: np.ndarray) -> dict[str, np.ndarray]:
     """Finished requests' TTFT and E2E (ns) and TPOT (the int64 bit patterns of the float seconds:
     for non-negative floats they sort as the floats do), as int64 sort keys."""
-    done = raw[raw[:, 12] < 0]
-    arr, first, fin, out = done[:, 1], done[:, 2], done[:, 3], done[:, 5]
+    done = raw[raw[:, F["status"]] < 0]
+    arr, first = done[:, F["arrival_ns"]], done[:, F["first_ns"]]
+    fin, out = done[:, F["finish_ns"]], done[:, F["output_tokens"]]
     multi = out > 1
     # Same operations, in the same order, as Recorder.finished computes TPOT.
     tpot = (fin[multi] - first[multi]) / NS / (out[multi] - 1)
-    jobs = raw[:, 15]
+    jobs = raw[:, F["job_ns"]]
+    handoff = done[:, F["handoff_ns"]]
     return {
         "ttft_s": first - arr,
         "tpot_s": tpot.view(np.int64),
         "e2e_s": fin - arr,
         "job_latency_s": jobs[jobs >= 0],
+        "handoff_s": handoff[handoff >= 0],
     }
 
 
@@ -279,6 +415,8 @@ def _latency_summaries(rec: Recorder) -> dict[str, dict[str, float]]:
         "e2e_s": rec.finished_count,
         "job_latency_s": rec.jobs,
     }
+    if rec.handoff:
+        counts["handoff_s"] = rec.handoffs
     wanted: dict[str, set[int]] = {}
     for m, n in counts.items():
         if n:
@@ -296,6 +434,7 @@ def _latency_summaries(rec: Recorder) -> dict[str, dict[str, float]]:
         "tpot_s": rec.tpot_sum,
         "e2e_s": rec.e2e_ns_sum / NS,
         "job_latency_s": rec.job_ns_sum / NS,
+        "handoff_s": rec.handoff_ns_sum / NS,
     }
     for m, n in counts.items():
         if not n:
@@ -350,19 +489,65 @@ class Results:
             "recomputed_tokens": rec.recomputed,
             **info.get("extra", {}),
         }
+        self._handoff, self._cpu_tier = rec.handoff, rec.cpu_tier
+        if rec.handoff:
+            k = rec.handoffs
+
+            def mean(total):
+                return total / k / NS if k else math.nan
+
+            self.summary["transfer"] = {
+                **info.get("transfer", {}),
+                "handoffs": k,
+                "payload_bytes": rec.payload_bytes,
+                "payload_bytes_mean": rec.payload_bytes / k if k else math.nan,
+                "wait_s_mean": mean(rec.wait_ns_sum),
+                "transfer_s_mean": mean(rec.transfer_ns_sum),
+                "producer_codec_s_mean": mean(rec.producer_codec_ns_sum),
+                "consumer_codec_s_mean": mean(rec.consumer_codec_ns_sum),
+                "handoff_s": lat["handoff_s"],
+            }
+        if rec.cpu_tier:
+            units = rec.units
+            self.summary["cpu_tier"] = {
+                "hit_ratio_gpu": (rec.hit_units - rec.cpu_hit_units) / units if units else 0.0,
+                "hit_ratio_cpu": rec.cpu_hit_units / units if units else 0.0,
+                **info.get("cpu_tier", {}),
+            }
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        """requests.csv's columns: the base ones, then the hand-off's and the CPU tier's where
+        the cluster has them."""
+        return (
+            COLUMNS
+            + (HANDOFF_COLUMNS if self._handoff else ())
+            + (CPU_COLUMNS if self._cpu_tier else ())
+        )
 
     def write_requests_csv(self, out) -> None:
         """Write the per-request table (rows in completion order) to a text file object."""
-        out.write(",".join(COLUMNS) + "\n")
+        out.write(",".join(self.column_names) + "\n")
         sink, size = self._sink, _RECORD.size
+        handoff, cpu = self._handoff, self._cpu_tier
         sink.flush()
         sink.seek(0)
         while chunk := sink.read(size * 4096):
             lines = []
             for rec in _RECORD.iter_unpack(chunk):
-                rid, arr, first, fin, p, o, ht, hu, u, rc, pre, rep, status, ses, turn, job = rec
+                rid, arr, first, fin, p, o, ht, hu, u, rc, pre, rep, status, ses, turn, job = rec[
+                    :16
+                ]
+                extra = ""
+                if handoff:
+                    extra += "," + ",".join(
+                        ("" if v < 0 else str(v)) if i < 3 else ("" if v < 0 else f"{v / NS:.9f}")
+                        for i, v in enumerate(rec[16:24])
+                    )
+                if cpu:
+                    extra += f",{rec[24]}"
                 tail = (f"{'' if ses < 0 else ses},{turn},"
-                        f"{'' if job < 0 else f'{job / NS:.9f}'}\n")  # fmt: skip
+                        f"{'' if job < 0 else f'{job / NS:.9f}'}{extra}\n")  # fmt: skip
                 if status >= 0:
                     lines.append(
                         f"{rid},{arr / NS:.9f},,,,,,{p},{o},0,0,{u},0,0,,"
@@ -384,8 +569,9 @@ class Results:
         self._sink.seek(0)
         raw = np.frombuffer(self._sink.read(), dtype="<i8").reshape(-1, _RECORD.size // 8)
         self._sink.seek(0, io.SEEK_END)
-        done = raw[:, 12] < 0
-        arr, first, fin, out = raw[:, 1] / NS, raw[:, 2] / NS, raw[:, 3] / NS, raw[:, 5]
+        done = raw[:, F["status"]] < 0
+        arr, first = raw[:, F["arrival_ns"]] / NS, raw[:, F["first_ns"]] / NS
+        fin, out = raw[:, F["finish_ns"]] / NS, raw[:, F["output_tokens"]]
         nan = np.full(len(raw), np.nan)
         with np.errstate(invalid="ignore", divide="ignore"):
             tpot = np.where(done & (out > 1), (fin - first) / np.maximum(out - 1, 1), np.nan)
@@ -396,10 +582,11 @@ class Results:
             "tpot_s": tpot,
             "e2e_s": np.where(done, fin - arr, nan),
             "output_tokens": out.astype(np.float64),
-            "units": raw[:, 8].astype(np.float64),
-            "hit_units": raw[:, 7].astype(np.float64),
-            "preemptions": raw[:, 10].astype(np.float64),
-            "job_latency_s": np.where(raw[:, 15] >= 0, raw[:, 15] / NS, nan),
+            "units": raw[:, F["units"]].astype(np.float64),
+            "hit_units": raw[:, F["hit_units"]].astype(np.float64),
+            "cpu_hit_units": raw[:, F["cpu_hit_units"]].astype(np.float64),
+            "preemptions": raw[:, F["preemptions"]].astype(np.float64),
+            "job_latency_s": np.where(raw[:, F["job_ns"]] >= 0, raw[:, F["job_ns"]] / NS, nan),
         }
 
     def table_rows(self) -> list[tuple[str, str]]:

@@ -28,7 +28,7 @@ from .cache.kv_cache import MSA
 from .cache.seen import SeenPrefixes
 from .latency.ops import Copy
 
-WAITING, PREFILL, DECODE, DONE = 0, 1, 2, 3
+WAITING, PREFILL, DECODE, DONE, HANDOFF = 0, 1, 2, 3, 4
 
 
 class Seq:
@@ -47,10 +47,20 @@ class Seq:
       (holes, new prompt tokens, then each generated token's KV once it is fed back);
     - *to compute*: the positions at and after the cursor that no reused range covers.
     Every position before the cursor has KV; reused ranges after it are counted in ``ahead``.
+
+    A sequence handed over from a prefill replica arrives with its *external* KV (vLLM's external
+    computed tokens): the cursor starts after it, its blocks were reserved when the transfer
+    started, and one token is left to compute — the prompt's last (its logits give the first
+    token) or, when the prefill replica sampled the first token, that token's KV.
     """
 
     __slots__ = (
         "req",
+        "rec",
+        "external",
+        "consumer_ops",
+        "handoff_from",
+        "cpu_hit_units",
         "arrival_ns",
         "num_tokens",
         "computed",
@@ -85,9 +95,19 @@ class Seq:
         "finish_it",
     )
 
-    def __init__(self, req, arrival_ns: int):
+    def __init__(self, req, arrival_ns: int, rec=None):
         self.req = req
         """The request (trace record)."""
+        self.rec = rec
+        """Its record across replicas (``metrics.RequestRecord``)."""
+        self.external = 0
+        """Tokens whose KV it brought from a prefill replica (0 once it computes its own)."""
+        self.consumer_ops = ()
+        """Codec work its admission runs (reconstructing the external KV), as (count, op)."""
+        self.handoff_from = -1
+        """When its prefill replica finished the prompt (-1: not handed over, or recorded)."""
+        self.cpu_hit_units = 0
+        """Units of its first admission's hit found in the CPU tier."""
         self.arrival_ns = arrival_ns
         """When it reached this replica."""
         self.num_tokens = req.prompt_tokens
@@ -222,8 +242,12 @@ class Scheduler:
         chunking=None,
         checkpoint=None,
         state_bytes: int = 0,
+        handoff=None,
     ):
         self.cache = cache
+        self.handoff = handoff
+        """A prefill replica's hand-off (``handoff.Handoff``): a finished prompt leaves through
+        it instead of decoding here (None: a unified or decode replica)."""
         self.bt = cache.block_tokens
         self.max_tokens = max_num_batched_tokens
         self.max_seqs = max_num_seqs
@@ -247,6 +271,14 @@ class Scheduler:
         """Called as a sequence finishes; returns whether its session goes on (a later turn)."""
         self.waiting: deque[Seq] = deque()
         """Sequences not admitted (preempted ones re-queue at the head), FCFS."""
+        self.ready: deque[Seq] = deque()
+        """Handed-over sequences whose KV has arrived, admitted before ``waiting``: they hold
+        their blocks already, so the head of ``waiting`` must not block them."""
+        self.incoming: dict[int, Seq] = {}
+        """Handed-over sequences whose KV is on its way (blocks reserved), by request id."""
+        self.outgoing: dict[int, Seq] = {}
+        """Sequences this prefill replica handed off, holding their blocks until the transfer
+        completes, by admission order."""
         self.prefilling: list[Seq] = []
         """Admitted sequences still computing their prompt, in admission order."""
         self.decoding: dict[int, Seq] = {}
@@ -278,11 +310,36 @@ class Scheduler:
         return len(self.prefilling) + len(self.decoding)
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.prefilling or self.decoding)
+        return bool(
+            self.waiting or self.prefilling or self.decoding or self.ready or self.incoming
+            or self.outgoing
+        )  # fmt: skip
 
     def add(self, seq: Seq) -> None:
         self.waiting.append(seq)
-        self.queued_tokens += seq.num_tokens
+        self.queued_tokens += seq.num_tokens - seq.computed
+
+    # ---- hand-off between a prefill and a decode replica (DESIGN §9, S4) ---------------------
+    def reserve(self, seq: Seq, blocks: int, now_ns: int) -> bool:
+        """Take ``blocks`` for a sequence whose KV is about to be sent here (evicting as needed);
+        False, changing nothing, when they are not available."""
+        if not self.cache.try_allocate(blocks, now_ns):
+            return False
+        seq.priv_blocks = blocks
+        self.incoming[seq.req.id] = seq
+        return True
+
+    def arrived(self, seq: Seq) -> None:
+        """A reserved sequence's KV is here: it waits to be admitted, ahead of ``waiting``."""
+        del self.incoming[seq.req.id]
+        self.ready.append(seq)
+        self.queued_tokens += seq.num_tokens - seq.computed
+
+    def sent(self, seq: Seq, now_ns: int) -> None:
+        """A handed-off sequence's transfer completed: give its blocks back (tail first)."""
+        del self.outgoing[seq.order]
+        self._release(seq, now_ns)
+        seq.phase = DONE
 
     # ---- decode sequences, kept lazily ---------------------------------------------------------
     def _join_decode(self, s: Seq) -> None:
@@ -381,6 +438,7 @@ class Scheduler:
         done = _gaps(s.reused, s.computed)
         s.done_before = _union(s.done_before, done) if s.done_before else done
         self._release(s, self.now_ns)
+        s.external = 0  # recomputed here from now on
         s.computed = s.ahead = s.next_range = 0
         s.reused = ()
         s.phase = WAITING
@@ -442,6 +500,11 @@ class Scheduler:
             # is admitted after a preemption, so the budget is not needed any more.
             n_dec = len(self.decoding)
 
+        while self.ready and budget > 0 and not preempted and self.num_running < self.max_seqs:
+            s = self.ready.popleft()
+            self._admit_external(s, extra)
+            prefills.append((s, 1))
+            budget -= 1
         while self.waiting and budget > 0 and not preempted and self.num_running < self.max_seqs:
             s = self.waiting[0]
             n = self._admit(s, budget, extra)
@@ -472,6 +535,8 @@ class Scheduler:
             qk += pairs
             if end == s.num_tokens:
                 logits += 1
+                if self.handoff is not None:  # the codec's producer side runs with the last chunk
+                    extra += self.handoff.producer_ops(s)
         return Batch(n_dec, prefills, tokens, logits, kv, qk, segs, preempted, tuple(extra))
 
     def _admit(self, s: Seq, budget: int, extra: list) -> int:
@@ -535,6 +600,18 @@ class Scheduler:
         self.prefilling.append(s)
         return n
 
+    def _admit_external(self, s: Seq, extra: list) -> None:
+        """Admit a handed-over sequence: its blocks (external KV and the token it computes) were
+        reserved, so it needs none; its admission iteration runs the codec's consumer side."""
+        s.phase = PREFILL
+        s.order = self._order
+        self._order += 1
+        s.admitted = True
+        s.next_unit = len(s.req.blocks)  # nothing of it joins this replica's prefix tree
+        extra += s.consumer_ops
+        s.consumer_ops = ()
+        self.prefilling.append(s)
+
     def _plan_checkpoints(self, s: Seq, reused: int) -> list[int]:
         """The checkpoints its prefill stores: the policy's positions for its prompt, floored to
         the unit boundaries the cache keys states by, after what it reuses, at full units only,
@@ -576,23 +653,40 @@ class Scheduler:
             if s.phase == DECODE and s.order == order:
                 self._leave_decode(s)
                 self._finish(s, now_ns)
+        handoff = self.handoff
         for s, n in batch.prefills:
             self._advance(s, n)
             self.queued_tokens -= n
-            self._commit_units(s, now_ns)
+            if not s.external:
+                self._commit_units(s, now_ns)
             if s.pending_state:
                 self._store_states(s, now_ns)
             if s.computed == s.num_tokens:
+                self.prefilling.remove(s)
+                if handoff is not None and not handoff.producer_samples:
+                    self._hand_off(s, now_ns)  # the decode replica samples the first token
+                    continue
                 s.generated += 1
                 s.num_tokens += 1
                 if s.first_ns is None:
                     s.first_ns = now_ns
                     self.on_first_token(s, now_ns)
-                self.prefilling.remove(s)
+                if s.handoff_from >= 0:  # a handed-over sequence's first token here
+                    s.rec.handoff_ns = now_ns - s.handoff_from
+                    s.handoff_from = -1
                 if s.generated >= s.req.output_tokens:
                     self._finish(s, now_ns)
+                elif handoff is not None:
+                    self._hand_off(s, now_ns)
                 else:
                     self._join_decode(s)
+
+    def _hand_off(self, s: Seq, now_ns: int) -> None:
+        """The prompt is done: the sequence leaves for a decode replica, holding its blocks here
+        until its transfer completes."""
+        s.phase = HANDOFF
+        self.outgoing[s.order] = s
+        self.handoff.prefill_done(s, now_ns)
 
     def _advance(self, s: Seq, n: int) -> None:
         """Move the cursor past ``n`` computed tokens (and the reused ranges they reach)."""
@@ -662,7 +756,7 @@ class Scheduler:
         more = self.on_finish(s, now_ns)
         if s.states:
             self.cache.close_group(s.states, now_ns)
-        if s.req.output_blocks and s.next_unit == len(s.req.blocks):
+        if s.req.output_blocks and s.next_unit == len(s.req.blocks) and not s.external:
             self._commit_outputs(s, now_ns)
         self._release(s, now_ns, pin=bool(more) and s.req.job is not None)
 
@@ -693,9 +787,12 @@ class Scheduler:
         (contiguous) the resident set is prefix-closed."""
         cache = self.cache
         holders = list(self.prefilling) + list(self.decoding.values())
+        holders += list(self.outgoing.values())
         private = 0
-        for s in self.prefilling:
+        for s in [*self.prefilling, *self.outgoing.values(), *self.incoming.values(), *self.ready]:
             private += s.priv_blocks
+        for s in self.waiting:
+            assert s.priv_blocks == 0 and not s.nodes, f"waiting {s.req.id} holds blocks"
         for s in self.decoding.values():
             held = s.base_c + (self.alloc_it - s.base_it)
             private += cache.blocks_for(held - s.node_tokens)
@@ -722,6 +819,7 @@ class Scheduler:
                 assert p is None or cache.tree.nodes.get(p.id) is p, f"{n}'s parent was evicted"
         queued = sum(s.num_tokens - s.computed - s.ahead for s in self.waiting)
         queued += sum(s.num_tokens - s.computed - s.ahead for s in self.prefilling)
+        queued += sum(s.num_tokens - s.computed for s in self.ready)
         assert queued == self.queued_tokens, f"queued tokens {self.queued_tokens} != {queued}"
 
 
