@@ -230,9 +230,12 @@ def _run(args) -> int:
         sys.stdout.write(summary_json(results))
         return 0
     n = results.summary["requests"]
+    warmup = results.summary.get("warmup_requests", 0)
+    total = n + warmup
+    measured = f" ({n} measured after {warmup} warm-up requests)" if warmup else ""
     print(
-        f"kvsim: {scenario.name}: {n} requests simulated in {wall:.1f} s wall "
-        f"({n / wall if wall > 0 else 0:,.0f} requests/s)"
+        f"kvsim: {scenario.name}: {total} requests simulated in {wall:.1f} s wall "
+        f"({total / wall if wall > 0 else 0:,.0f} requests/s){measured}"
     )
     print(results.table())
     extrapolated = results.summary.get("latency_extrapolated")

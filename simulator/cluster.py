@@ -25,6 +25,7 @@ from .pool import Pool
 from .replica import Replica
 from .scenario import (
     AgentWorkload,
+    GroupedWorkload,
     PoolSpec,
     Scenario,
     SessionWorkload,
@@ -150,6 +151,7 @@ def workload_requests(scenario: Scenario) -> Iterator:
     """The scenario's request stream (lazy)."""
     from kvsim.traces import read_trace
     from kvsim.traces.generators import synthetic_requests
+    from kvsim.traces.groups import grouped_requests
     from kvsim.traces.sessions import Duration, agent_jobs, long_context_sessions
 
     w = scenario.workload
@@ -184,6 +186,11 @@ def workload_requests(scenario: Scenario) -> Iterator:
             _length(w.output_tokens), _length(w.tool_result_tokens), tool,
             w.system_prompt_tokens, w.start_cv, w.unit_tokens, scenario.seed,
         )  # fmt: skip
+    elif isinstance(w, GroupedWorkload):
+        stream = grouped_requests(
+            w.groups, _length(w.queries), _length(w.context_tokens), _length(w.own_tokens),
+            _length(w.output_tokens), w.rate, w.unit_tokens, w.max_prompt_tokens, scenario.seed,
+        )  # fmt: skip
     else:
         stream = read_trace(scenario.trace_path(), w.format)
     if w.max_requests is not None:
@@ -194,6 +201,11 @@ def workload_requests(scenario: Scenario) -> Iterator:
 def expected_requests(scenario: Scenario) -> int | None:
     """How many requests the workload will produce, when that is cheap to know."""
     w = scenario.workload
+    if isinstance(w, GroupedWorkload):
+        from kvsim.traces.groups import group_sizes
+
+        n = sum(group_sizes(w.groups, _length(w.queries), scenario.seed))
+        return min(n, w.max_requests or n)
     if not isinstance(w, TraceWorkload):
         return min(w.requests, w.max_requests or w.requests)
     if w.max_requests is not None:
@@ -218,8 +230,8 @@ class Cluster:
         specs = scenario.pool_specs()
         disaggregated = scenario.disaggregated
         self.recorder = Recorder(
-            scenario.slo.ttft_s, scenario.slo.tpot_s, disaggregated,
-            any(spec.cache.cpu_tier is not None for spec in specs),
+            scenario.slo.ttft_s, scenario.slo.tpot_s, scenario.simulation.warmup_requests,
+            disaggregated, any(spec.cache.cpu_tier is not None for spec in specs),
         )  # fmt: skip
         self._on_done = on_done or (lambda n: None)
         codec, kinds = None, {}
@@ -366,6 +378,7 @@ class Cluster:
             / max(1, len(self.replicas) * span),
             "latency_model": self.latency.describe(),
             **self._latency_notes(),
+            **self._checkpoint_notes(),
         }
         info = {"scenario": self.scenario.name, "extra": extra}
         if self.handoff is not None:
@@ -375,6 +388,28 @@ class Cluster:
         results = Results(self.recorder, info)
         results.link_series = self._link_series(span)
         return results
+
+    def _checkpoint_notes(self) -> dict:
+        """Recurrent models: the checkpoints stored and the memory they held (decimal GB, all
+        replicas; a checkpoint is one sequence's state over all its tensor-parallel ranks)."""
+        if not self.entry.state_blocks:
+            return {}
+        trees = [r.scheduler.cache.tree for r in self.replicas]
+        gb = self.model.state_bytes / 1e9
+        now = self.env.now
+        return {
+            "checkpoints": {
+                "stored": sum(t.states_stored for t in trees),
+                "resident_end": sum(len(t.states) for t in trees),
+                "gb_end": gb * sum(len(t.states) for t in trees),
+                "gb_mean": gb * sum(t.state_seconds(now) for t in trees) / (now / 1e9)
+                if now
+                else 0.0,
+                "gb_peak": gb * sum(t.states_peak for t in trees),
+                "state_bytes": self.model.state_bytes,
+            }
+        }
+
 
     def _pool_summary(self, pool: Pool, span: int) -> dict:
         reps = pool.replicas
@@ -407,6 +442,27 @@ class Cluster:
 def _zip_pad(a: list, b: list):
     n = max(len(a), len(b))
     return zip(a + [0.0] * (n - len(a)), b + [0.0] * (n - len(b)), strict=True)
+
+    def _checkpoint_notes(self) -> dict:
+        """Recurrent models: the checkpoints stored and the memory they held (decimal GB, all
+        replicas; a checkpoint is one sequence's state over all its tensor-parallel ranks)."""
+        if not self.entry.state_blocks:
+            return {}
+        trees = [r.scheduler.cache.tree for r in self.replicas]
+        gb = self.model.state_bytes / 1e9
+        now = self.env.now
+        return {
+            "checkpoints": {
+                "stored": sum(t.states_stored for t in trees),
+                "resident_end": sum(len(t.states) for t in trees),
+                "gb_end": gb * sum(len(t.states) for t in trees),
+                "gb_mean": gb * sum(t.state_seconds(now) for t in trees) / (now / 1e9)
+                if now
+                else 0.0,
+                "gb_peak": gb * sum(t.states_peak for t in trees),
+                "state_bytes": self.model.state_bytes,
+            }
+        }
 
 
 def simulate(scenario: Scenario, on_done: Callable[[int], None] | None = None) -> Results:

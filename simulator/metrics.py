@@ -142,8 +142,15 @@ class Recorder:
     """Collects request outcomes during a run."""
 
     def __init__(
-        self, slo_ttft_s: float, slo_tpot_s: float, handoff: bool = False, cpu_tier: bool = False
+        self,
+        slo_ttft_s: float,
+        slo_tpot_s: float,
+        warmup_requests: int = 0,
+        handoff: bool = False,
+        cpu_tier: bool = False,
     ):
+        self.warmup = warmup_requests
+        """Requests with a smaller id warm the cluster up and are not recorded."""
         self.handoff = handoff
         """Rows carry the hand-off columns (a prefill and a decode pool)."""
         self.cpu_tier = cpu_tier
@@ -181,6 +188,8 @@ class Recorder:
 
     def finished(self, seq, replica: int, now_ns: int, job_ns: int = -1) -> None:
         r = seq.req
+        if r.id < self.warmup:
+            return
         rec = seq.rec
         arr, first = rec.arrival_ns, seq.first_ns
         self._arrived(arr)
@@ -255,6 +264,8 @@ class Recorder:
             self.job_ns_sum += job_ns
 
     def drop(self, req, arrival_ns: int, reason: str, job_ns: int = -1) -> None:
+        if req.id < self.warmup:
+            return
         self._arrived(arrival_ns)
         self.units += len(req.blocks)
         self.drop_reasons[reason] = self.drop_reasons.get(reason, 0) + 1
@@ -461,6 +472,7 @@ class Results:
         lat = _latency_summaries(rec)
         self.summary = {
             "scenario": info.get("scenario", ""),
+            **({"warmup_requests": rec.warmup} if rec.warmup else {}),
             "requests": n,
             "finished": done,
             "dropped": n - done,
@@ -632,6 +644,15 @@ class Results:
                     f"busy {s['busy_fraction']:.0%} of the time)",
                 )
             )
+        if "checkpoints" in s:
+            c = s["checkpoints"]
+            rows.append(
+                (
+                    "checkpoints",
+                    f"{c['stored']} stored, {c['gb_mean']:.2f} GB held on average "
+                    f"({c['gb_peak']:.2f} GB peak, {c['resident_end']} at the end)",
+                )
+            )
         if "latency_model" in s:
             rows.append(("latency model", s["latency_model"]))
         return rows
@@ -653,7 +674,10 @@ class Results:
         s = self.summary
 
         def ms(d):
-            return " ".join(f"{d[k] * 1e3:9.1f}" for k in ("p50", "p90", "p99"))
+            return " ".join(
+                f"{'-':>9}" if math.isnan(d[k]) else f"{d[k] * 1e3:9.1f}"
+                for k in ("p50", "p90", "p99")
+            )
 
         tp = s["throughput"]
         lines = [
@@ -683,6 +707,12 @@ class Results:
             lines.append(
                 f"{'GPUs':26}{s['gpus']:>9}  ({s['kv_blocks_per_replica']} KV blocks "
                 f"per replica, {s['evictions']} evictions, busy {s['busy_fraction']:.0%})"
+            )
+        if "checkpoints" in s:
+            c = s["checkpoints"]
+            lines.append(
+                f"{'checkpoints':26}{c['stored']:>9} stored  ({c['gb_mean']:.2f} GB held on "
+                f"average, {c['resident_end']} at the end)"
             )
         if "latency_model" in s:
             lines.append(f"{'latency model':26}{s['latency_model']}")

@@ -93,6 +93,7 @@ class Pool:
                 chunking=chunking,
                 checkpoint=checkpoint,
                 state_bytes=state_bytes,
+                capture=cc.checkpoint_capture,
             )
             self.replicas.append(Replica(env, i, sched, pricer, scenario.simulation.exact_steps))
         self.router = ROUTING.create(spec.routing.type, **spec.routing.params)

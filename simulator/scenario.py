@@ -102,6 +102,11 @@ class CacheConfig(_Strict):
         description="hybrid and recurrent models: where along a prompt recurrent states are "
         "stored (none, every, balanced, sqrt, log2, dp)",
     )
+    checkpoint_capture: Literal["chunk", "scan"] = Field(
+        "chunk",
+        description="chunk: a prefill chunk ends at each checkpoint (vLLM's way); scan: the "
+        "chunked scan writes out the states at the checkpoints a chunk passes",
+    )
     isolation: int | None = Field(
         None, ge=1, description="keep the checkpoints of the last N sequences only (FIFO)"
     )
@@ -397,8 +402,26 @@ class AgentWorkload(_WorkloadBase):
     unit_tokens: int = Field(64, ge=1, description="tokens per content unit (prefix-cache id)")
 
 
+class GroupedWorkload(_WorkloadBase):
+    """Requests over shared contexts (Sparse Prefix Caching's document QA and system prompts):
+    each prompt is its group's context and then its own tokens; each group is a Poisson process
+    of rate / groups, and the groups' requests are interleaved by arrival."""
+
+    type: Literal["grouped"]
+    groups: int = Field(ge=1, le=1_000_000, description="shared contexts (documents, prompts)")
+    queries: LengthSpec = Field(description="requests per group (at least 1)")
+    context_tokens: LengthSpec = Field(description="each group's shared context")
+    own_tokens: LengthSpec = Field(description="each request's tokens after the context")
+    output_tokens: LengthSpec
+    rate: float = Field(gt=0, description="mean requests per second, all groups together")
+    max_prompt_tokens: int = Field(
+        16384, ge=2, description="longer prompts are clipped by shortening the context"
+    )
+    unit_tokens: int = Field(64, ge=1, description="tokens per content unit (prefix-cache id)")
+
+
 Workload = Annotated[
-    TraceWorkload | SyntheticWorkload | SessionWorkload | AgentWorkload,
+    TraceWorkload | SyntheticWorkload | SessionWorkload | AgentWorkload | GroupedWorkload,
     Field(discriminator="type"),
 ]
 
@@ -425,6 +448,12 @@ class LatencyConfig(_Strict):
 class SimulationConfig(_Strict):
     exact_steps: bool = Field(
         False, description="price every decode iteration alone (no fast-forward)"
+    )
+    warmup_requests: int = Field(
+        0,
+        ge=0,
+        description="the first N requests (by id) only warm caches and learning policies: "
+        "results cover the rest",
     )
 
 
@@ -672,6 +701,15 @@ def _check_semantics(s: Scenario, source: str) -> None:
                 f"{source}: workload.output_tokens: {w.output_tokens} must be a multiple of "
                 f"unit_tokens {unit} (answers fill whole units, so that later turns reuse them)"
             )
+    if s.simulation.warmup_requests:
+        from .cluster import expected_requests
+
+        n = expected_requests(s)
+        if n is not None and s.simulation.warmup_requests >= n:
+            raise KvsimError(
+                f"{source}: simulation.warmup_requests: {s.simulation.warmup_requests} leaves "
+                f"none of the workload's {n} requests to measure; use fewer than {n}"
+            )
     for spec, where in pools:
         bs = spec.cache.block_size
         if unit is not None and unit % bs:
@@ -714,6 +752,16 @@ def _check_pool(s: Scenario, spec: PoolSpec, model, source: str, where: str | No
         raise KvsimError(
             f"{source}: {at}cache.checkpoint: {cache.checkpoint.type!r} needs a model with "
             f"recurrent layers; {model.name} has none (use none)"
+        )
+    if model.recurrent is None and cache.isolation is not None:
+        raise KvsimError(
+            f"{source}: {at}cache.isolation: {cache.isolation} applies to the checkpoints of a "
+            f"model with recurrent layers; {model.name} has none (remove it)"
+        )
+    if model.recurrent is None and cache.checkpoint_capture != "chunk":
+        raise KvsimError(
+            f"{source}: {at}cache.checkpoint_capture: {cache.checkpoint_capture!r} applies to a "
+            f"model with recurrent layers; {model.name} has none (remove it)"
         )
     if model.recurrent is not None and cache.layout != "contiguous":
         raise KvsimError(

@@ -161,7 +161,8 @@ class Seq:
         self.ckpts: list[int] = []
         """Checkpoints still to store, as unit counts k (the state after unit k − 1)."""
         self.states: list = []
-        """The checkpoints it stored (an isolation cache drops them together)."""
+        """The checkpoints it stored (and, under an isolation cache, the resident ones at its
+        placement's positions: its entry holds them until it leaves the cache's window)."""
         # Decoding is kept lazily against the scheduler's iteration counter ``it``:
         self.base_it = 0
         """Iteration at which it joined the decoding set."""
@@ -242,6 +243,7 @@ class Scheduler:
         chunking=None,
         checkpoint=None,
         state_bytes: int = 0,
+        capture: str = "chunk",
         handoff=None,
     ):
         self.cache = cache
@@ -262,6 +264,9 @@ class Scheduler:
         """Blocks of one recurrent state (0: an attention-only model)."""
         self.checkpoint = checkpoint
         """Recurrent models: the checkpoint-placement policy (None: no checkpoints)."""
+        self.cut_at_checkpoints = enable_chunked_prefill and capture == "chunk"
+        """A chunk ends at the next checkpoint (its final state is the checkpoint); else the
+        scan writes out the states of the checkpoints a chunk passes (``capture: scan``)."""
         self.state_copy = Copy(2, state_bytes, "d2d") if state_bytes else None
         """The op that loads or stores one recurrent state."""
         self.seen = SeenPrefixes() if hasattr(checkpoint, "observe") else None
@@ -480,6 +485,9 @@ class Scheduler:
             stores = 0
             if s.ckpts:
                 n, stores = self._cut(s, s.computed, n)
+                if stores > 1:  # only without cuts: keep what an empty pool could hold
+                    held = sum(x.blocks for x in s.nodes) + s.priv_blocks + s.state_blocks
+                    stores = self._fit_stores(s, n, stores, held)
             need = cache.blocks_for(s.computed + s.ahead - s.node_tokens + n) - s.priv_blocks
             need += stores * self.sb
             # NOTE: the newest running sequence is never one scheduled earlier in this loop:
@@ -553,21 +561,17 @@ class Scheduler:
         stores = 0
         if self.checkpoint is not None:
             s.ckpts = self._plan_checkpoints(s, hit.tokens)
-            held = sum(node.blocks for node in hit.nodes) + (self.sb if hit.resume else 0)
+            # Admission holds the hit, the checkpoint it loads, the live state, the first chunk
+            # and the checkpoints that chunk stores (without cuts, every one it passes).
+            held = sum(node.blocks for node in hit.nodes) + (2 if hit.resume else 1) * self.sb
             while s.ckpts:
                 n, stores = self._cut(s, hit.tokens, min(remaining, budget, self.chunk))
-                # Admission holds the hit, the checkpoint it loads, the first chunk, the live
-                # state and the checkpoints the chunk stores (without chunked prefill, all the
-                # prompt's). Keep the deepest ones an empty pool could hold beside the rest:
-                # more could never be admitted (the fit check guarantees room for none).
-                room = (cache.capacity - held - cache.blocks_for(n)) // self.sb - 1
-                if stores <= room:
+                fit = self._fit_stores(s, n, stores, held)
+                if fit == stores or not self.cut_at_checkpoints:
+                    stores = fit
                     break
-                s.ckpts, stores = s.ckpts[stores - room :], room
-                if self.chunked:  # the chunk no longer ends at the skipped one: cut again
-                    n, stores = min(remaining, budget, self.chunk), 0
-                else:
-                    break
+                stores = 0  # the chunk no longer ends at the skipped one: cut again
+                n = min(remaining, budget, self.chunk)
         need = cache.blocks_for(n) + self.sb * (1 + stores)
         if not cache.try_allocate(need, now, hit, self.watermark):
             return 0
@@ -615,30 +619,48 @@ class Scheduler:
     def _plan_checkpoints(self, s: Seq, reused: int) -> list[int]:
         """The checkpoints its prefill stores: the policy's positions for its prompt, floored to
         the unit boundaries the cache keys states by, after what it reuses, at full units only,
-        and not resident already — as unit counts k (the state after unit k − 1)."""
+        and not resident already — as unit counts k (the state after unit k − 1). Under an
+        isolation cache the resident ones join its group (its entry holds them too)."""
         req = s.req
         unit, ids = req.unit_tokens, req.blocks
         if not ids:
             return []
         full = min(len(ids), req.prompt_tokens // unit)
         states = self.cache.tree.states
-        ks = {p // unit for p in self.checkpoint.positions(req.prompt_tokens)}
-        return sorted(
-            k for k in ks
-            if reused < k * unit and 0 < k <= full
-            and (states.get(ids[k - 1]) is None or states[ids[k - 1]].depth != k - 1)
-        )  # fmt: skip
+        group = s.states if self.cache.isolation is not None else None
+        out = []
+        for k in sorted({p // unit for p in self.checkpoint.positions(req.prompt_tokens)}):
+            if not 0 < k <= full:
+                continue
+            st = states.get(ids[k - 1])
+            if st is not None and st.depth == k - 1:
+                if group is not None and st not in group:
+                    group.append(st)
+            elif reused < k * unit:
+                out.append(k)
+        return out
 
     def _cut(self, s: Seq, start: int, n: int) -> tuple[int, int]:
-        """A chunk of ``n`` tokens from ``start``, and the checkpoints it ends at: with chunked
-        prefill the chunk ends at the first checkpoint position it reaches (so that the state
-        there is the chunk's final state); without, it stores every checkpoint it passes."""
+        """A chunk of ``n`` tokens from ``start``, and the checkpoints it ends at: cut at
+        checkpoints (chunked prefill, ``capture: chunk``), the chunk ends at the first checkpoint
+        position it reaches (so that the state there is the chunk's final state); else it
+        stores every checkpoint it passes."""
         unit = s.req.unit_tokens
         end = start + n
-        if self.chunked:
+        if self.cut_at_checkpoints:
             first = s.ckpts[0] * unit
             return (first - start, 1) if first <= end else (n, 0)
         return n, sum(1 for k in s.ckpts if k * unit <= end)
+
+    def _fit_stores(self, s: Seq, n: int, stores: int, held: int) -> int:
+        """The checkpoints a chunk of ``n`` tokens can store beside ``held`` blocks (what the
+        sequence holds, with its live state) in an empty pool: the chunk's deepest ones; the
+        shallower ones are given up (more could never be allocated)."""
+        room = (self.cache.capacity - held - self.cache.blocks_for(n)) // self.sb
+        if stores > room:
+            del s.ckpts[: stores - room]
+            return room
+        return stores
 
     def complete(self, batch: Batch, k: int, now_ns: int) -> None:
         """Apply the effects of ``k`` iterations of ``batch`` ending at ``now_ns`` (k > 1 only for
@@ -743,8 +765,12 @@ class Scheduler:
             parent = s.nodes[k - 1] if len(s.nodes) >= k else None
             node = cache.store_state(req.blocks[k - 1], parent, k - 1, k * unit, now_ns)
             s.pending_state -= self.sb
-            if node is None:
-                cache.release((), self.sb, now_ns)  # resident already: our copy is not needed
+            if node is None:  # resident already: our copy is not needed
+                cache.release((), self.sb, now_ns)
+                if cache.isolation is not None:
+                    node = cache.tree.states[req.blocks[k - 1]]
+                    if node not in s.states:
+                        s.states.append(node)
             else:
                 s.states.append(node)
 

@@ -82,6 +82,7 @@ class KVCache:
         self.isolation = isolation
         """Keep the checkpoints of the last ``isolation`` sequences only (FIFO; None: no limit)."""
         self._groups: deque = deque()
+        self._held: dict = {}  # checkpoint -> sequences in the window that hold it
         self.block_tokens = block_tokens
         self.layout = layout
         self.prefix_caching = prefix_caching
@@ -239,15 +240,23 @@ class KVCache:
         return tree.insert_state(unit_id, parent, depth, position, self.state_blocks, now_ns)
 
     def close_group(self, states: list, now_ns: int) -> None:
-        """A sequence's checkpoints, for the isolation cache: the checkpoints of the sequences
-        before the last ``isolation`` ones are dropped, oldest sequence first."""
+        """A finished sequence's checkpoints, for the isolation cache (the window of the last
+        ``isolation`` sequences, FIFO): a checkpoint stays while a sequence in the window holds
+        it; once none does, it is dropped (if no running sequence uses it meanwhile, else it is
+        an ordinary eviction candidate)."""
         if self.isolation is None or not states:
             return
         self._groups.append(states)
+        held = self._held
+        for node in states:
+            held[node] = held.get(node, 0) + 1
         tree = self.tree
         while len(self._groups) > self.isolation:
             for node in self._groups.popleft():
-                if tree.states.get(node.id) is node and node.free:
+                left = held.pop(node) - 1
+                if left:
+                    held[node] = left
+                elif tree.states.get(node.id) is node and node.free:
                     tree.drop(node, now_ns)
                     self.free += node.blocks
                     self.evictions += 1

@@ -162,6 +162,11 @@ class PrefixTree:
         self.nodes: dict[int, Node] = {}
         self.states: dict[int, Node] = {}
         """Recurrent-state checkpoints, by the chain id of the unit they follow."""
+        self.states_stored = 0
+        self.states_peak = 0
+        self.state_ns = 0
+        """The integral of resident checkpoints over time (checkpoint·ns) up to ``_state_t``."""
+        self._state_t = 0
         self.evictable_blocks = 0
         """Blocks of free nodes: all of them can be evicted (leaves first under leaf_only)."""
         self.releases = 0
@@ -239,7 +244,11 @@ class PrefixTree:
         """Add a free checkpoint: the recurrent state after unit ``unit_id`` (at ``position``)."""
         node = Node(unit_id, parent, depth, position, 0, 0, blocks, now_ns, 0.0)
         node.state = True
+        self._states_change(now_ns)
         self.states[unit_id] = node
+        self.states_stored += 1
+        if len(self.states) > self.states_peak:
+            self.states_peak = len(self.states)
         if parent is not None:
             parent.children += 1
             if parent.candidate and self.leaf_only:
@@ -293,10 +302,22 @@ class PrefixTree:
             self._unlink(node, now_ns)
         return node
 
+    def _states_change(self, now_ns: int) -> None:
+        self.state_ns += len(self.states) * (now_ns - self._state_t)
+        self._state_t = now_ns
+
+    def state_seconds(self, now_ns: int) -> float:
+        """Resident checkpoints integrated over time up to ``now_ns`` (checkpoint·seconds)."""
+        return (self.state_ns + len(self.states) * (now_ns - self._state_t)) / 1e9
+
     def _unlink(self, node: Node, now_ns: int) -> None:
         """Take a free node out of the tree (its parent may become a leaf candidate)."""
         node.free = False
-        del (self.states if node.state else self.nodes)[node.id]
+        if node.state:
+            self._states_change(now_ns)
+            del self.states[node.id]
+        else:
+            del self.nodes[node.id]
         self.evictable_blocks -= node.blocks
         parent = node.parent
         if parent is not None:

@@ -163,3 +163,24 @@ def test_a_roofline_run_says_it_is_uncalibrated(tmp_path, capsys):
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["latency_model"] == "roofline v2 (h100-sxm, uncalibrated)"
     assert summary["latency_calibrated"] is False
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "scenarios").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_scenario_validates(path, capsys):
+    assert main(["validate", str(path)]) == 0
+    assert "valid" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["spc_quality", "spc_system_prompts"])
+def test_the_sparse_prefix_caching_scenarios_run_small(tmp_path, capsys, name):
+    """Cut down (a few groups), each measures after its warm-up, stores and reuses checkpoints,
+    and the terminal says how many requests only warmed up."""
+    out = tmp_path / "r"
+    argv = ["run", str(ROOT / "scenarios" / f"{name}.yaml"), "--out", str(out), "--no-progress",
+            "--set", "workload.groups=4", "--set", "workload.max_requests=60",
+            "--set", "simulation.warmup_requests=30"]  # fmt: skip
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "30 measured after 30 warm-up requests" in text
+    s = json.loads((out / "summary.json").read_text())
+    assert s["requests"] == 30 and s["checkpoints"]["stored"] > 0 and s["token_hit_ratio"] > 0.3

@@ -84,6 +84,8 @@ settings.load_profile("kvsim")
     chunked=st.booleans(),
     chunking=st.sampled_from(["fixed", "adaptive"]),
     checkpoint=st.sampled_from([None, {"type": "every", "k": 128}, {"type": "dp", "n": 2}]),
+    capture=st.sampled_from(["chunk", "scan"]),
+    isolation=st.sampled_from([None, 2]),
 )
 def test_invariants_hold_and_fast_equals_exact(
     tmp_path,
@@ -98,12 +100,15 @@ def test_invariants_hold_and_fast_equals_exact(
     chunked,
     chunking,
     checkpoint,
+    capture,
+    isolation,
 ):
     cache = {"num_gpu_blocks": blocks, "eviction": eviction, "layout": layout}
     model = "llama-3.1-8b"
     if checkpoint is not None:  # a hybrid model: a state is 100 blocks of its KV
         model, cache["layout"] = "qwen3.5-0.8b", "contiguous"
-        cache.update(num_gpu_blocks=blocks + 250, checkpoint=checkpoint)
+        cache.update(num_gpu_blocks=blocks + 250, checkpoint=checkpoint, isolation=isolation,
+                     checkpoint_capture=capture)  # fmt: skip
     over = dict(
         model=model,
         cache=cache,

@@ -86,3 +86,32 @@ def test_percentiles_equal_numpy_on_all_values(rows, bins, collect):
 def test_no_finished_requests_gives_nan():
     s = Results(Recorder(1.0, 0.1), {}).summary
     assert all(math.isnan(s[m]["p99"]) for m in ("ttft_s", "tpot_s", "e2e_s"))
+
+
+def test_warmup_requests_are_simulated_but_not_recorded(tmp_path):
+    """The first N requests (by id) only warm the cache: the other rows are exactly those of the
+    run without warm-up, and the summary covers them only; a warm-up that leaves nothing to
+    measure is a one-line error."""
+    from helpers import scenario_doc, write_kvsim_trace
+
+    from kvsim.simulator import scenario_from_dict, simulate
+    from kvsim.simulator.errors import KvsimError
+
+    rows = [{"arrival_s": 0.01 * i, "prompt_tokens": 300, "output_tokens": 20,
+             "blocks": [1, 2, 100 + i, 200 + i, 300 + i], "unit_tokens": 64}
+            for i in range(12)]  # fmt: skip
+    trace = write_kvsim_trace(tmp_path / "t.jsonl", rows)
+    full = simulate(scenario_from_dict(scenario_doc(trace), base_dir=tmp_path))
+    doc = scenario_doc(trace, simulation={"warmup_requests": 5})
+    warm = simulate(scenario_from_dict(doc, base_dir=tmp_path))
+    assert [r for r in full.requests if int(r["id"]) >= 5] == warm.requests
+    s = warm.summary
+    assert (s["warmup_requests"], s["requests"], s["finished"]) == (5, 7, 7)
+    ttft = [float(r["ttft_s"]) for r in warm.requests]
+    assert s["ttft_s"]["mean"] == pytest.approx(sum(ttft) / 7, rel=1e-9)
+    assert s["token_hit_ratio"] == sum(int(r["hit_tokens"]) for r in warm.requests) / (7 * 300)
+    assert "warmup_requests" not in full.summary
+    with pytest.raises(KvsimError, match=r"simulation.warmup_requests: 12 leaves none of the "
+                                         r"workload's 12 requests"):  # fmt: skip
+        scenario_from_dict(scenario_doc(trace, simulation={"warmup_requests": 12}),
+                           base_dir=tmp_path)  # fmt: skip

@@ -141,6 +141,36 @@ def test_without_chunked_prefill_every_passed_checkpoint_is_stored():
     assert sorted(cache.tree.states) == [2, 4]
 
 
+def test_scan_capture_stores_the_checkpoints_a_chunk_passes_without_cutting_it():
+    """``capture: scan``: the 256-token chunk passes 128 and 256 and stores both (two copies);
+    the prompt takes two chunks instead of three."""
+    cache = KVCache(400, BS, EVICTION.create("lru", None), state_blocks=SB)
+    sched = Scheduler(cache, 256, 8, 256, True, checkpoint=_At(128, 256), state_bytes=1000,
+                      capture="scan")  # fmt: skip
+    s, batches = _run(sched, _req(0, 5))
+    assert [[n for _, n in b.prefills] for b in batches[:2]] == [[256], [64]]
+    assert [len(b.extra_ops) for b in batches[:2]] == [2, 0]
+    assert sorted(cache.tree.states) == [2, 4] and s.phase == DONE
+
+
+def test_scan_capture_keeps_a_later_chunks_deepest_checkpoints_that_could_fit():
+    """A 9-unit prompt in chunks of 256 with checkpoints after units 5..8: the second chunk
+    (256..512) passes all four; beside its KV (32 blocks with the first chunk's) and the live
+    state (3) a 41-block pool could hold two (6 blocks): those after units 7 and 8."""
+    cache = KVCache(41, BS, EVICTION.create("lru", None), state_blocks=SB)
+    sched = Scheduler(cache, 256, 8, 256, True, checkpoint=_At(320, 384, 448, 512),
+                      state_bytes=1000, capture="scan")  # fmt: skip
+    sched.add(Seq(_req(0, 9, out=1), 0))
+    batches = []
+    for t in (0, 10):
+        sched.now_ns = t
+        batches.append(sched.schedule())
+        sched.complete(batches[-1], 1, t + 1)
+    assert [[n for _, n in b.prefills] for b in batches] == [[256], [256]]
+    assert [len(b.extra_ops) for b in batches] == [0, 2]
+    assert sorted(cache.tree.states) == [7, 8] and cache.free == 0
+
+
 def test_checkpoints_a_pool_could_never_hold_at_admission_are_not_planned():
     """A 5-unit prompt (20 blocks) in one pass with checkpoints after units 1..4: a 32-block pool
     holds the prompt, the live state (3) and 3 checkpoints (9) — the deepest three are stored,
@@ -169,6 +199,41 @@ def test_isolation_cache_keeps_the_last_n_sequences_checkpoints():
         _run(sched, _req(i, 2, ids=(100 * i + 1, 100 * i + 2)), now=100 * i)
     assert sorted(cache.tree.states) == [201, 301]  # the first two sequences' were dropped
     assert cache.evictions == 2
+
+
+def test_an_isolation_entry_holds_the_resident_checkpoints_at_its_positions():
+    """As the paper's FIFO of whole entries: a later question on document A (units 1, 2) holds
+    A's checkpoint after unit 1 again — found resident, not stored twice — so it outlives the
+    first question's entry; B's (stored by the second sequence only) goes when that leaves."""
+    cache, sched = _sched(checkpoint=_At(64), isolation=2)
+    _run(sched, _req(0, 3, ids=(1, 2, 3)), now=0)  # stores the state after unit 1 (id 1)
+    _run(sched, _req(1, 2, ids=(11, 12)), now=100)  # document B: the state after unit 11
+    s, batches = _run(sched, _req(2, 3, ids=(1, 2, 4)), now=200)  # resumes at 64 on A
+    assert s.hit_tokens == 64 and len(batches[0].extra_ops) == 1  # loaded, nothing stored
+    assert s.states == [cache.tree.states[1]]
+    assert sorted(cache.tree.states) == [1, 11]  # entries 2, 3 in the window; 1 holds A's
+    _run(sched, _req(3, 2, ids=(21, 22)), now=300)  # entry 2 (B) leaves the window
+    assert sorted(cache.tree.states) == [1, 21]
+    _run(sched, _req(4, 2, ids=(31, 32)), now=400)  # entry 3 (A, again) leaves too
+    assert sorted(cache.tree.states) == [21, 31] and cache.evictions == 2
+
+
+def test_a_checkpoint_found_resident_at_store_time_joins_the_entry():
+    """Two questions on document A run together and both plan the state after unit 1: the first
+    stores it, the second finds it resident when its chunk ends and holds it too. With a window
+    of two entries, a third sequence pushes the first out, and the second keeps A's state."""
+    cache, sched = _sched(checkpoint=_At(64), isolation=2)
+    a, b = Seq(_req(0, 2, ids=(1, 2)), 0), Seq(_req(1, 2, ids=(1, 3)), 0)
+    sched.add(a)
+    sched.add(b)
+    now = 0
+    while sched.has_work():
+        sched.now_ns = now
+        sched.complete(sched.schedule(), 1, now + 1)
+        now += 10
+    assert a.states == b.states == [cache.tree.states[1]]
+    _run(sched, _req(2, 2, ids=(11, 12)), now=now)
+    assert sorted(cache.tree.states) == [1, 11]
 
 
 def test_a_model_without_attention_holds_states_only():
@@ -226,6 +291,12 @@ def test_bad_checkpoint_settings_are_one_line_errors(tmp_path):
         (dict(cache={"checkpoint": "evry"}), "did you mean 'every'"),
         (dict(model="llama-3.1-8b", cache={"checkpoint": "sqrt"}), "needs a model with recurrent"),
         (dict(cache={"layout": "msa"}), "use contiguous"),
+        (dict(model="llama-3.1-8b", cache={"isolation": 5}), r"cache.isolation: 5 applies"),
+        (
+            dict(model="llama-3.1-8b", cache={"checkpoint_capture": "scan"}),
+            "cache.checkpoint_capture: 'scan' applies",
+        ),
+        (dict(cache={"checkpoint_capture": "kernel"}), "checkpoint_capture"),
     ]
     for over, msg in cases:
         doc = scenario_doc(trace, **{"model": "qwen3.5-0.8b", **over})
@@ -257,3 +328,37 @@ def test_hybrid_configs_from_hugging_face(tmp_path):
     with pytest.raises(KvsimError, match="hybrid_override_pattern"):
         get_model("bad.json", tmp_path)
     assert yaml  # (imported for the catalog's YAML)
+
+
+def test_resident_checkpoints_are_integrated_over_time():
+    """Stored at 0 s and 10 s, the first dropped at 30 s: 1·10 + 2·20 + 1·10 checkpoint-seconds
+    by 40 s; two stored, peak two."""
+    from kvsim.simulator.cache.prefix_tree import KeyedHeap, PrefixTree
+
+    tree = PrefixTree(KeyedHeap(lambda n: (n.released,)), True)
+    a = tree.insert_state(1, None, 0, 64, SB, 0)
+    tree.insert_state(2, None, 0, 64, SB, 10 * 10**9)
+    tree.drop(a, 30 * 10**9)
+    assert tree.state_seconds(40 * 10**9) == 60.0
+    assert (tree.states_stored, tree.states_peak, len(tree.states)) == (2, 2, 1)
+
+
+def test_summary_reports_the_checkpoints_and_their_memory(tmp_path):
+    """Three documents, checkpoints every 128 tokens (3 per document, stored once each): 9
+    stored, 9 resident at the end, in decimal GB of Qwen3.5-0.8B states; no block for an
+    attention-only model."""
+    trace = write_kvsim_trace(tmp_path / "t.jsonl", _rows())
+    every = {"num_gpu_blocks": 2000, "checkpoint": {"type": "every", "k": 128}}
+    res = simulate(scenario_from_dict(
+        scenario_doc(trace, model="qwen3.5-0.8b", cache=every), base_dir=tmp_path))  # fmt: skip
+    c = res.summary["checkpoints"]
+    state = get_model("qwen3.5-0.8b").state_bytes
+    assert (c["stored"], c["resident_end"], c["state_bytes"]) == (9, 9, state)
+    assert c["gb_end"] == c["gb_peak"] == 9 * state / 1e9
+    assert 0 < c["gb_mean"] < c["gb_end"]  # filled up during the run
+    doc = scenario_doc(trace, model="qwen3.5-0.8b", cache={**every, "isolation": 1})
+    iso = simulate(scenario_from_dict(doc, base_dir=tmp_path))
+    c = iso.summary["checkpoints"]  # every question stores its document's three again
+    assert (c["stored"], c["resident_end"], c["gb_end"]) == (36, 3, 3 * state / 1e9)
+    plain = simulate(scenario_from_dict(scenario_doc(trace), base_dir=tmp_path))
+    assert "checkpoints" not in plain.summary
