@@ -381,6 +381,11 @@ class Cluster:
             **self._checkpoint_notes(),
         }
         info = {"scenario": self.scenario.name, "extra": extra}
+        tiers = [p for p in self.pools if p.cpu_blocks]
+        if tiers:
+            info["cpu_tier"] = tiers[0].cpu_summary(span) if len(tiers) == 1 else {
+                p.name: p.cpu_summary(span) for p in tiers
+            }  # fmt: skip
         if self.handoff is not None:
             extra["pools"] = {p.name: self._pool_summary(p, span) for p in self.pools}
             extra["links"] = self.handoff.link_summary(span)
@@ -409,7 +414,6 @@ class Cluster:
                 "state_bytes": self.model.state_bytes,
             }
         }
-
 
     def _pool_summary(self, pool: Pool, span: int) -> dict:
         reps = pool.replicas

@@ -9,10 +9,13 @@ the pool's replicas share one iteration pricer (its tables are pure functions of
 from __future__ import annotations
 
 from .cache import KVCache
+from .cache.cpu_tier import CpuTier
 from .catalog import get_gpu, get_model
 from .chunking import AdaptiveChunking
 from .latency import IterationPricer, RooflineModel
 from .latency.profile import load_profile
+from .latency.roofline import PCIE_EFFICIENCY
+from .link import Link
 from .policies import CHECKPOINT, EVICTION, ROUTING
 from .policies.eviction import EvictionContext
 from .policies.routing import choose
@@ -65,9 +68,22 @@ class Pool:
         self.state_blocks = state_blocks(spec, self.model)
         state_bytes = state_bytes_rank(self.model, tp) if self.state_blocks else 0
         self.replicas: list[Replica] = []
+        self.cpu_blocks = 0
+        """Blocks of each replica's CPU tier (0: none)."""
+        ct = cc.cpu_tier
+        if ct is not None:
+            block_bytes = self.block_bytes()
+            self.cpu_blocks = ct.num_blocks or int(ct.size_gib * GIB // (block_bytes * tp))
+            self.pcie_gbit_per_s = ct.pcie_gbit_per_s or self.gpu.pcie_gbit_per_s * PCIE_EFFICIENCY
         for i in range(spec.replicas):
             context = EvictionContext(cc.block_size, cc.layout, self.model, pricer.recompute_s)
             policy = EVICTION.create(cc.eviction.type, context, **cc.eviction.params)
+            cpu = None
+            if ct is not None:
+                cpu_policy = EVICTION.create(ct.eviction.type, context, **ct.eviction.params)
+                h2d, d2h = (Link(env, f"pcie-{d}", self.pcie_gbit_per_s, ct.latency_s)
+                            for d in ("h2d", "d2h"))  # fmt: skip
+                cpu = CpuTier(self.cpu_blocks, cpu_policy, block_bytes, h2d, d2h)
             cache = KVCache(
                 self.capacity,
                 cc.block_size,
@@ -78,6 +94,7 @@ class Pool:
                 state_blocks=self.state_blocks,
                 kv_free=self.model.attention is None,
                 isolation=cc.isolation,
+                cpu=cpu,
             )
             checkpoint = None
             if cc.checkpoint.type != "none":
@@ -106,6 +123,25 @@ class Pool:
             for r in self.replicas:
                 r.sync(now, inclusive)
         return self.replicas[choose(self.router, request, self.replicas)]
+
+    def cpu_summary(self, span_ns: int) -> dict:
+        """The CPU tiers' totals (all replicas) for summary.json."""
+        tiers = [r.scheduler.cache.cpu for r in self.replicas]
+        links = {d: [getattr(t, d) for t in tiers] for d in ("h2d", "d2h")}
+        bb = tiers[0].block_bytes
+        return {
+            "blocks_per_replica": self.cpu_blocks,
+            "pcie_gbit_per_s": self.pcie_gbit_per_s,
+            "demotions": sum(t.demotions for t in tiers),
+            "loads": sum(t.loads for t in tiers),
+            "loaded_bytes": sum(t.loaded_blocks for t in tiers) * bb,
+            "evictions": sum(t.evictions for t in tiers),
+            **{
+                f"pcie_{d}_utilisation": sum(x.busy_ns for x in ls) / (len(ls) * span_ns)
+                if span_ns > 0 else 0.0
+                for d, ls in links.items()
+            },
+        }  # fmt: skip
 
     def block_bytes(self) -> int:
         """Bytes of one KV block on one GPU of this pool."""

@@ -31,6 +31,7 @@ class Replica:
         self.env = env
         self.index = index
         self.scheduler = scheduler
+        scheduler.on_ready = lambda: self._kick(env.now)
         self.pricer = pricer
         self.exact_steps = exact_steps
         self.before_schedule = None

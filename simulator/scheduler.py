@@ -20,6 +20,7 @@ iteration, or a run of pure-decode iterations, then costs O(1) per iteration ins
 from __future__ import annotations
 
 import heapq
+from bisect import insort
 from collections import deque
 from dataclasses import dataclass
 
@@ -28,7 +29,7 @@ from .cache.kv_cache import MSA
 from .cache.seen import SeenPrefixes
 from .latency.ops import Copy
 
-WAITING, PREFILL, DECODE, DONE, HANDOFF = 0, 1, 2, 3, 4
+WAITING, PREFILL, DECODE, DONE, HANDOFF, LOADING = 0, 1, 2, 3, 4, 5
 
 
 class Seq:
@@ -61,6 +62,7 @@ class Seq:
         "consumer_ops",
         "handoff_from",
         "cpu_hit_units",
+        "cpu_nodes",
         "arrival_ns",
         "num_tokens",
         "computed",
@@ -108,6 +110,8 @@ class Seq:
         """When its prefill replica finished the prompt (-1: not handed over, or recorded)."""
         self.cpu_hit_units = 0
         """Units of its first admission's hit found in the CPU tier."""
+        self.cpu_nodes = ()
+        """CPU-tier units it is loading over PCIe (it waits, holding their GPU blocks)."""
         self.arrival_ns = arrival_ns
         """When it reached this replica."""
         self.num_tokens = req.prompt_tokens
@@ -284,6 +288,10 @@ class Scheduler:
         self.outgoing: dict[int, Seq] = {}
         """Sequences this prefill replica handed off, holding their blocks until the transfer
         completes, by admission order."""
+        self.loading: dict[int, Seq] = {}
+        """Admitted sequences waiting for CPU-tier units to load, by admission order."""
+        self.on_ready = lambda: None
+        """Called when a loaded sequence can run (its replica's engine wakes up)."""
         self.prefilling: list[Seq] = []
         """Admitted sequences still computing their prompt, in admission order."""
         self.decoding: dict[int, Seq] = {}
@@ -312,12 +320,12 @@ class Scheduler:
     # ---- state seen from outside -------------------------------------------------------------
     @property
     def num_running(self) -> int:
-        return len(self.prefilling) + len(self.decoding)
+        return len(self.prefilling) + len(self.decoding) + len(self.loading)
 
     def has_work(self) -> bool:
         return bool(
             self.waiting or self.prefilling or self.decoding or self.ready or self.incoming
-            or self.outgoing
+            or self.outgoing or self.loading
         )  # fmt: skip
 
     def add(self, seq: Seq) -> None:
@@ -519,6 +527,8 @@ class Scheduler:
             if n == 0:
                 break
             self.waiting.popleft()
+            if s.phase == LOADING:
+                continue  # it computes once its CPU-tier units are on the GPU
             prefills.append((s, n))
             budget -= n
 
@@ -573,6 +583,8 @@ class Scheduler:
                 stores = 0  # the chunk no longer ends at the skipped one: cut again
                 n = min(remaining, budget, self.chunk)
         need = cache.blocks_for(n) + self.sb * (1 + stores)
+        if hit.cpu_nodes:  # blocks for the units it loads; its chunk's when it runs
+            need = hit.cpu_blocks
         if not cache.try_allocate(need, now, hit, self.watermark):
             return 0
         s.state_blocks, s.pending_state = self.sb, self.sb * stores
@@ -580,10 +592,11 @@ class Scheduler:
         if not s.admitted:
             s.admitted = True
             s.hit_tokens, s.hit_units = hit.tokens, hit.units
+            s.cpu_hit_units = hit.cpu_units
             if self.seen is not None:
                 self.checkpoint.observe(self.seen.depth(s.req))
         s.nodes = list(hit.nodes)
-        s.node_tokens = hit.tokens
+        s.node_tokens = hit.tokens - hit.cpu_blocks * self.bt  # CPU units: private till loaded
         s.reused = hit.ranges
         if self.msa and hit.nodes:
             s.computed, s.ahead, s.next_range = 0, hit.tokens, 0
@@ -601,8 +614,26 @@ class Scheduler:
         s.order = self._order
         self._order += 1
         self.queued_tokens -= hit.tokens
+        if hit.cpu_nodes:
+            s.priv_blocks = hit.cpu_blocks
+            s.phase = LOADING
+            s.cpu_nodes = hit.cpu_nodes
+            self.loading[s.order] = s
+            cache.cpu.load(hit.cpu_nodes, s.req.id, now, lambda t: self._loaded(s, t))
+            return n
         self.prefilling.append(s)
         return n
+
+    def _loaded(self, s: Seq, now_ns: int) -> None:
+        """Its CPU-tier units are on the GPU: they become nodes it holds (and leave the tier),
+        and it runs from the next batch on."""
+        del self.loading[s.order]
+        s.phase = PREFILL
+        self._commit_units(s, now_ns)
+        self.cache.cpu.loaded(s.cpu_nodes, now_ns)
+        s.cpu_nodes = ()
+        insort(self.prefilling, s, key=lambda x: x.order)
+        self.on_ready()
 
     def _admit_external(self, s: Seq, extra: list) -> None:
         """Admit a handed-over sequence: its blocks (external KV and the token it computes) were
@@ -813,9 +844,10 @@ class Scheduler:
         (contiguous) the resident set is prefix-closed."""
         cache = self.cache
         holders = list(self.prefilling) + list(self.decoding.values())
-        holders += list(self.outgoing.values())
+        holders += list(self.outgoing.values()) + list(self.loading.values())
         private = 0
-        for s in [*self.prefilling, *self.outgoing.values(), *self.incoming.values(), *self.ready]:
+        for s in [*self.prefilling, *self.outgoing.values(), *self.incoming.values(), *self.ready,
+                  *self.loading.values()]:  # fmt: skip
             private += s.priv_blocks
         for s in self.waiting:
             assert s.priv_blocks == 0 and not s.nodes, f"waiting {s.req.id} holds blocks"
@@ -843,9 +875,24 @@ class Scheduler:
             for n in nodes:
                 p = n.parent
                 assert p is None or cache.tree.nodes.get(p.id) is p, f"{n}'s parent was evicted"
+        cpu = cache.cpu
+        if cpu is not None:
+            held = cpu.blocks_held()
+            assert cpu.free >= 0 and cpu.free + held == cpu.capacity, (
+                f"CPU tier blocks not conserved: free {cpu.free} + held {held} != {cpu.capacity}"
+            )
+            loads: dict[int, int] = {}
+            for s in self.loading.values():
+                for n in s.cpu_nodes:
+                    loads[id(n)] = loads.get(id(n), 0) + 1
+            for n in cpu.tree.nodes.values():
+                assert n.refs == loads.get(id(n), 0), f"CPU {n} has refs {n.refs}"
+            assert cpu.tree.evictable_blocks == sum(
+                n.blocks for n in cpu.tree.nodes.values() if n.refs == 0
+            ), "CPU evictable block count drifted"
         queued = sum(s.num_tokens - s.computed - s.ahead for s in self.waiting)
         queued += sum(s.num_tokens - s.computed - s.ahead for s in self.prefilling)
-        queued += sum(s.num_tokens - s.computed for s in self.ready)
+        queued += sum(s.num_tokens - s.computed for s in [*self.ready, *self.loading.values()])
         assert queued == self.queued_tokens, f"queued tokens {self.queued_tokens} != {queued}"
 
 

@@ -83,3 +83,13 @@ class HalfRaw:
         from kvsim.simulator.policies.transfer import TransferPlan
 
         return TransferPlan(tokens * self.bytes_per_token)
+
+
+class ShallowestFirst:
+    """An eviction policy for tests: the unit nearest the prompt's start first."""
+
+    def __init__(self, context):
+        pass
+
+    def key(self, node):
+        return (node.depth, node.released)

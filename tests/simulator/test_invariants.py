@@ -292,3 +292,54 @@ def test_disaggregated_pools_conserve_blocks_and_fast_equals_exact(
     again = simulate(scenario_from_dict(doc, base_dir=tmp_path))
     assert again.requests_csv() == fast.requests_csv()
     assert again.summary == fast.summary
+
+
+@given(
+    rows=workloads(),
+    blocks=st.integers(30, 70),
+    cpu_blocks=st.integers(4, 80),
+    replicas=st.integers(1, 3),
+    cpu_eviction=st.sampled_from(["lru", "fifo", "helpers:ShallowestFirst"]),
+    routing=st.sampled_from(["round_robin", "prefix_aware"]),
+    pcie=st.sampled_from([0.5, 8.0, 400.0]),
+    disaggregated=st.booleans(),
+)
+def test_cpu_tier_conserves_blocks_and_fast_equals_exact(
+    tmp_path, checked, rows, blocks, cpu_blocks, replicas, cpu_eviction, routing, pcie,
+    disaggregated,
+):  # fmt: skip
+    tier = {"num_blocks": cpu_blocks, "eviction": cpu_eviction, "pcie_gbit_per_s": pcie}
+    over = dict(
+        routing=routing,
+        cluster={"replicas": replicas},
+        cache={"num_gpu_blocks": blocks, "cpu_tier": tier},
+        scheduler={"max_num_batched_tokens": 128, "max_num_seqs": 4},
+    )
+    doc = _doc(tmp_path, rows, **over)
+    if disaggregated:  # the tier on both pools; the decode pool's holds preempted prompts
+        doc = _pd_doc(tmp_path, rows, blocks, blocks, "raw", "producer", "producer", **over)
+        for pool in doc["pools"]:
+            pool["cache"]["cpu_tier"] = tier
+    from kvsim.simulator.cluster import Cluster
+
+    c = Cluster(scenario_from_dict(doc, base_dir=tmp_path))
+    fast = c.run()
+    assert fast.summary["requests"] == len(rows)
+    assert all(r["status"] == "done" or r["status"].startswith("dropped: ")
+               for r in fast.requests)  # fmt: skip
+    assert checked["n"] > 0
+    for r in c.replicas:
+        cache = r.scheduler.cache
+        r.scheduler.check_invariants()
+        assert cache.free + cache.node_blocks() == cache.capacity
+        assert all(n.refs == 0 for n in cache.cpu.tree.nodes.values())
+    tiers = fast.summary["cpu_tier"]
+    ratio = tiers if "hit_ratio_cpu" in tiers else tiers["prefill"]
+    assert ratio["hit_ratio_gpu"] + ratio["hit_ratio_cpu"] == pytest.approx(
+        fast.summary["prefix_hit_ratio"]
+    )
+    exact = simulate(scenario_from_dict({**doc, "simulation": {"exact_steps": True}},
+                                        base_dir=tmp_path))  # fmt: skip
+    assert fast.requests_csv() == exact.requests_csv()
+    again = simulate(scenario_from_dict(doc, base_dir=tmp_path))
+    assert again.summary == fast.summary
