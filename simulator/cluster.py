@@ -430,43 +430,27 @@ class Cluster:
         }
 
     def _link_series(self, span: int) -> dict:
-        """Busy fraction over time of each link (its instances' mean), for the report."""
-        if self.handoff is None:
-            return {}
-        links = list(self.handoff.links.values())
-        starts, total = None, None
-        for link in links:
-            st, frac = link.series.fractions(span)
-            if total is None or len(frac) > len(total):
-                starts = st
-            total = frac if total is None else [a + b for a, b in _zip_pad(total, frac)]
-        return {self.handoff.link_config.label: (starts, [x / len(links) for x in total])}
-
-
-def _zip_pad(a: list, b: list):
-    n = max(len(a), len(b))
-    return zip(a + [0.0] * (n - len(a)), b + [0.0] * (n - len(b)), strict=True)
-
-    def _checkpoint_notes(self) -> dict:
-        """Recurrent models: the checkpoints stored and the memory they held (decimal GB, all
-        replicas; a checkpoint is one sequence's state over all its tensor-parallel ranks)."""
-        if not self.entry.state_blocks:
-            return {}
-        trees = [r.scheduler.cache.tree for r in self.replicas]
-        gb = self.model.state_bytes / 1e9
-        now = self.env.now
-        return {
-            "checkpoints": {
-                "stored": sum(t.states_stored for t in trees),
-                "resident_end": sum(len(t.states) for t in trees),
-                "gb_end": gb * sum(len(t.states) for t in trees),
-                "gb_mean": gb * sum(t.state_seconds(now) for t in trees) / (now / 1e9)
-                if now
-                else 0.0,
-                "gb_peak": gb * sum(t.states_peak for t in trees),
-                "state_bytes": self.model.state_bytes,
-            }
-        }
+        """Busy fraction over time of each link (its instances' mean), for the report: the
+        hand-off's link, and each pool's PCIe directions to its CPU tiers."""
+        groups = {}
+        if self.handoff is not None:
+            groups[self.handoff.link_config.label] = list(self.handoff.links.values())
+        for p in self.pools:
+            if p.cpu_blocks:
+                for d in ("h2d", "d2h"):
+                    name = f"pcie {d}" if len(self.pools) == 1 else f"{p.name} pcie {d}"
+                    groups[name] = [getattr(r.scheduler.cache.cpu, d) for r in p.replicas]
+        out = {}
+        for name, links in groups.items():
+            width = max(link.series.width_ns for link in links)
+            while span > width * len(links[0].series.busy):  # at most as many bins as one has
+                width *= 2
+            total = None
+            for link in links:
+                starts, frac = link.series.fractions(span, width)
+                total = frac if total is None else [a + b for a, b in zip(total, frac, strict=True)]
+            out[name] = (starts, [x / len(links) for x in total])
+        return out
 
 
 def simulate(scenario: Scenario, on_done: Callable[[int], None] | None = None) -> Results:

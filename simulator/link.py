@@ -74,11 +74,16 @@ class BusySeries:
             self.busy[i] += end - t0
             t0 = end
 
-    def fractions(self, until_ns: int) -> tuple[list[float], list[float]]:
-        """(bin start times in seconds, busy fraction of each bin) up to ``until_ns``."""
-        n = min(len(self.busy), -(-max(until_ns, 1) // self.width_ns))
-        w = self.width_ns
-        return [i * w / 1e9 for i in range(n)], [self.busy[i] / w for i in range(n)]
+    def fractions(self, until_ns: int, width_ns: int | None = None) -> tuple[list, list]:
+        """(bin start times in seconds, busy fraction of each bin) up to ``until_ns``, in bins of
+        ``width_ns`` (a multiple of this series' width by a power of two; default its own), so
+        that series of several links line up."""
+        w = width_ns or self.width_ns
+        per = w // self.width_ns
+        n = -(-max(until_ns, 1) // w)
+        busy = self.busy
+        out = [sum(busy[i * per : (i + 1) * per]) / w for i in range(n)]
+        return [i * w / 1e9 for i in range(n)], out
 
 
 class _Flow:

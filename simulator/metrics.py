@@ -502,6 +502,8 @@ class Results:
             **info.get("extra", {}),
         }
         self._handoff, self._cpu_tier = rec.handoff, rec.cpu_tier
+        self.link_series: dict = {}
+        """Busy fraction over time of each link: {name: (bin starts s, fractions)}."""
         if rec.handoff:
             k = rec.handoffs
 
@@ -637,13 +639,11 @@ class Results:
             ("preemptions", f"{s['preemptions']} ({s['recomputed_tokens']} tokens recomputed)"),
         ]
         if "gpus" in s:
+            blocks = "" if "pools" in s else f"{s['kv_blocks_per_replica']} KV blocks/replica, "
             rows.append(
-                (
-                    "GPUs",
-                    f"{s['gpus']} ({s['kv_blocks_per_replica']} KV blocks/replica, "
-                    f"busy {s['busy_fraction']:.0%} of the time)",
-                )
+                ("GPUs", f"{s['gpus']} ({blocks}busy {s['busy_fraction']:.0%} of the time)")
             )
+        rows += self._feature_rows()
         if "checkpoints" in s:
             c = s["checkpoints"]
             rows.append(
@@ -656,6 +656,51 @@ class Results:
         if "latency_model" in s:
             rows.append(("latency model", s["latency_model"]))
         return rows
+
+    def _feature_rows(self) -> list[tuple[str, str]]:
+        """Rows for a CPU tier, pools and a hand-off, where the run had them."""
+        s = self.summary
+        rows = []
+        tiers = s.get("cpu_tier")
+        if tiers is not None:
+            t = tiers if "hit_ratio_cpu" in tiers else next(iter(tiers.values()))
+            loaded = t.get("loaded_bytes")
+            more = f"  ({t['loads']} loads, {loaded / 1e9:.3g} GB over PCIe)" if loaded else ""
+            rows.append(
+                (
+                    "prefix hits by tier",
+                    f"GPU {t['hit_ratio_gpu']:.1%}, CPU {t['hit_ratio_cpu']:.1%}{more}",
+                )
+            )
+        for name, p in s.get("pools", {}).items():
+            rows.append(
+                (
+                    f"pool {name}",
+                    f"{p['replicas']}× {p['hardware']} TP{p['tensor_parallel']} "
+                    f"{p['model']}, {p['kv_blocks_per_replica']} KV blocks, "
+                    f"busy {p['busy_fraction']:.0%}",
+                )
+            )
+        t = s.get("transfer")
+        if t is not None:
+            h = t["handoff_s"]
+            text = f"{t['codec']}, first token on the {t['first_token']}: {t['handoffs']} hand-offs"
+            if t["handoffs"]:
+                text += (
+                    f", {t['payload_bytes_mean'] / 1e6:.1f} MB and "
+                    f"{t['transfer_s_mean'] * 1e3:.1f} ms on the link on average; "
+                    f"p50 {h['p50'] * 1e3:.1f} ms to the decode side's first token"
+                )
+            rows.append(("hand-off", text))
+        for name, link in s.get("links", {}).items():
+            rows.append(
+                (
+                    f"link {name}",
+                    f"{link['bandwidth_gbit_per_s']:g} Gbit/s, busy "
+                    f"{link['utilisation']:.1%} of the time",
+                )
+            )
+        return rows  # fmt: skip
 
     def requests_csv(self) -> str:
         """The per-request table as CSV text (rows in completion order)."""
@@ -704,10 +749,12 @@ class Results:
             f"({s['recomputed_tokens']} tokens recomputed)",
         ]
         if "gpus" in s:
+            blocks = "" if "pools" in s else f"{s['kv_blocks_per_replica']} KV blocks per replica, "
             lines.append(
-                f"{'GPUs':26}{s['gpus']:>9}  ({s['kv_blocks_per_replica']} KV blocks "
-                f"per replica, {s['evictions']} evictions, busy {s['busy_fraction']:.0%})"
+                f"{'GPUs':26}{s['gpus']:>9}  ({blocks}{s['evictions']} evictions, "
+                f"busy {s['busy_fraction']:.0%})"
             )
+        lines += [f"{label:26}{text}" for label, text in self._feature_rows()]
         if "checkpoints" in s:
             c = s["checkpoints"]
             lines.append(

@@ -2,7 +2,9 @@
 
 What a serving engineer looks at first: the latency distributions against the SLO (CDFs of TTFT,
 TPOT, E2E), whether latency drifts over the run (TTFT by arrival time: queueing shows as a ramp),
-throughput over time, and how the prefix cache and preemptions behave over time.
+throughput over time, and how the prefix cache and preemptions behave over time; with links (a
+prefill/decode hand-off, PCIe to a CPU tier), how busy each link is over time and the prefix hits
+by tier.
 """
 
 from __future__ import annotations
@@ -27,16 +29,16 @@ def _cdf(values: np.ndarray, points: int = 400) -> tuple[np.ndarray, np.ndarray]
     return np.quantile(v, q), q
 
 
-def _figure(cols: dict, summary: dict) -> go.Figure:
-    fig = make_subplots(
-        rows=3,
-        cols=2,
-        subplot_titles=(
-            "TTFT (CDF)", "TPOT (CDF)", "TTFT by arrival time", "E2E and job latency (CDF)",
-            "Throughput over time", "Prefix hits and preemptions over time",
-        ),
-        vertical_spacing=0.09,
+def _figure(cols: dict, summary: dict, links: dict | None = None) -> go.Figure:
+    # A fourth row where the cluster has links (a hand-off, PCIe to a CPU tier).
+    rows = 4 if links else 3
+    titles = (
+        "TTFT (CDF)", "TPOT (CDF)", "TTFT by arrival time", "E2E and job latency (CDF)",
+        "Throughput over time", "Prefix hits and preemptions over time",
     )  # fmt: skip
+    if links:
+        titles += ("Link utilisation over time", "Prefix hits by tier over time")
+    fig = make_subplots(rows=rows, cols=2, subplot_titles=titles, vertical_spacing=0.09 * 3 / rows)
     slo = summary["slo"]
     curves = [
         ((1, 1), "TTFT", "ttft_s", slo["ttft_s"]),
@@ -81,16 +83,43 @@ def _figure(cols: dict, summary: dict) -> go.Figure:
         fig.add_trace(go.Bar(x=mid, y=pre, name="preemptions (by arrival)"), row=3, col=2)
         fig.update_xaxes(title_text="time (s)", row=3, col=1)
         fig.update_xaxes(title_text="arrival (s)", row=3, col=2)
-    fig.update_layout(height=1100, template="plotly_white", legend={"orientation": "h"},
-                      margin={"t": 60, "b": 40})  # fmt: skip
+    if links:
+        _link_rows(fig, cols, links, done)
+    fig.update_layout(height=1100 if rows == 3 else 1450, template="plotly_white",
+                      legend={"orientation": "h"}, margin={"t": 60, "b": 40})  # fmt: skip
     return fig
+
+
+def _link_rows(fig, cols: dict, links: dict, done) -> None:
+    """Busy fraction of each link over time; prefix hits by tier (by arrival)."""
+    for name, (starts, busy) in links.items():
+        fig.add_trace(go.Scatter(x=starts, y=busy, mode="lines", name=f"{name} busy"),
+                      row=4, col=1)  # fmt: skip
+    fig.update_yaxes(title_text="busy fraction", range=[0, 1.05], row=4, col=1)
+    fig.update_xaxes(title_text="time (s)", row=4, col=1)
+    if done.any():
+        t_end = float(np.nanmax(cols["finish_s"]))
+        width = max(t_end / 120, 1e-3)
+        edges = np.arange(0.0, t_end + width, width)
+        mid = (edges[:-1] + edges[1:]) / 2
+        arr = cols["arrival_s"]
+        units, _ = np.histogram(arr, edges, weights=cols["units"])
+        for label, hits in (
+            ("GPU", cols["hit_units"] - cols["cpu_hit_units"]),
+            ("CPU tier", cols["cpu_hit_units"]),
+        ):
+            h, _ = np.histogram(arr, edges, weights=hits)
+            ratio = np.divide(h, units, out=np.full_like(h, np.nan, dtype=float),
+                              where=units > 0)  # fmt: skip
+            fig.add_trace(go.Scatter(x=mid, y=ratio, name=f"hits: {label}"), row=4, col=2)
+        fig.update_xaxes(title_text="arrival (s)", row=4, col=2)
 
 
 def report_html(results: Results, title: str) -> str:
     """The report as one HTML document (plotly.js embedded: opens without a network)."""
     s = results.summary
     cols = results.columns()
-    fig = _figure(cols, s)
+    fig = _figure(cols, s, results.link_series)
     plot = pio.to_html(fig, full_html=False, include_plotlyjs=True, div_id="kvsim-report",
                        config={"displaylogo": False})  # fmt: skip
     rows = "".join(

@@ -61,6 +61,10 @@ def test_evicted_units_go_to_the_cpu_tier_and_a_hit_loads_them_before_the_prefil
     assert s["prefix_hit_ratio"] == 3 / 10 and s["cpu_tier"]["hit_ratio_cpu"] == 2 / 10
     assert s["cpu_tier"]["hit_ratio_gpu"] == 1 / 10
     assert s["cpu_tier"]["loaded_bytes"] == load_ns
+    assert "prefix hits by tier       GPU 10.0%, CPU 20.0%  (1 loads" in res.table()
+    assert ("prefix hits by tier", "GPU 10.0%, CPU 20.0%  (1 loads, 0.0168 GB over PCIe)") in (
+        res.table_rows()
+    )
     # Without the tier, r2 finds unit 1 only and recomputes 2 and 3.
     res = simulate(scenario_from_dict(_doc(tmp_path, _rows()), base_dir=tmp_path))
     r = {int(x["id"]): x for x in res.requests}[2]

@@ -259,3 +259,18 @@ def test_pools_and_links_are_addressed_by_name_in_overrides(tmp_path):
     with pytest.raises(KvsimError, match=r"pools has no item 'nope'; allowed: an index below 2 "
                                          r"or a name \(prefill, decode\)"):  # fmt: skip
         scenario_from_dict(doc, base_dir=tmp_path, overrides=["pools.nope.replicas=2"])
+
+
+def test_link_utilisation_over_time_reaches_the_report(tmp_path):
+    from kvsim.simulator.report import report_html
+
+    rows = [{"id": i, "arrival_s": 0.5 * i, "prompt_tokens": 1000, "output_tokens": 2}
+            for i in range(3)]  # fmt: skip
+    res = simulate(scenario_from_dict(_doc(tmp_path, rows), base_dir=tmp_path))
+    ((starts, busy),) = res.link_series.values()
+    width_s = starts[1] - starts[0]
+    # The binned busy time adds up to the link's busy time: three transfers of 131 ms each.
+    assert sum(busy) * width_s == pytest.approx(res.summary["links"]["prefill-decode"]["busy_s"])
+    assert res.summary["links"]["prefill-decode"]["busy_s"] == 3 * 1000 * KV_TOKEN_BYTES / 1e9
+    page = report_html(res, "t")
+    assert "Link utilisation over time" in page and "prefill-decode busy" in page

@@ -123,3 +123,11 @@ def test_busy_series_doubles_its_bins_and_keeps_the_total():
     starts, frac = s.fractions(70)
     assert starts == [0.0, 20e-9, 40e-9, 60e-9]
     assert frac == [15 / 20, 10 / 20, 20 / 20, 10 / 20]
+
+
+def test_busy_fractions_in_coarser_bins_line_up():
+    s = BusySeries(bins=8, width_ns=10)
+    s.add(0, 15)
+    s.add(35, 40)
+    starts, frac = s.fractions(60, width_ns=20)
+    assert starts == [0.0, 20e-9, 40e-9] and frac == [15 / 20, 5 / 20, 0.0]
