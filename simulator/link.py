@@ -8,10 +8,14 @@ S bytes that starts at t:
     transfers until its 8·S bits are through, and arrives ``latency`` later.
 
 NOTE (exactness): 1 Gbit/s is 1 bit per ns, so with integer nanoseconds the link keeps *virtual
-time* V — the bits delivered to each active transfer so far — as an exact fraction: V grows by
-B / n per ns while n transfers are active. A transfer that joins at virtual time V0 with b bits is
-through at V0 + b, so the next completion is the smallest such target, and it happens at the real
-time t + (target − V)·n / B. Simulated time is integer, so the link's state changes only at whole
+time* V — the bits delivered to each active transfer so far — exactly: V grows by B / n per ns
+while n transfers are active. A transfer that joins at virtual time V0 with b bits is through at
+V0 + b, so the next completion is the smallest such target, and it happens at the real time
+t + (target − V)·n / B. V and the targets are integers in units of 1 / (q·L) bit, B = p / q
+exactly (from its decimal) and L a multiple of every n seen so far (when a new n does not divide
+it, L and everything counted in it are scaled up), so that B / n per ns is a whole number of
+units (the count goes up one join at a time, so every count below the largest divides L); no
+fraction is ever rounded. Simulated time is integer, so the link's state changes only at whole
 nanoseconds: an event is set at the ceiling of that time, and everything due then (completions
 first, in (target, key) order, then joins) is handled by it. There is ONE pending event per link,
 re-planned whenever a transfer joins or completes (DESIGN §9, S4); like arrivals, it is URGENT, so
@@ -95,7 +99,7 @@ class _Flow:
         self.seq = seq
         """The link's transfer counter at its start (last tie-break)."""
         self.nbytes = nbytes
-        self.target = Fraction(0)
+        self.target = 0
         """Virtual time at which its bits are through."""
         self.start_ns = start_ns
         """When it was sent."""
@@ -117,8 +121,11 @@ class Link:
         self.env = env
         self.name = name
         self.bandwidth_gbit_per_s = bandwidth_gbit_per_s
-        self.rate = Fraction(repr(float(bandwidth_gbit_per_s)))
-        """Bits per nanosecond (= Gbit/s), exact."""
+        rate = Fraction(repr(float(bandwidth_gbit_per_s)))
+        self._p, self._q = rate.numerator, rate.denominator
+        """Bits per nanosecond (= Gbit/s) = p / q, exactly."""
+        self._l = 1
+        """Units of virtual time per 1 / q bit: a multiple of every transfer count seen."""
         self.latency_ns = round(latency_s * 1e9)
         self.overhead_ns = round(overhead_s * 1e9)
         self.transfers = 0
@@ -128,12 +135,13 @@ class Link:
         self.busy_ns = 0
         """Time during which at least one transfer used the bandwidth."""
         self.series = BusySeries()
-        self._v = Fraction(0)
+        self._v = 0
         self._t = 0
         self._active: list[tuple] = []  # (target, key, seq, flow)
         self._joins: list[tuple] = []  # (join ns, key, seq, flow)
         self._seq = 0
         self._version = 0
+        self._pending_t: int | None = None
 
     @property
     def active(self) -> int:
@@ -156,10 +164,21 @@ class Link:
         """Move virtual time to ``now`` (n active transfers each got B / n bits per ns)."""
         dt = now - self._t
         if dt > 0 and self._active:
-            self._v += dt * self.rate / len(self._active)
+            self._v += dt * (self._p * self._l // len(self._active))
             self.busy_ns += dt
             self.series.add(self._t, now)
         self._t = now
+
+    def _fit(self, n: int) -> None:
+        """Make B / n a whole number of units per ns: scale the unit down by the factor L
+        lacks (every virtual time is multiplied by it; their order does not change)."""
+        k = n // math.gcd(self._l, n)
+        if k > 1:
+            self._l *= k
+            self._v *= k
+            self._active = [(t * k, key, seq, f) for t, key, seq, f in self._active]
+            for entry in self._active:
+                entry[3].target = entry[0]
 
     def _settle(self, now: int) -> None:
         """Handle everything due at ``now``: completions, then joins (whose zero-byte transfers
@@ -173,7 +192,9 @@ class Link:
                 break
             while joins and joins[0][0] <= now:
                 flow = heapq.heappop(joins)[3]
-                flow.target = self._v + 8 * flow.nbytes
+                self._fit(len(active) + 1)
+                active = self._active
+                flow.target = self._v + 8 * flow.nbytes * self._q * self._l
                 heapq.heappush(active, (flow.target, flow.key, flow.seq, flow))
         self._replan()
         for flow in done:
@@ -188,11 +209,15 @@ class Link:
         """Set the one pending event at the next completion or join, whichever is first."""
         t_next = None
         if self._active:
-            target = self._active[0][0]
-            t_next = self._t + math.ceil((target - self._v) * len(self._active) / self.rate)
+            left = (self._active[0][0] - self._v) * len(self._active)  # units x flows
+            per_ns = self._p * self._l  # units all flows get per ns
+            t_next = self._t + -(-left // per_ns)
         if self._joins and (t_next is None or self._joins[0][0] < t_next):
             t_next = self._joins[0][0]
+        if t_next == self._pending_t:
+            return  # NOTE: the pending event already falls then (no new event, no cancel)
         self._version += 1
+        self._pending_t = t_next
         if t_next is not None:
             version = self._version
             schedule_at(self.env, t_next, lambda _ev: self._on_event(version))
@@ -200,6 +225,7 @@ class Link:
     def _on_event(self, version: int) -> None:
         if version != self._version:
             return  # re-planned since
+        self._pending_t = None
         now = self.env.now
         self._advance(now)
         self._settle(now)

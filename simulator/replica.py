@@ -32,6 +32,10 @@ class Replica:
         self.index = index
         self.scheduler = scheduler
         scheduler.on_ready = lambda: self._kick(env.now)
+        if scheduler.cache.cpu is not None:
+            # NOTE: units arriving in the CPU tier change what a waiting prompt would hit (and
+            # so whether it fits): like an arrival, they end a fast-forwarded run.
+            scheduler.cache.cpu.on_arrival = lambda: scheduler.waiting and self._kick(env.now)
         self.pricer = pricer
         self.exact_steps = exact_steps
         self.before_schedule = None

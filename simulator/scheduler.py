@@ -534,6 +534,11 @@ class Scheduler:
 
         if not n_dec and not prefills:
             self.alloc_it = self.it
+            if preempted and (self.waiting or self.ready):
+                # Everything running was preempted (the rest of the pool is held by sequences
+                # whose KV is arriving or loading): nothing would run, so admission reopens now
+                # rather than the replica going idle with work queued.
+                return self.schedule()
             return None
         tokens = n_dec
         logits = n_dec

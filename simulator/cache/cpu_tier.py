@@ -6,7 +6,8 @@ backend keep evicted KV. The tiers are exclusive: a unit lives on the GPU or her
 
 - **Demotion.** When the GPU pool evicts a unit's node, the unit is copied here over the PCIe
   link's device-to-host direction (its blocks on the GPU are free at once); it can be hit only
-  once that copy has arrived (``ready``). If the tier is full, its own eviction policy (any of
+  once that copy has arrived (``ready``). The units one allocation evicts go as one copy (one
+  DMA of their blocks), which arrives whole. If the tier is full, its own eviction policy (any of
   the eviction registry, default LRU) picks victims among unreferenced units; every resident unit
   is a candidate (a unit whose predecessor left is unreachable, and goes in its turn).
 - **Hit.** A prompt's GPU prefix continues here: units resident and ready at the next positions
@@ -35,6 +36,10 @@ class CpuTier:
         """The PCIe link's host-to-device direction (loads)."""
         self.d2h = d2h
         """The device-to-host direction (demotions)."""
+        self.on_arrival = lambda: None
+        """Called when demoted units arrive (a waiting prompt may now hit them)."""
+        self._copying: list[Node] = []
+        """Units demoted by the allocation under way (sent together by ``flush``)."""
         self.demotions = 0
         self.loads = 0
         self.loaded_blocks = 0
@@ -67,11 +72,22 @@ class CpuTier:
         tree.release(copy, now_ns)
         self.free -= node.blocks
         self.demotions += 1
+        self._copying.append(copy)
+
+    def flush(self) -> None:
+        """Send the units demoted by one allocation as one copy over PCIe."""
+        units = self._copying
+        if not units:
+            return
+        self._copying = []
 
         def arrived(_t: int) -> None:
-            copy.ready = True
+            for copy in units:
+                copy.ready = True
+            self.on_arrival()
 
-        self.d2h.send(node.blocks * self.block_bytes, node.id, arrived)
+        blocks = sum(c.blocks for c in units)
+        self.d2h.send(blocks * self.block_bytes, units[0].id, arrived)
 
     def match(self, ids, start: int, prompt_tokens: int, unit_tokens: int) -> list[Node]:
         """The ready units here that continue a prompt's prefix from unit ``start``."""

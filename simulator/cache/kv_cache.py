@@ -246,6 +246,8 @@ class KVCache:
             self.evicted_blocks += victim.blocks
             if self.cpu is not None and not victim.state:
                 self.cpu.demote(victim, now_ns)
+        if self.cpu is not None:
+            self.cpu.flush()
         self.free -= blocks
 
     def release(self, nodes, blocks: int, now_ns: int, pin: bool = False) -> None:

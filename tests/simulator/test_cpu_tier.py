@@ -89,6 +89,7 @@ def test_a_unit_is_hit_in_the_tier_only_once_its_copy_has_arrived():
     tier = CpuTier(16, EVICTION.create("lru", None), 100, h2d, d2h)
     node = Node(7, None, 0, 0, 64, 64, 4, 0, 0.0)
     tier.demote(node, 0)
+    tier.flush()  # one allocation's demotions go as one copy
     assert tier.match([7], 0, 64, 64) == []  # 400 bytes on the way
     env.run(until=399)
     assert tier.match([7], 0, 64, 64) == []
