@@ -194,9 +194,12 @@ class Handoff:
     def info(self) -> dict:
         """The codec and its declared quality, for summary.json."""
         codec = self.config.codec
+        params = {k: v for k, v in codec.params.items() if k != "quality"}
+        args = ", ".join(f"{k}={v}" for k, v in params.items())
         return {
             "codec": codec.type,
-            "params": {k: v for k, v in codec.params.items() if k != "quality"},
+            "label": f"{codec.type}({args})" if args else codec.type,
+            "params": params,
             "first_token": self.config.first_token,
             "pipelining": self.config.pipelining,
             "quality": self.codec.quality.as_dict(),

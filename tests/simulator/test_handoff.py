@@ -274,3 +274,24 @@ def test_link_utilisation_over_time_reaches_the_report(tmp_path):
     assert res.summary["links"]["prefill-decode"]["busy_s"] == 3 * 1000 * KV_TOKEN_BYTES / 1e9
     page = report_html(res, "t")
     assert "Link utilisation over time" in page and "prefill-decode busy" in page
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_a_decode_replica_full_of_arrived_kv_admits_after_preempting_all_it_ran(tmp_path, exact):
+    """Eight decode blocks, one sequence at a time there (the pool's own scheduler setting): A
+    decodes in 4 blocks, B's KV arrives into the other 4 and waits for the seat. When A needs a
+    fifth block it is preempted; nothing runs, so B is admitted at once (the replica must not go
+    idle with B and A queued), then A is recomputed."""
+    rows = [
+        {"id": 0, "arrival_s": 0.0, "prompt_tokens": 60, "output_tokens": 50},
+        {"id": 1, "arrival_s": 0.005, "prompt_tokens": 60, "output_tokens": 2},
+    ]
+    doc = _doc(tmp_path, rows, decode_blocks=8)
+    doc["pools"][1]["scheduler"] = {"max_num_seqs": 1}
+    doc["simulation"] = {"exact_steps": exact}
+    res = simulate(scenario_from_dict(doc, base_dir=tmp_path))
+    a, b = res.requests
+    assert (a["status"], b["status"]) == ("done", "done")
+    assert (a["preemptions"], b["preemptions"]) == ("1", "0")
+    assert float(b["finish_s"]) < float(a["finish_s"])
+    assert res.summary["pools"]["decode"]["kv_blocks_per_replica"] == 8
