@@ -1,7 +1,7 @@
 """The ``kvsim`` command line.
 
-    kvsim run SCENARIO [--set path=value ...] [--out DIR] [--exact-steps]
-    kvsim validate SCENARIO [--set ...]
+    kvsim run SCENARIO [--set path=value ...] [--policy-path DIR ...] [--out DIR] [--exact-steps]
+    kvsim validate SCENARIO [--set ...] [--policy-path DIR ...]
     kvsim schema
     kvsim trace stats FILE [--format F]
     kvsim calibrate [--model M] [--tp N] [--out DIR] [--ops a,b] [--tiny] [--dry-run] [LIMITS]
@@ -9,17 +9,28 @@
 
 LIMITS: [--max-mape F] [--max-error F] [--accept-error] (held-out error limits of a profile).
 
-A user mistake prints one line (``kvsim: error: …``) and exits with status 2, without a traceback.
+A user mistake prints one line (``kvsim: error: …``) and exits with status 2, without a traceback
+and without an output folder. SIGTERM is handled as SIGINT is: the run stops, nothing is written,
+and the staging folder is removed (exit status 130, or 143 for SIGTERM). A scenario is data: a
+dotted policy path is imported from the installed packages or a ``--policy-path`` folder, never
+from the current folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import tempfile
 from pathlib import Path
 
-from .errors import KvsimError
+from .errors import KvsimError, clip
+
+MAX_ERROR_CHARS = 1000
+"""An error line longer than this is cut: values in it are already echoed at most 200 long."""
+VALIDATE_ROWS = 1000
+"""Requests of the workload that ``validate`` reads and checks as ``run`` would."""
 
 EXAMPLES = """examples:
   kvsim run scenarios/quickstart.yaml
@@ -30,8 +41,15 @@ EXAMPLES = """examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors as kvsim's one line (exit 2) instead of usage + error."""
+
+    def error(self, message: str):
+        raise KvsimError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="kvsim",
         description="Simulate an LLM serving cluster and its KV-cache policies on a request trace.",
         epilog=EXAMPLES,
@@ -39,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    overrides = argparse.ArgumentParser(add_help=False)
+    overrides = _Parser(add_help=False)
     overrides.add_argument(
         "--set",
         dest="overrides",
@@ -47,6 +65,15 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="PATH=VALUE",
         help="override a scenario field, e.g. --set cluster.replicas=4 (repeatable)",
+    )
+    overrides.add_argument(
+        "--policy-path",
+        dest="policy_path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder to import dotted policy paths from, besides the installed packages "
+        "(repeatable; the current folder is never searched unless named: --policy-path .)",
     )
 
     run = sub.add_parser("run", parents=[overrides], help="run a scenario, print its summary")
@@ -210,22 +237,69 @@ def _fit(args) -> int:
     return 0
 
 
-def _run(args) -> int:
-    from .cluster import expected_requests, simulate
-    from .output import summary_json, write_results
-    from .progress import ProgressBar
+def _policy_dirs(args) -> tuple[str, ...]:
+    for d in args.policy_path:
+        try:
+            ok = Path(d).is_dir()
+        except (OSError, ValueError):
+            ok = False
+        if not ok:
+            raise KvsimError(f"--policy-path {clip(repr(d), 120)}: not a folder")
+    return tuple(args.policy_path)
+
+
+def _load(args):
     from .scenario import load_scenario
 
-    scenario = load_scenario(args.scenario, args.overrides)
+    return load_scenario(args.scenario, args.overrides, policy_path=_policy_dirs(args))
+
+
+def _cluster(scenario, on_done=None):
+    """The scenario's cluster, built as a run builds it; an error about the scenario (its
+    policies, its model's fit, its KV capacity) names the scenario file, one about the latency
+    profile names the profile."""
+    from .cluster import Cluster
+
+    try:
+        return Cluster(scenario, on_done)
+    except KvsimError as e:
+        msg = str(e)
+        own = scenario.latency.type == "profile" and msg.startswith(str(scenario.profile_path()))
+        if own or msg.startswith(scenario.source):
+            raise
+        raise KvsimError(f"{scenario.source}: {msg}") from None
+
+
+def _temp_files_failed(e: OSError) -> KvsimError:
+    return KvsimError(
+        f"writing the run's temporary files failed ({e.strerror or e}); free space in "
+        f"{tempfile.gettempdir()} or point TMPDIR elsewhere"
+    )
+
+
+def _run(args) -> int:
+    from kvsim.traces import TraceError
+
+    from .cluster import expected_requests
+    from .output import ResultsFolder, summary_json
+    from .progress import ProgressBar
+
+    scenario = _load(args)
     if args.exact_steps:
         scenario.simulation.exact_steps = True
     out = Path(args.out) if args.out else Path("runs") / scenario.name
-    bar = ProgressBar(
-        expected_requests(scenario), enabled=not args.no_progress and sys.stderr.isatty()
-    )
-    results = simulate(scenario, on_done=bar.update)
-    wall = bar.close()
-    write_results(out, scenario, results)
+    # The destination is checked (and its staging folder made) before anything is simulated.
+    with ResultsFolder(out) as folder:
+        enabled = not args.no_progress and sys.stderr.isatty()
+        bar = ProgressBar(expected_requests(scenario) if enabled else None, enabled=enabled)
+        try:
+            results = _cluster(scenario, bar.update).run()
+        except TraceError as e:
+            raise KvsimError(str(e)) from None
+        except OSError as e:  # the trace's own read errors are TraceErrors
+            raise _temp_files_failed(e) from None
+        wall = bar.close()
+        folder.commit(scenario, results)
     if args.json:
         sys.stdout.write(summary_json(results))
         return 0
@@ -241,22 +315,31 @@ def _run(args) -> int:
     extrapolated = results.summary.get("latency_extrapolated")
     if extrapolated:
         print(f"warning: latency profile used outside its measured ranges: {extrapolated}")
-    print(f"results: {out}/ (summary.json, requests.csv, report.html, scenario.resolved.yaml)")
+    print(
+        f"results: {out}/ (summary.json, requests.csv, timeseries.csv, report.html, "
+        "scenario.resolved.yaml)"
+    )
     return 0
 
 
 def _validate(args) -> int:
-    from .cluster import kv_capacity_blocks
-    from .scenario import load_scenario
+    """The checks ``run`` makes before it simulates: the scenario, the cluster built (policies
+    instantiated, KV capacity, latency profile) and the workload's first requests read and
+    checked as arrivals."""
+    from kvsim.traces import TraceError
 
-    s = load_scenario(args.scenario, args.overrides)
-    from .catalog import get_gpu, get_model
-
-    blocks = kv_capacity_blocks(s, get_model(s.model, s.base_dir), get_gpu(s.hardware))
+    s = _load(args)
+    try:
+        cluster = _cluster(s)
+        rows = cluster.check_workload(VALIDATE_ROWS)
+    except TraceError as e:
+        raise KvsimError(str(e)) from None
+    except OSError as e:
+        raise _temp_files_failed(e) from None
     print(
         f"{args.scenario}: valid ({s.model} on {s.cluster.replicas}× {s.hardware} "
-        f"TP{s.cluster.tensor_parallel}, {blocks} KV blocks of {s.cache.block_size} tokens "
-        f"per replica)"
+        f"TP{s.cluster.tensor_parallel}, {cluster.capacity} KV blocks of {s.cache.block_size} "
+        f"tokens per replica; first {rows} requests checked)"
     )
     return 0
 
@@ -283,8 +366,25 @@ def _trace_stats(args) -> int:
     return 0
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is so that it unwinds as for SIGINT (Ctrl-C)."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated
+
+
+def _error_line(e: KvsimError) -> str:
+    """The error as one line, whatever a message from deep inside held."""
+    return clip(" ".join(str(e).splitlines()), MAX_ERROR_CHARS)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except KvsimError as e:
+        print(f"kvsim: error: {_error_line(e)}", file=sys.stderr)
+        return 2
     handlers = {
         "run": _run,
         "validate": _validate,
@@ -293,19 +393,30 @@ def main(argv: list[str] | None = None) -> int:
         "calibrate": _calibrate,
         "fit": _fit,
     }
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: signals stay as they are
+        pass
     try:
         return handlers[args.command](args)
     except KvsimError as e:
-        print(f"kvsim: error: {e}", file=sys.stderr)
+        print(f"kvsim: error: {_error_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("kvsim: interrupted; no results written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        what = "terminated" if isinstance(e, _Terminated) else "interrupted"
+        written = getattr(e, "results_written", None)
+        done = f"results written to {written}/" if written else "no results written"
+        print(f"kvsim: {what}; {done}", file=sys.stderr)
+        return 143 if isinstance(e, _Terminated) else 130
     except BrokenPipeError:  # output piped into a reader that stopped early (| head)
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

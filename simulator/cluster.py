@@ -33,9 +33,11 @@ from .scenario import (
     TraceWorkload,
 )
 from .scheduler import Seq
+from .timeseries import MAX_TIME_NS, QueueSeries
 from .workload import Workload
 
 GIB = 1 << 30
+QUEUE_FULL = "rejected: queue full"
 
 
 def _pool(spec) -> PoolSpec:
@@ -260,6 +262,8 @@ class Cluster:
         self.workload = Workload(workload_requests(scenario), self._source())
         self._scale = 1e9 / scenario.workload.rate_scale
         self._session_start: dict = {}  # open sessions' first arrivals (ns)
+        cap = e.spec.scheduler.max_waiting  # arrivals only: a hand-off is not rejected
+        self._max_waiting = cap if cap is not None else float("inf")
 
     def _finisher(self, pool: Pool, index: int):
         def done(seq, now_ns) -> bool:
@@ -331,6 +335,12 @@ class Cluster:
         req = self.workload.next()
         if req is None:
             return
+        t_s = req.arrival_s * self._scale / 1e9
+        if not t_s < MAX_TIME_NS / 1e9:
+            raise KvsimError(
+                f"{self._source()}: request {req.id} arrives at {t_s:.3g} s (after "
+                f"workload.rate_scale); simulated time ends at {MAX_TIME_NS / 1e9:.3g} s"
+            )
         t = max(self.env.now, round(req.arrival_s * self._scale))
         _at(self.env, t, lambda _ev: self._arrive(req))
 
@@ -346,9 +356,23 @@ class Cluster:
             self.recorder.drop(req, now, reason, job_ns)
             self._on_done(len(self.recorder))
         else:
-            self.entry.choose(req, now).submit(Seq(req, now, RequestRecord(now)))
+            replica = self.entry.choose(req, now)
+            if replica.num_waiting >= self._max_waiting:
+                self.recorder.drop(req, now, QUEUE_FULL, self._turn_done(req, now))
+                self._on_done(len(self.recorder))
+            else:
+                replica.submit(Seq(req, now, RequestRecord(now)))
         if chained:
             self._next_arrival()
+
+    def check_workload(self, rows: int) -> int:
+        """Read the workload's first ``rows`` requests and check them as arrivals are checked,
+        without simulating (``kvsim validate``); returns how many were read."""
+        n = 0
+        for req in itertools.islice(workload_requests(self.scenario), rows):
+            self._drop_reason(req)
+            n += 1
+        return n
 
     def _latency_notes(self) -> dict:
         if self.latency.name != "profile":
@@ -362,7 +386,8 @@ class Cluster:
 
     def run(self) -> Results:
         self._next_arrival()
-        self.env.run()
+        series = QueueSeries(self.replicas)
+        series.run(self.env)  # env.run(), sampling the queues on the way
         unfinished = sum(r.scheduler.has_work() for r in self.replicas)
         if unfinished:
             raise RuntimeError("simulation ended with requests still in flight")
@@ -391,6 +416,7 @@ class Cluster:
             extra["links"] = self.handoff.link_summary(span)
             info["transfer"] = self.handoff.info()
         results = Results(self.recorder, info)
+        results.timeseries = series
         results.link_series = self._link_series(span)
         return results
 

@@ -173,6 +173,7 @@ class Recorder:
         self.last_finish_ns: int | None = None
         self.prompt_done = self.output_done = self.hit_tokens_done = 0
         self.units = self.hit_units = self.preemptions = self.recomputed = 0
+        self.hit_requests = 0  # finished requests that found any unit resident
         self.drop_reasons: dict[str, int] = {}
         self.reason_list: list[str] = []
         self.jobs = 0  # sessions (conversations, agent jobs) that ended
@@ -217,6 +218,7 @@ class Recorder:
         self.prompt_done += r.prompt_tokens
         self.output_done += out
         self.hit_tokens_done += hit_tokens
+        self.hit_requests += hit_units > 0
         self.units += units
         self.hit_units += hit_units
         self.cpu_hit_units += cpu_units
@@ -463,6 +465,8 @@ class Results:
     """What a run produced: ``summary`` (a dict), ``requests`` (rows), CSV text."""
 
     def __init__(self, rec: Recorder, info: dict):
+        self.timeseries = None
+        """Queue lengths over time (``timeseries.QueueSeries``), set by the cluster's run."""
         self._sink = rec.sink
         self._reasons = rec.reason_list
         n, done = rec.count, rec.finished_count
@@ -492,6 +496,7 @@ class Results:
             },
             "prefix_hit_ratio": rec.hit_units / rec.units if rec.units else 0.0,
             "token_hit_ratio": rec.hit_tokens_done / rec.prompt_done if rec.prompt_done else 0.0,
+            "request_hit_ratio": rec.hit_requests / done if done else 0.0,
             "slo": {
                 "ttft_s": rec.slo_ttft_s,
                 "tpot_s": rec.slo_tpot_s,
@@ -742,7 +747,8 @@ class Results:
             f"{'throughput':26}{tp['requests_per_s']:>9.2f} req/s  "
             f"{tp['output_tokens_per_s']:.0f} output tok/s",
             f"{'prefix-hit ratio':26}{s['prefix_hit_ratio']:>9.1%} of content units  "
-            f"({s['token_hit_ratio']:.1%} of prompt tokens reused)",
+            f"({s['token_hit_ratio']:.1%} of prompt tokens reused, "
+            f"{s['request_hit_ratio']:.1%} of requests hit)",
             f"{'SLO attainment':26}{s['slo']['attainment']:>9.1%}  "
             f"(TTFT <= {s['slo']['ttft_s']} s, TPOT <= {s['slo']['tpot_s'] * 1e3:.0f} ms)",
             f"{'preemptions':26}{s['preemptions']:>9}  "

@@ -2,9 +2,10 @@
 
 What a serving engineer looks at first: the latency distributions against the SLO (CDFs of TTFT,
 TPOT, E2E), whether latency drifts over the run (TTFT by arrival time: queueing shows as a ramp),
-throughput over time, and how the prefix cache and preemptions behave over time; with links (a
-prefill/decode hand-off, PCIe to a CPU tier), how busy each link is over time and the prefix hits
-by tier.
+throughput over time, how the prefix cache and preemptions behave over time, and the queues
+(waiting and running requests over time, summed over replicas: overload shows as a waiting queue
+that only grows). With links (a prefill/decode hand-off, PCIe to a CPU tier): how busy each link
+is over time, and the prefix hits by tier.
 """
 
 from __future__ import annotations
@@ -29,16 +30,18 @@ def _cdf(values: np.ndarray, points: int = 400) -> tuple[np.ndarray, np.ndarray]
     return np.quantile(v, q), q
 
 
-def _figure(cols: dict, summary: dict, links: dict | None = None) -> go.Figure:
-    # A fourth row where the cluster has links (a hand-off, PCIe to a CPU tier).
-    rows = 4 if links else 3
+def _figure(cols: dict, summary: dict, queues: dict, links: dict | None = None) -> go.Figure:
     titles = (
         "TTFT (CDF)", "TPOT (CDF)", "TTFT by arrival time", "E2E and job latency (CDF)",
         "Throughput over time", "Prefix hits and preemptions over time",
+        "Requests waiting and running (all replicas)",
     )  # fmt: skip
-    if links:
+    specs = [[{}, {}], [{}, {}], [{}, {}], [{"colspan": 2}, None]]
+    if links:  # a fifth row where the cluster has links
         titles += ("Link utilisation over time", "Prefix hits by tier over time")
-    fig = make_subplots(rows=rows, cols=2, subplot_titles=titles, vertical_spacing=0.09 * 3 / rows)
+        specs.append([{}, {}])
+    fig = make_subplots(rows=len(specs), cols=2, subplot_titles=titles, specs=specs,
+                        vertical_spacing=0.07 * 4 / len(specs))  # fmt: skip
     slo = summary["slo"]
     curves = [
         ((1, 1), "TTFT", "ttft_s", slo["ttft_s"]),
@@ -83,9 +86,14 @@ def _figure(cols: dict, summary: dict, links: dict | None = None) -> go.Figure:
         fig.add_trace(go.Bar(x=mid, y=pre, name="preemptions (by arrival)"), row=3, col=2)
         fig.update_xaxes(title_text="time (s)", row=3, col=1)
         fig.update_xaxes(title_text="arrival (s)", row=3, col=2)
+    for name in ("waiting", "running"):
+        fig.add_trace(go.Scatter(x=queues["time_s"], y=queues[name], mode="lines",
+                                 line={"shape": "hv"}, name=name), row=4, col=1)  # fmt: skip
+    fig.update_xaxes(title_text="time (s)", row=4, col=1)
+    fig.update_yaxes(title_text="requests", row=4, col=1)
     if links:
         _link_rows(fig, cols, links, done)
-    fig.update_layout(height=1100 if rows == 3 else 1450, template="plotly_white",
+    fig.update_layout(height=1450 if not links else 1800, template="plotly_white",
                       legend={"orientation": "h"}, margin={"t": 60, "b": 40})  # fmt: skip
     return fig
 
@@ -94,9 +102,9 @@ def _link_rows(fig, cols: dict, links: dict, done) -> None:
     """Busy fraction of each link over time; prefix hits by tier (by arrival)."""
     for name, (starts, busy) in links.items():
         fig.add_trace(go.Scatter(x=starts, y=busy, mode="lines", name=f"{name} busy"),
-                      row=4, col=1)  # fmt: skip
-    fig.update_yaxes(title_text="busy fraction", range=[0, 1.05], row=4, col=1)
-    fig.update_xaxes(title_text="time (s)", row=4, col=1)
+                      row=5, col=1)  # fmt: skip
+    fig.update_yaxes(title_text="busy fraction", range=[0, 1.05], row=5, col=1)
+    fig.update_xaxes(title_text="time (s)", row=5, col=1)
     if done.any():
         t_end = float(np.nanmax(cols["finish_s"]))
         width = max(t_end / 120, 1e-3)
@@ -111,15 +119,15 @@ def _link_rows(fig, cols: dict, links: dict, done) -> None:
             h, _ = np.histogram(arr, edges, weights=hits)
             ratio = np.divide(h, units, out=np.full_like(h, np.nan, dtype=float),
                               where=units > 0)  # fmt: skip
-            fig.add_trace(go.Scatter(x=mid, y=ratio, name=f"hits: {label}"), row=4, col=2)
-        fig.update_xaxes(title_text="arrival (s)", row=4, col=2)
+            fig.add_trace(go.Scatter(x=mid, y=ratio, name=f"hits: {label}"), row=5, col=2)
+        fig.update_xaxes(title_text="arrival (s)", row=5, col=2)
 
 
 def report_html(results: Results, title: str) -> str:
     """The report as one HTML document (plotly.js embedded: opens without a network)."""
     s = results.summary
     cols = results.columns()
-    fig = _figure(cols, s, results.link_series)
+    fig = _figure(cols, s, results.timeseries.columns(), getattr(results, "link_series", None))
     plot = pio.to_html(fig, full_html=False, include_plotlyjs=True, div_id="kvsim-report",
                        config={"displaylogo": False})  # fmt: skip
     rows = "".join(

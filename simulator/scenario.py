@@ -6,35 +6,62 @@ Field names follow vLLM's engine arguments where they mean the same thing (``blo
 errors with a "did you mean"; every error is one line naming the file, the field, the bad value and
 what is allowed. ``--set a.b=c`` overrides edit the raw document before validation, so they are
 checked by the same schema.
+
+Types are strict: a boolean is not a number (``block_size: true``), a float is not an integer
+(no silent truncation of ``12.5``), numbers are finite (no ``.inf`` or ``.nan``) and within
+bounds that keep the simulation's integer nanoseconds and token counts in range. ``name`` is a
+name, not a path: it becomes the folder ``runs/<name>``.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
-import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from .catalog import get_gpu, get_model
-from .errors import KvsimError, read_yaml_mapping
+from kvsim.traces.request import MAX_TOKENS
+
+from .catalog import get_gpu, get_model, gpu_catalog
+from .errors import KvsimError, clip, echo, parse_yaml, read_yaml_mapping, yaml_error_line
 from .policies import CHECKPOINT, EVICTION, ROUTING, TRANSFER
+
+MAX_COUNT = 2**31 - 1
+"""Counts of blocks, sequences, requests: vLLM's limits are int32."""
+MAX_NAME_CHARS = 100
+_NAME = re.compile(r"[^\W_][\w .+=,@()-]*", re.UNICODE)
+
+
+def _path_text(v: str) -> str:
+    if len(v) > 4096 or any(ord(c) < 32 for c in v):
+        raise ValueError("a file path or name: at most 4096 characters, no control characters")
+    return v
+
+
+PathText = Annotated[str, AfterValidator(_path_text)]
+"""A string that names a file (or a catalog entry): no NUL or other control characters."""
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_default=True, strict=True, allow_inf_nan=False
+    )
 
 
 def _policy_ref(value: Any) -> Any:
@@ -44,7 +71,7 @@ def _policy_ref(value: Any) -> Any:
 class PolicyRef(BaseModel):
     """A policy by registered name or dotted import path; other keys are its parameters."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     type: str
 
     @property
@@ -53,6 +80,18 @@ class PolicyRef(BaseModel):
 
 
 Policy = Annotated[PolicyRef, BeforeValidator(_policy_ref)]
+
+
+def _policy(registry, v: PolicyRef, info: ValidationInfo, field: str, leading: int) -> PolicyRef:
+    """Resolve a policy and check its parameters now, so that ``validate`` refuses what ``run``
+    would (the class is checked before anything is instantiated)."""
+    search = (info.context or {}).get("policy_path", ())
+    try:
+        registry.resolve(v.type, search)
+        registry.check_params(v.type, v.params, leading)
+    except KvsimError as e:
+        raise KvsimError(f"{field}: {e}") from None
+    return v
 
 
 class CpuTierConfig(_Strict):
@@ -77,9 +116,8 @@ class CpuTierConfig(_Strict):
 
     @field_validator("eviction")
     @classmethod
-    def _known_eviction(cls, v: PolicyRef):
-        EVICTION.resolve(v.type)
-        return v
+    def _known_eviction(cls, v: PolicyRef, info: ValidationInfo):
+        return _policy(EVICTION, v, info, "cache.cpu_tier.eviction", leading=1)
 
 
 class CacheConfig(_Strict):
@@ -119,11 +157,17 @@ class CacheConfig(_Strict):
             raise ValueError("must be a positive integer or 'auto'")
         return v
 
+    @field_validator("num_gpu_blocks")
+    @classmethod
+    def _not_huge(cls, v):
+        if v != "auto" and v > MAX_COUNT:
+            raise ValueError(f"must be at most {MAX_COUNT}")
+        return v
+
     @field_validator("eviction")
     @classmethod
-    def _known_eviction(cls, v: PolicyRef):
-        EVICTION.resolve(v.type)
-        return v
+    def _known_eviction(cls, v: PolicyRef, info: ValidationInfo):
+        return _policy(EVICTION, v, info, "cache.eviction", leading=1)
 
     @field_validator("checkpoint")
     @classmethod
@@ -162,11 +206,21 @@ Chunking = Annotated[
 
 
 class SchedulerConfig(_Strict):
-    max_num_batched_tokens: int = Field(8192, ge=1)
-    max_num_seqs: int = Field(256, ge=1)
+    max_num_batched_tokens: int = Field(8192, ge=1, le=MAX_TOKENS)
+    max_num_seqs: int = Field(256, ge=1, le=MAX_COUNT)
     enable_chunked_prefill: bool = True
     chunk_tokens: int | None = Field(
-        None, ge=1, description="per-request prefill chunk cap (default: the token budget)"
+        None,
+        ge=1,
+        le=MAX_TOKENS,
+        description="per-request prefill chunk cap (default: the token budget)",
+    )
+    max_waiting: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_COUNT,
+        description="requests a replica's waiting queue holds at most; an arrival routed to a "
+        "full queue is rejected (dropped: 'rejected: queue full'); default: unbounded",
     )
     chunking: Chunking = Field(
         default_factory=lambda: FixedChunking(type="fixed"),
@@ -188,12 +242,27 @@ class SchedulerConfig(_Strict):
                 f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "
                 f"max_num_seqs ({self.max_num_seqs})"
             )
+        # Without chunking a prompt is one chunk: a cap below the budget would leave every
+        # longer prompt waiting for ever (the run would end with it in flight).
+        if not self.enable_chunked_prefill and self.chunk_tokens is not None:
+            raise ValueError(
+                f"chunk_tokens ({self.chunk_tokens}) caps prefill chunks; with "
+                "enable_chunked_prefill: false a prompt is one chunk: leave chunk_tokens unset"
+            )
         return self
 
 
 class ClusterConfig(_Strict):
     replicas: int = Field(1, ge=1, le=4096)
     tensor_parallel: Literal[1, 2, 4, 8] = 1
+
+    @field_validator("tensor_parallel", mode="before")
+    @classmethod
+    def _an_integer(cls, v):
+        # Literal compares by equality: without this, true and 2.0 would pass as 1 and 2.
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError("must be the integer 1, 2, 4 or 8")
+        return v
 
 
 class PoolConfig(_Strict):
@@ -220,9 +289,9 @@ class PoolConfig(_Strict):
 
     @field_validator("routing")
     @classmethod
-    def _known_routing(cls, v: PolicyRef | None):
+    def _known_routing(cls, v: PolicyRef | None, info: ValidationInfo):
         if v is not None:
-            ROUTING.resolve(v.type)
+            _policy(ROUTING, v, info, "routing", leading=0)
         return v
 
     @property
@@ -268,9 +337,8 @@ class TransferConfig(_Strict):
 
     @field_validator("codec")
     @classmethod
-    def _known_codec(cls, v: PolicyRef):
-        TRANSFER.resolve(v.type)
-        return v
+    def _known_codec(cls, v: PolicyRef, info: ValidationInfo):
+        return _policy(TRANSFER, v, info, "transfer.codec", leading=1)
 
 
 @dataclass(frozen=True)
@@ -290,13 +358,13 @@ class PoolSpec:
 
 class FixedLength(_Strict):
     type: Literal["fixed"]
-    value: int = Field(ge=1)
+    value: int = Field(ge=1, le=MAX_TOKENS)
 
 
 class UniformLength(_Strict):
     type: Literal["uniform"]
-    low: int = Field(ge=1)
-    high: int = Field(ge=1)
+    low: int = Field(ge=1, le=MAX_TOKENS)
+    high: int = Field(ge=1, le=MAX_TOKENS)
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -307,15 +375,20 @@ class UniformLength(_Strict):
 
 class LognormalLength(_Strict):
     type: Literal["lognormal"]
-    median: float = Field(gt=0)
-    sigma: float = Field(0.5, ge=0)
-    min: int = Field(1, ge=1)
-    max: int = Field(131072, ge=1)
+    median: float = Field(gt=0, le=MAX_TOKENS)
+    sigma: float = Field(0.5, ge=0, le=10, description="spread of log(length); 10 is absurd")
+    min: int = Field(1, ge=1, le=MAX_TOKENS)
+    max: int = Field(131072, ge=1, le=MAX_TOKENS)
 
     @model_validator(mode="after")
     def _ordered(self):
         if self.min > self.max:
             raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
+        # A median outside [min, max] clamps most lengths to one bound: never what was meant.
+        if not self.min <= self.median <= self.max:
+            raise ValueError(
+                f"median ({self.median:g}) must lie within min ({self.min}) and max ({self.max})"
+            )
         return self
 
 
@@ -323,32 +396,45 @@ LengthSpec = Annotated[FixedLength | UniformLength | LognormalLength, Field(disc
 
 
 class SharedPrefix(_Strict):
-    prefixes: int = Field(ge=1, description="number of distinct shared prefixes (system prompts)")
-    tokens: int = Field(ge=1, description="tokens of each shared prefix (rounded down to units)")
-    zipf: float = Field(1.0, ge=0, description="popularity skew across prefixes")
+    prefixes: int = Field(
+        ge=1, le=1_000_000, description="number of distinct shared prefixes (system prompts)"
+    )
+    tokens: int = Field(
+        ge=1, le=MAX_TOKENS, description="tokens of each shared prefix (rounded down to units)"
+    )
+    zipf: float = Field(1.0, ge=0, le=100, description="popularity skew across prefixes")
 
 
 class _WorkloadBase(_Strict):
-    rate_scale: float = Field(1.0, gt=0, description="multiply the arrival rate by this")
-    max_requests: int | None = Field(None, ge=1)
+    rate_scale: float = Field(1.0, ge=1e-6, le=1e6, description="multiply the arrival rate by this")
+    max_requests: int | None = Field(None, ge=1, le=MAX_COUNT)
 
 
 class TraceWorkload(_WorkloadBase):
     type: Literal["trace"]
-    path: str = Field(description="trace file, relative to the scenario file")
+    path: PathText = Field(description="trace file, relative to the scenario file")
     format: Literal["mooncake", "azure", "burstgpt", "kvsim"]
 
 
 class SyntheticWorkload(_WorkloadBase):
     type: Literal["synthetic"]
-    requests: int = Field(ge=1)
-    rate: float = Field(gt=0, description="mean arrivals per second")
+    requests: int = Field(ge=1, le=MAX_COUNT)
+    rate: float = Field(gt=0, le=1e9, description="mean arrivals per second")
     arrival: Literal["poisson", "gamma"] = "poisson"
-    cv: float = Field(1.0, gt=0, description="coefficient of variation of gaps (gamma)")
+    cv: float = Field(1.0, ge=0.01, le=100, description="coefficient of variation of gaps (gamma)")
     prompt_tokens: LengthSpec
     output_tokens: LengthSpec
     shared_prefix: SharedPrefix | None = None
-    unit_tokens: int = Field(256, ge=1, description="tokens per content unit (prefix-cache id)")
+    unit_tokens: int = Field(
+        256, ge=1, le=MAX_TOKENS, description="tokens per content unit (prefix-cache id)"
+    )
+
+    @field_validator("rate")
+    @classmethod
+    def _not_vanishing(cls, v: float):
+        if v < 1e-6:
+            raise ValueError("must be at least 1e-06 (a request every 11.6 days)")
+        return v
 
 
 class FixedDuration(_Strict):
@@ -427,13 +513,13 @@ Workload = Annotated[
 
 
 class SLO(_Strict):
-    ttft_s: float = Field(2.0, gt=0)
-    tpot_s: float = Field(0.1, gt=0)
+    ttft_s: float = Field(2.0, gt=0, le=1e9)
+    tpot_s: float = Field(0.1, gt=0, le=1e9)
 
 
 class LatencyConfig(_Strict):
     type: Literal["roofline", "profile"] = "roofline"
-    path: str | None = Field(None, description="calibration profile YAML (type: profile)")
+    path: PathText | None = Field(None, description="calibration profile YAML (type: profile)")
     fallback: Literal["none", "roofline"] = Field(
         "none", description="price ops the profile lacks with the roofline model"
     )
@@ -460,10 +546,14 @@ class SimulationConfig(_Strict):
 class Scenario(_Strict):
     """Everything one simulation run needs."""
 
-    name: str = "scenario"
+    name: str = Field(
+        "scenario",
+        description="a name (letters, digits, space and ._-+=,@()), not a path: results go to "
+        "runs/<name>",
+    )
     description: str = ""
-    seed: int = 0
-    model: str = Field(description="catalog name or path to a Hugging Face config.json")
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    model: PathText = Field(description="catalog name or path to a Hugging Face config.json")
     hardware: str = Field(description="GPU catalog name")
     cluster: ClusterConfig = Field(
         default_factory=ClusterConfig, description="one unified pool (or give pools:)"
@@ -483,22 +573,41 @@ class Scenario(_Strict):
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    _source: str = PrivateAttr(default="<scenario>")
+
+    @field_validator("name")
+    @classmethod
+    def _a_name(cls, v: str):
+        if len(v) > MAX_NAME_CHARS:
+            raise ValueError(f"a name is at most {MAX_NAME_CHARS} characters")
+        if not _NAME.fullmatch(v) or v != v.strip():
+            raise ValueError(
+                "a name starts with a letter or digit and holds only letters, digits, spaces "
+                "and ._-+=,@() (it names the folder runs/<name>, so never a path)"
+            )
+        return v
 
     @field_validator("routing")
     @classmethod
-    def _known_routing(cls, v: PolicyRef):
-        ROUTING.resolve(v.type)
-        return v
+    def _known_routing(cls, v: PolicyRef, info: ValidationInfo):
+        return _policy(ROUTING, v, info, "routing", leading=0)
 
     @field_validator("hardware")
     @classmethod
     def _known_gpu(cls, v: str):
+        if v.lower() not in gpu_catalog():
+            raise ValueError(f"not in the GPU catalog; allowed: {', '.join(gpu_catalog())}")
         get_gpu(v)
         return v.lower()
 
     @property
     def base_dir(self) -> Path:
         return self._base_dir
+
+    @property
+    def source(self) -> str:
+        """Where the scenario came from (its file), as errors name it."""
+        return self._source
 
     def trace_path(self) -> Path:
         assert isinstance(self.workload, TraceWorkload)
@@ -581,31 +690,42 @@ def _one_line(e: ValidationError, source: str) -> str:
     err = errors[0]
     loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
     # Discriminated unions put the tag in the path (workload.trace.path); keep it readable.
+    loc = clip(loc, 120)
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         key = str(err["loc"][-1])
         hint = difflib.get_close_matches(key, _all_field_names(), n=1)
-        msg = f"unknown key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+        msg = f"unknown key {echo(key, 80)}" + (f"; did you mean {hint[0]!r}?" if hint else "")
         line = f"{source}: {loc}: {msg}"
     elif err["type"] == "missing":
         line = f"{source}: {loc}: required field is missing"
     else:
         msg = msg.removeprefix("Value error, ")
-        line = f"{source}: {loc}: {err['input']!r} is not allowed: {msg}"
+        line = f"{source}: {loc}: {echo(err['input'])} is not allowed: {msg}"
     more = len(errors) - 1
     return line + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
 
 
+def _override_value(path: str, raw: str):
+    """An override's value, parsed as YAML within the same bounds as a file; text that is not
+    YAML at all stays a string (``--set description=a: b [c``)."""
+    try:
+        return parse_yaml(raw)
+    except yaml.constructor.ConstructorError as e:  # duplicate keys, bounds: refuse
+        raise KvsimError(yaml_error_line(e, f"--set {clip(path, 80)}", lines=False)) from None
+    except yaml.YAMLError:
+        return raw
+
+
 def apply_overrides(doc: dict, overrides: list[str], source: str) -> dict:
-    """Apply ``path=value`` overrides (value parsed as YAML) to a raw scenario document."""
+    """Apply ``path=value`` overrides (value parsed as YAML) to a raw scenario document (a copy:
+    the caller's dict is left as it was)."""
+    doc = copy.deepcopy(doc)
     for item in overrides:
         if "=" not in item:
-            raise KvsimError(f"--set {item!r}: expected path=value, e.g. cluster.replicas=4")
+            raise KvsimError(f"--set {echo(item)}: expected path=value, e.g. cluster.replicas=4")
         path, _, raw = item.partition("=")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
+        value = _override_value(path, raw)
         keys = path.strip().split(".")
         node = doc
         for i, k in enumerate(keys[:-1]):
@@ -619,7 +739,9 @@ def apply_overrides(doc: dict, overrides: list[str], source: str) -> dict:
             if child is None:
                 child = {}
             if not isinstance(child, (dict, list)):
-                raise KvsimError(f"--set {path}: {k!r} is not a section of the scenario")
+                raise KvsimError(
+                    f"--set {clip(path, 80)}: {echo(k, 80)} is not a section of the scenario"
+                )
             node[k] = child
             node = child
         last = keys[-1]
@@ -648,11 +770,23 @@ def _list_index(items: list, key: str, path: str, where: str) -> int:
     )
 
 
-def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
-    """Read, override and validate a scenario file; raises :class:`KvsimError` on bad input."""
+def load_scenario(
+    path: str | Path,
+    overrides: list[str] | None = None,
+    policy_path: tuple[str | Path, ...] = (),
+) -> Scenario:
+    """Read, override and validate a scenario file; raises :class:`KvsimError` on bad input.
+    ``policy_path``: folders a dotted policy path may be imported from, besides the installed
+    packages."""
     path = Path(path)
     doc = read_yaml_mapping(path, "scenario file", " (model:, hardware:, workload: …)")
-    return scenario_from_dict(doc, source=str(path), base_dir=path.parent, overrides=overrides)
+    return scenario_from_dict(
+        doc,
+        source=str(path),
+        base_dir=path.parent,
+        overrides=overrides,
+        policy_path=policy_path,
+    )
 
 
 def scenario_from_dict(
@@ -660,16 +794,18 @@ def scenario_from_dict(
     source: str = "<scenario>",
     base_dir: Path | None = None,
     overrides: list[str] | None = None,
+    policy_path: tuple[str | Path, ...] = (),
 ) -> Scenario:
     """Validate a scenario given as a dict (as parsed from YAML)."""
-    doc = apply_overrides(dict(doc), overrides or [], source)
+    doc = apply_overrides(doc, overrides or [], source)
     try:
-        s = Scenario.model_validate(doc)
+        s = Scenario.model_validate(doc, context={"policy_path": tuple(policy_path)})
     except ValidationError as e:
         raise KvsimError(_one_line(e, source)) from None
     except KvsimError as e:
         raise KvsimError(f"{source}: {e}") from None
     s._base_dir = (base_dir or Path.cwd()).resolve()
+    s._source = source
     _check_semantics(s, source)
     return s
 
@@ -686,16 +822,16 @@ def _check_semantics(s: Scenario, source: str) -> None:
         _check_pool(s, spec, model, source, where)
     _check_links(s, source, models)
     if s.latency.type == "profile" and not s.profile_path().is_file():
-        raise KvsimError(f"{source}: latency.path: profile {s.profile_path()} not found")
+        raise KvsimError(f"{source}: latency.path: profile {clip(str(s.profile_path()))} not found")
     w = s.workload
     if isinstance(w, TraceWorkload):
         if not s.trace_path().is_file():
-            raise KvsimError(f"{source}: workload.path: trace file {s.trace_path()} not found")
+            raise KvsimError(
+                f"{source}: workload.path: trace file {clip(str(s.trace_path()))} not found"
+            )
         unit = 512 if w.format == "mooncake" else None
     else:
         unit = w.unit_tokens
-        if not math.isfinite(w.rate):
-            raise KvsimError(f"{source}: workload.rate: {w.rate!r} is not a finite number")
         if isinstance(w, SessionWorkload) and w.output_tokens % unit:
             raise KvsimError(
                 f"{source}: workload.output_tokens: {w.output_tokens} must be a multiple of "
@@ -773,7 +909,7 @@ def _check_pool(s: Scenario, spec: PoolSpec, model, source: str, where: str | No
             f"{source}: {tp_field}: {tp} does not divide the model's {model.heads} attention heads"
         )
     layouts = getattr(EVICTION.resolve(cache.eviction.type), "layouts", None)
-    if layouts is not None and cache.layout not in layouts:
+    if isinstance(layouts, (tuple, list, set, frozenset)) and cache.layout not in layouts:
         raise KvsimError(
             f"{source}: {at}cache.eviction: {cache.eviction.type!r} needs cache.layout "
             f"{' or '.join(layouts)}, not {cache.layout!r}"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_TRACES = ROOT.parent / "shared" / "traces"
@@ -17,6 +19,18 @@ def shared_trace(name: str) -> Path:
     if not path.is_file():
         pytest.skip(f"{path} not present (public traces live in ../shared/traces)")
     return path
+
+
+def load_hypothesis_profile() -> None:
+    """The "kvsim" hypothesis profile: no deadline, ``KVSIM_HYPOTHESIS_EXAMPLES`` examples (60 by
+    default)."""
+    settings.register_profile(
+        "kvsim",
+        deadline=None,
+        max_examples=int(os.environ.get("KVSIM_HYPOTHESIS_EXAMPLES", "60")),
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    settings.load_profile("kvsim")
 
 
 def write_kvsim_trace(path: Path, rows: list[dict]) -> Path:

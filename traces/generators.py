@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .request import Request, TraceError
+from .request import MAX_TOKENS, Request, TraceError
 
 _CHUNK = 4096
 
@@ -43,10 +43,24 @@ class LengthDist:
         elif self.kind == "uniform":
             x = rng.integers(self.low, self.high + 1, size=n)
         elif self.kind == "lognormal":
-            x = np.rint(rng.lognormal(math.log(self.median), self.sigma, size=n)).astype(np.int64)
+            # NOTE: clipped as floats before the cast (a huge draw must not wrap around in int64);
+            # with integer bounds, rint(clip(x)) == clip(rint(x)).
+            x = rng.lognormal(math.log(self.median), self.sigma, size=n)
+            return np.rint(np.clip(x, self.minimum, self.maximum)).astype(np.int64)
         else:
             raise TraceError(f"unknown length distribution {self.kind!r}")
         return np.clip(x, self.minimum, self.maximum)
+
+    def check(self, what: str) -> None:
+        """One-line :class:`TraceError` unless the parameters describe lengths in
+        [1, MAX_TOKENS]."""
+        ints = (self.value, self.low, self.high, self.minimum, self.maximum)
+        if not all(isinstance(v, int) and 1 <= v <= MAX_TOKENS for v in ints):
+            raise TraceError(f"{what}: lengths are integers from 1 to {MAX_TOKENS:,}")
+        if self.low > self.high or self.minimum > self.maximum:
+            raise TraceError(f"{what}: a lower bound exceeds its upper bound")
+        if not (0 < self.median <= MAX_TOKENS and 0 <= self.sigma <= 10):
+            raise TraceError(f"{what}: median must be in (0, {MAX_TOKENS:,}], sigma in [0, 10]")
 
 
 def _gaps(rng: np.random.Generator, arrival: str, rate: float, cv: float, n: int) -> np.ndarray:
@@ -72,6 +86,10 @@ def synthetic_requests(
     seed: int = 0,
 ) -> Iterator[Request]:
     """Stream ``requests`` synthetic requests; identical for identical arguments."""
+    if not (math.isfinite(rate) and rate > 0 and math.isfinite(cv) and 0.01 <= cv <= 100):
+        raise TraceError(f"rate ({rate!r}) must be finite and > 0, cv ({cv!r}) in [0.01, 100]")
+    prompt.check("prompt lengths")
+    output.check("output lengths")
     rng = np.random.default_rng(seed)
     prefix_units = prefix_tokens // unit_tokens if prefixes else 0
     # Chain ids: units of prefix p are p*prefix_units + i; unique units follow after all prefixes.

@@ -13,9 +13,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MAX_TOKENS = 100_000_000
+"""Token counts of one request at most: far above any context window, far below overflow."""
+
 
 class TraceError(ValueError):
     """A trace file or generator setting a user must fix; the message is one line with the place."""
+
+
+def echo(value, limit: int = 200) -> str:
+    """``repr(value)`` cut to ``limit`` characters: how an error quotes a value from a file."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
 
 
 @dataclass(slots=True, frozen=True)

@@ -184,7 +184,9 @@ class ProfileModel:
         max_mape = _limit(quality, "max_heldout_mape", MAX_HELDOUT_MAPE, where)
         max_error = _limit(quality, "max_heldout_error", MAX_HELDOUT_ERROR, where)
         accepted = quality.get("accepted") or []
-        if not isinstance(accepted, list) or any(k not in self.fits for k in accepted):
+        if not isinstance(accepted, list) or any(
+            not isinstance(k, str) or k not in self.fits for k in accepted
+        ):
             raise KvsimError(
                 f"{where}: quality.accepted is {accepted!r}; allowed: a list of the profile's ops "
                 f"({', '.join(sorted(self.fits))})"

@@ -1,6 +1,6 @@
 """Pluggable policies, one module per family, each with a name registry."""
 
-from . import continuum  # noqa: F401  (registers its eviction policy)
+from . import asymcache, continuum, eviction_peers  # noqa: F401 (they register eviction policies)
 from .checkpoint import CHECKPOINT
 from .eviction import EVICTION
 from .registry import Registry

@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import KvsimError
 from .registry import Registry
 
-CHECKPOINT = Registry("checkpoint", interfaces=({"positions": 1},))
+CHECKPOINT = Registry("checkpoint", interfaces=({"positions": 1},), field="cache.checkpoint")
 
 
 class CheckpointPolicy(Protocol):

@@ -20,6 +20,9 @@ A node's fields a policy may read: ``depth`` (unit index), ``start_token``, ``to
 ``hits``, ``last_access_ns`` (stamped at acquire and at release), ``released`` (the tree's
 release counter at its last release: vLLM's free-queue order), ``created_ns``,
 ``recompute_s`` (priced at insert) and ``policy_data`` (its own).
+
+Here: ``lru``, ``lfu``, ``fifo`` (ranking). ``asymcache`` is in :mod:`.asymcache`, its peers
+``max_score`` and ``pensieve`` in :mod:`.eviction_peers`; they own their candidates.
 """
 
 from __future__ import annotations
@@ -54,7 +57,9 @@ class CandidateSetPolicy(Protocol):
     def pop(self, now_ns: int): ...
 
 
-EVICTION = Registry("eviction", interfaces=({"key": 1}, {"add": 2, "remove": 1, "pop": 1}))
+EVICTION = Registry(
+    "eviction", interfaces=({"key": 1}, {"add": 2, "remove": 1, "pop": 1}), field="cache.eviction"
+)
 
 
 @EVICTION.register("lru")

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from .registry import Registry
 
-ROUTING = Registry("routing", interfaces=({"key": 2},))
+ROUTING = Registry("routing", interfaces=({"key": 2},), field="routing")
 
 
 class RoutingPolicy(Protocol):

@@ -36,7 +36,13 @@ def test_run_writes_results_and_is_deterministic(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "TTFT (ms)" in out and "SLO attainment" in out
     assert main(["run", str(s), "--out", str(tmp_path / "b"), "--no-progress"]) == 0
-    for name in ("summary.json", "requests.csv", "scenario.resolved.yaml", "report.html"):
+    for name in (
+        "summary.json",
+        "requests.csv",
+        "timeseries.csv",
+        "scenario.resolved.yaml",
+        "report.html",
+    ):
         a = (tmp_path / "a" / name).read_bytes()
         assert a == (tmp_path / "b" / name).read_bytes(), name
     report = (tmp_path / "a" / "report.html").read_text()

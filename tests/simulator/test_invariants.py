@@ -3,11 +3,9 @@ deterministic, and decode fast-forward identical to exact stepping."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
-from helpers import scenario_doc, write_kvsim_trace
-from hypothesis import HealthCheck, given, settings
+from helpers import load_hypothesis_profile, scenario_doc, write_kvsim_trace
+from hypothesis import given
 from hypothesis import strategies as st
 
 from kvsim.simulator import scenario_from_dict, simulate
@@ -64,21 +62,32 @@ def _doc(tmp_path, rows, **over):
     return scenario_doc(trace, **over)
 
 
-settings.register_profile(
-    "kvsim",
-    deadline=None,
-    max_examples=int(os.environ.get("KVSIM_HYPOTHESIS_EXAMPLES", "60")),
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
-settings.load_profile("kvsim")
+load_hypothesis_profile()
 
 
 @given(
     rows=workloads(),
     blocks=st.integers(30, 200),
     replicas=st.integers(1, 3),
-    eviction=st.sampled_from(["lru", "lfu", "fifo", "helpers:OldestFootprint"]),
-    layout=st.sampled_from(["contiguous", "msa"]),
+    eviction_layout=st.one_of(
+        st.tuples(
+            st.sampled_from(["lru", "lfu", "fifo", "max_score", "helpers:OldestFootprint"]),
+            st.sampled_from(["contiguous", "msa"]),
+        ),
+        # msa-only policies (holes are recomputed): the scenario loader refuses contiguous. An L
+        # of a few decode iterations, re-estimated every few reuses, makes AsymCache's victims
+        # depend on the clock within these short runs (its default L is a minute).
+        st.tuples(
+            st.sampled_from(
+                [
+                    "asymcache",
+                    {"type": "asymcache", "initial_l_s": 0.03, "reestimate_every": 3},
+                    "pensieve",
+                ]
+            ),
+            st.just("msa"),
+        ),
+    ),
     routing=st.sampled_from(["round_robin", "least_loaded", "prefix_aware"]),
     budget=st.sampled_from([64, 256]),
     chunked=st.booleans(),
@@ -93,8 +102,7 @@ def test_invariants_hold_and_fast_equals_exact(
     rows,
     blocks,
     replicas,
-    eviction,
-    layout,
+    eviction_layout,
     routing,
     budget,
     chunked,
@@ -103,10 +111,13 @@ def test_invariants_hold_and_fast_equals_exact(
     capture,
     isolation,
 ):
+    eviction, layout = eviction_layout
     cache = {"num_gpu_blocks": blocks, "eviction": eviction, "layout": layout}
     model = "llama-3.1-8b"
     if checkpoint is not None:  # a hybrid model: a state is 100 blocks of its KV
         model, cache["layout"] = "qwen3.5-0.8b", "contiguous"
+        if not isinstance(eviction, str) or eviction in ("asymcache", "pensieve"):
+            cache["eviction"] = "lru"  # msa-only policies: recurrent models resume contiguous
         cache.update(num_gpu_blocks=blocks + 250, checkpoint=checkpoint, isolation=isolation,
                      checkpoint_capture=capture)  # fmt: skip
     over = dict(
@@ -343,3 +354,58 @@ def test_cpu_tier_conserves_blocks_and_fast_equals_exact(
     assert fast.requests_csv() == exact.requests_csv()
     again = simulate(scenario_from_dict(doc, base_dir=tmp_path))
     assert again.summary == fast.summary
+
+
+def test_asymcache_evicts_at_exact_boundaries_under_fast_forward(tmp_path, monkeypatch):
+    """A time-dependent policy's victims must be chosen at the iteration boundary that needs the
+    blocks, not when a fast-forwarded decode run ends. A (units 1, 2) finishes at tA and C
+    (unit 3) at tC; ΔT(2) > ΔT(1) = ΔT(3) (unit 2 sits deeper). B's 200 decode steps outgrow the
+    free pool twice. With p = 0.999 and r = 1000, f is nearly flat up to L and then falls e-fold
+    per L: below L the cheaper unit goes first, beyond it the one idle longer. The second
+    eviction, at boundary t2, finds unit 2 idle less than L: unit 3 goes. At the end of B's run,
+    unit 2 would be idle more than L and unit 3 not: evicting there would take unit 2. D then
+    reuses unit 2."""
+    from kvsim.simulator.cache.prefix_tree import PrefixTree
+    from kvsim.simulator.cluster import Cluster
+
+    rows = [
+        {"arrival_s": 0.0, "prompt_tokens": 2 * UNIT, "output_tokens": 1, "blocks": [1, 2]},
+        {"arrival_s": 0.1, "prompt_tokens": UNIT, "output_tokens": 1, "blocks": [3]},
+        {"arrival_s": 0.2, "prompt_tokens": UNIT + 1, "output_tokens": 200, "blocks": [4, 5]},
+        {"arrival_s": 3.0, "prompt_tokens": 3 * UNIT, "output_tokens": 1, "blocks": [6, 2, 7]},
+    ]
+    for r in rows:
+        r["unit_tokens"] = UNIT
+    l_s = 1.43
+    evictions = []
+    pop_victim = PrefixTree.pop_victim
+
+    def logged(self, now):
+        v = pop_victim(self, now)
+        if v is not None:
+            evictions.append((now / 1e9, v.id))
+        return v
+
+    monkeypatch.setattr(PrefixTree, "pop_victim", logged)
+    eviction = {"type": "asymcache", "p": 0.999, "r": 1000, "initial_l_s": l_s}
+    runs = {}
+    for mode in ("exact", "fast"):
+        evictions.clear()
+        over = {"cache": {"num_gpu_blocks": 22, "layout": "msa", "eviction": eviction}}
+        if mode == "exact":
+            over["simulation"] = {"exact_steps": True}
+        cluster = Cluster(scenario_from_dict(_doc(tmp_path, rows, **over), base_dir=tmp_path))
+        runs[mode] = (
+            cluster.run(),
+            list(evictions),
+            sorted(cluster.replicas[0].scheduler.cache.tree.nodes),
+        )
+    exact, log, resident = runs["exact"]
+    t_a, t_c, t_end = (float(exact.requests[i]["finish_s"]) for i in (0, 1, 2))
+    assert [v for _, v in log] == [1, 3] and resident == [2, 4, 6, 7]
+    t2 = log[1][0]
+    assert t2 - t_a < l_s < t_end - t_a and t_end - t_c < l_s  # the premises above
+    assert exact.requests[3]["hit_tokens"] == str(UNIT)
+    fast, fast_log, fast_resident = runs["fast"]
+    assert fast.requests_csv() == exact.requests_csv()
+    assert fast_log == log and fast_resident == resident

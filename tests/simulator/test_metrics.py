@@ -98,7 +98,8 @@ def test_warmup_requests_are_simulated_but_not_recorded(tmp_path):
     from kvsim.simulator.errors import KvsimError
 
     rows = [{"arrival_s": 0.01 * i, "prompt_tokens": 300, "output_tokens": 20,
-             "blocks": [1, 2, 100 + i, 200 + i, 300 + i], "unit_tokens": 64}
+             "blocks": [1 if i % 2 else 0, 2 + i % 2, 100 + i, 200 + i, 300 + i],
+             "unit_tokens": 64}
             for i in range(12)]  # fmt: skip
     trace = write_kvsim_trace(tmp_path / "t.jsonl", rows)
     full = simulate(scenario_from_dict(scenario_doc(trace), base_dir=tmp_path))
@@ -110,6 +111,9 @@ def test_warmup_requests_are_simulated_but_not_recorded(tmp_path):
     ttft = [float(r["ttft_s"]) for r in warm.requests]
     assert s["ttft_s"]["mean"] == pytest.approx(sum(ttft) / 7, rel=1e-9)
     assert s["token_hit_ratio"] == sum(int(r["hit_tokens"]) for r in warm.requests) / (7 * 300)
+    hits = sum(int(r["hit_units"]) > 0 for r in warm.requests)
+    assert s["request_hit_ratio"] == hits / 7 and hits == 7  # both prompts' prefixes warmed up
+    assert full.summary["request_hit_ratio"] == 10 / 12  # unwarmed, the first of each misses
     assert "warmup_requests" not in full.summary
     with pytest.raises(KvsimError, match=r"simulation.warmup_requests: 12 leaves none of the "
                                          r"workload's 12 requests"):  # fmt: skip

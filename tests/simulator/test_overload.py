@@ -1,0 +1,124 @@
+"""Overload is bounded and visible: a queue cap (arrivals to a full waiting queue are rejected)
+and the queue lengths over time in ``timeseries.csv`` and the report."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+
+from helpers import scenario_doc, write_kvsim_trace
+
+from kvsim.simulator import scenario_from_dict, simulate
+from kvsim.simulator import timeseries as ts
+from kvsim.simulator.report import report_html
+
+INTERVAL_S = 0.01  # the series' first interval
+
+
+def _run(tmp_path, rows, **overrides):
+    trace = write_kvsim_trace(tmp_path / "t.jsonl", rows)
+    doc = scenario_doc(trace, **overrides)
+    return simulate(scenario_from_dict(doc, base_dir=tmp_path))
+
+
+def _row(t, prompt=2000, output=50):
+    return {"arrival_s": t, "prompt_tokens": prompt, "output_tokens": output}
+
+
+def _status(res) -> list[str]:
+    return [r["status"] for r in res.requests]
+
+
+def test_arrivals_to_a_full_waiting_queue_are_rejected(tmp_path):
+    """One sequence at a time, one waiting at most. r0 runs from 0 (a 2000-token prefill takes
+    milliseconds), r1 waits behind it, r2 finds the queue full, r3 arrives when all is done."""
+    rows = [_row(0.0), _row(0.001), _row(0.002), _row(100.0)]
+    sched = {"max_num_batched_tokens": 4096, "max_num_seqs": 1}
+    res = _run(tmp_path, rows, scheduler={**sched, "max_waiting": 1})
+    assert _status(res) == ["done", "done", "dropped: rejected: queue full", "done"]
+    assert res.summary["drop_reasons"] == {"rejected: queue full": 1}
+    assert _status(_run(tmp_path, rows, scheduler=sched)) == ["done"] * 4
+
+
+def test_simultaneous_arrivals_count_the_queue_before_admission(tmp_path):
+    """At time 0 the first request is still waiting when the next two arrive (arrivals precede
+    the replica's boundary at equal times): both find the queue of one full."""
+    rows = [_row(0.0), _row(0.0), _row(0.0)]
+    sched = {"max_num_batched_tokens": 4096, "max_num_seqs": 4, "max_waiting": 1}
+    res = _run(tmp_path, rows, scheduler=sched)
+    assert _status(res) == ["done"] + ["dropped: rejected: queue full"] * 2
+
+
+def _series(res) -> list[tuple[float, int, int, int]]:
+    rows = list(csv.reader(io.StringIO(res.timeseries.csv())))
+    assert rows[0] == ["time_s", "replica", "waiting", "running"]
+    return [(float(t), int(r), int(w), int(n)) for t, r, w, n in rows[1:]]
+
+
+def test_queue_series_of_two_requests_by_hand(tmp_path):
+    """One sequence at a time: r1 waits while r0 runs. A sample at s is the state after every
+    event at or before s; samples stop before the last event (the last finish)."""
+    sched = {"max_num_batched_tokens": 4096, "max_num_seqs": 1}
+    res = _run(tmp_path, [_row(0.0, 500, 8), _row(0.0, 500, 8)], scheduler=sched)
+    f0, f1 = sorted(float(r["finish_s"]) for r in res.requests)
+    n = math.ceil(round(f1 * 1e9) / round(INTERVAL_S * 1e9))
+    expected = [(round(k * INTERVAL_S, 9), 0, 1 if k * INTERVAL_S < f0 else 0, 1) for k in range(n)]
+    got = _series(res)
+    assert [(round(t, 9), r, w, x) for t, r, w, x in got] == expected
+    assert expected[0][2] == 1 and expected[-1][2] == 0  # both phases are sampled
+
+
+def _loaded(tmp_path, **simulation):
+    rows = [_row(0.02 * i, 300 + 97 * (i % 7), 5 + 13 * (i % 5)) for i in range(120)]
+    return _run(
+        tmp_path,
+        rows,
+        cluster={"replicas": 2},
+        cache={"num_gpu_blocks": 150},
+        scheduler={"max_num_batched_tokens": 1024, "max_num_seqs": 8},
+        simulation=simulation,
+    )
+
+
+def test_fast_forward_and_exact_steps_give_the_same_series(tmp_path):
+    fast = _loaded(tmp_path)
+    exact = _loaded(tmp_path, exact_steps=True)
+    assert fast.summary["preemptions"] > 0
+    assert max(w for _, _, w, _ in _series(fast)) > 0
+    assert fast.timeseries.csv() == exact.timeseries.csv()
+
+
+def test_a_full_series_keeps_every_other_sample_and_doubles_its_interval(tmp_path, monkeypatch):
+    full = _series(_loaded(tmp_path))
+    monkeypatch.setattr(ts, "MAX_SAMPLES", 8)
+    small = _loaded(tmp_path)
+    kept = _series(small)
+    interval = small.timeseries.interval_ns
+    assert interval == ts.FIRST_INTERVAL_NS * 2 ** round(math.log2(interval / 1e7))
+    assert 4 < small.timeseries.samples <= 8
+    step = interval // ts.FIRST_INTERVAL_NS
+    by_time = {(round(t, 9), r): (w, x) for t, r, w, x in full}
+    assert len(full) // 2 >= (small.timeseries.samples - 1) * step + 1  # it was halved
+    for t, r, w, x in kept:
+        assert by_time[round(t, 9), r] == (w, x)
+    assert [round(t / (interval / 1e9)) for t, r, *_ in kept if r == 0] == list(
+        range(small.timeseries.samples)
+    )
+
+
+class _Replica:
+    class scheduler:  # noqa: N801 - a stand-in with what the series reads
+        waiting = ()
+        num_running = 0
+
+
+def test_memory_is_bounded_for_many_replicas():
+    series = ts.QueueSeries([_Replica()] * 4096)
+    assert series.max_samples == 128  # 2^20 values / (2 × 4096)
+    assert ts.QueueSeries([_Replica()] * 2).max_samples == ts.MAX_SAMPLES
+
+
+def test_the_report_draws_the_queues(tmp_path):
+    html = report_html(_loaded(tmp_path), "t")
+    assert "Requests waiting and running (all replicas)" in html
