@@ -98,15 +98,15 @@ class CpuTierConfig(_Strict):
     """A replica's CPU KV pool over PCIe: GPU eviction demotes units to it, a hit there loads them
     back over PCIe before the prefill that needs them (DESIGN §5.1)."""
 
-    size_gib: float | None = Field(None, gt=0, description="host memory per replica (GiB)")
-    num_blocks: int | None = Field(None, ge=1, description="or its size in KV blocks")
+    size_gib: float | None = Field(None, gt=0, le=1e6, description="host memory per replica (GiB)")
+    num_blocks: int | None = Field(None, ge=1, le=MAX_COUNT, description="or its size in KV blocks")
     eviction: Policy = Field(
         default_factory=lambda: PolicyRef(type="lru"), description="which CPU units leave first"
     )
     pcie_gbit_per_s: float | None = Field(
-        None, gt=0, description="per direction (default: the GPU's PCIe rate × 0.8)"
+        None, ge=1e-3, le=1e6, description="per direction (default: the GPU's PCIe rate × 0.8)"
     )
-    latency_s: float = Field(0.0, ge=0, description="PCIe latency of one load or demotion")
+    latency_s: float = Field(0.0, ge=0, le=3600, description="PCIe latency of one load or demotion")
 
     @model_validator(mode="after")
     def _one_size(self):
@@ -271,7 +271,7 @@ class PoolConfig(_Strict):
 
     name: str | None = Field(None, description="default: the role")
     role: Literal["unified", "prefill", "decode"]
-    model: str | None = Field(None, description="default: the scenario's model")
+    model: PathText | None = Field(None, description="default: the scenario's model")
     hardware: str | None = Field(None, description="default: the scenario's hardware")
     replicas: int = Field(1, ge=1, le=4096)
     tensor_parallel: Literal[1, 2, 4, 8] = 1
@@ -279,11 +279,27 @@ class PoolConfig(_Strict):
     scheduler: SchedulerConfig | None = None
     routing: Policy | None = None
 
+    @field_validator("name")
+    @classmethod
+    def _a_name(cls, v: str | None):
+        if v is not None and (len(v) > MAX_NAME_CHARS or not _NAME.fullmatch(v) or "." in v):
+            raise ValueError(
+                f"a pool's name: at most {MAX_NAME_CHARS} letters, digits, spaces and -_+=,@() "
+                "(no dots: --set pools.<name>.… addresses it)"
+            )
+        return v
+
+    @field_validator("tensor_parallel", mode="before")
+    @classmethod
+    def _an_integer(cls, v):
+        return ClusterConfig._an_integer(v)
+
     @field_validator("hardware")
     @classmethod
     def _known_gpu(cls, v: str | None):
         if v is not None:
-            get_gpu(v)
+            if v.lower() not in gpu_catalog():
+                raise ValueError(f"not in the GPU catalog; allowed: {', '.join(gpu_catalog())}")
             return v.lower()
         return v
 
@@ -303,11 +319,17 @@ class LinkConfig(_Strict):
     """A link from a producer pool to a consumer pool (DESIGN §4)."""
 
     name: str | None = Field(None, description="default: producer-consumer")
-    producer: str = Field(description="the pool that sends (its name)")
-    consumer: str = Field(description="the pool that receives")
-    bandwidth_gbit_per_s: float = Field(gt=0, description="per direction")
-    latency_s: float = Field(0.0, ge=0)
-    overhead_s: float = Field(0.0, ge=0, description="fixed setup time of every transfer")
+    producer: str = Field(max_length=MAX_NAME_CHARS, description="the pool that sends (its name)")
+    consumer: str = Field(max_length=MAX_NAME_CHARS, description="the pool that receives")
+    bandwidth_gbit_per_s: float = Field(ge=1e-3, le=1e6, description="per direction")
+    latency_s: float = Field(0.0, ge=0, le=3600)
+    overhead_s: float = Field(0.0, ge=0, le=3600, description="fixed setup time of a transfer")
+
+    @field_validator("name")
+    @classmethod
+    def _a_name(cls, v: str | None):
+        return PoolConfig._a_name(v)
+
     scope: Literal["shared", "producer", "pair"] = Field(
         "producer",
         description="shared: one link for all; producer: one per producer replica (its NIC); "

@@ -30,6 +30,7 @@ them; different ranks for K and V are two half-counted ops, whose FLOPs add up t
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
@@ -103,12 +104,19 @@ def _quality(declared: dict | None, default: Quality, codec: str) -> Quality:
     if unknown:
         raise KvsimError(f"transfer codec {codec!r}: quality: unknown key {unknown[0]!r}; "
                          f"allowed: {', '.join(sorted(allowed))}")  # fmt: skip
-    if not declared.get("source"):
+    if not declared.get("source") or not isinstance(declared["source"], str):
         raise KvsimError(f"transfer codec {codec!r}: quality needs a source (where the numbers "
-                         "come from)")  # fmt: skip
+                         "come from, as text)")  # fmt: skip
+    if not isinstance(declared.get("note", ""), str):
+        raise KvsimError(f"transfer codec {codec!r}: quality.note must be text")
+    if declared.get("bound") not in (None, "exact", "at least", "at most"):
+        raise KvsimError(f"transfer codec {codec!r}: quality.bound = {declared['bound']!r}; "
+                         "allowed: exact, at least, at most")  # fmt: skip
     for key in ("f1_vs_oracle", "kl_vs_oracle", "perplexity_vs_oracle"):
         v = declared.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
+        if v is not None and (
+            isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf
+        ):
             raise KvsimError(f"transfer codec {codec!r}: quality.{key} = {v!r}; allowed: a "
                              "non-negative number or null")  # fmt: skip
     return Quality(**declared)
@@ -170,7 +178,7 @@ class Quantized(_Codec):
     def __init__(self, context: TransferContext, bits: int | None = None, group: int = 32,
                  quality: dict | None = None):  # fmt: skip
         super().__init__(context)
-        if bits not in (2, 4, 8):
+        if isinstance(bits, bool) or not isinstance(bits, int) or bits not in (2, 4, 8):
             raise KvsimError(f"transfer codec 'quantized': bits = {bits!r}; allowed: 2, 4, 8")
         hd = context.producer.head_dim
         if isinstance(group, bool) or not isinstance(group, int) or group < 1 or hd % group:
