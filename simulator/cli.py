@@ -2,6 +2,8 @@
 
     kvsim run SCENARIO [--set path=value ...] [--policy-path DIR ...] [--out DIR] [--exact-steps]
     kvsim validate SCENARIO [--set ...] [--policy-path DIR ...]
+    kvsim sweep SWEEP.yaml [--out DIR] [--executor local|ray] [--workers N] [--ray-address A]
+                [--policy-path DIR ...] [--force] [--no-progress]
     kvsim schema
     kvsim trace stats FILE [--format F]
     kvsim calibrate [--model M] [--tp N] [--out DIR] [--ops a,b] [--tiny] [--dry-run] [LIMITS]
@@ -36,6 +38,8 @@ EXAMPLES = """examples:
   kvsim run scenarios/quickstart.yaml
   kvsim run scenarios/mooncake_conversation.yaml --set cluster.replicas=4 --out runs/mc4
   kvsim run scenarios/quickstart.yaml --set cache.eviction=lfu --set workload.rate=20
+  kvsim sweep scenarios/sweeps/quickstart_replicas.yaml
+  kvsim sweep scenarios/sweeps/quickstart_replicas.yaml --executor ray --out runs/qs-ray
   kvsim validate scenarios/mooncake_conversation.yaml
   kvsim trace stats ../shared/traces/mooncake_conversation.jsonl
 """
@@ -87,6 +91,48 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--json", action="store_true", help="print summary.json instead of the table")
 
+    sw = sub.add_parser(
+        "sweep",
+        help="run a scenario over a grid of overrides: one table, curves and Pareto fronts",
+        description="Run a base scenario once per point of a grid of --set overrides (a sweep "
+        "file: base, set, grid, plots; see the README), one folder per point, and write "
+        "results.csv, results.parquet and report.html. Points already done are reused, so an "
+        "interrupted sweep resumes when run again.",
+    )
+    sw.add_argument("sweep", help="sweep YAML file")
+    sw.add_argument("--out", metavar="DIR", help="results folder (default: runs/<sweep name>)")
+    sw.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="local: a process pool (default); ray: one Ray task per point (the ray extra)",
+    )
+    sw.add_argument(
+        "--workers",
+        type=_positive,
+        metavar="N",
+        help="processes of the local pool, or CPUs of the local Ray cluster (default: all cores)",
+    )
+    sw.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="a running Ray cluster to use (default: start a local one for the sweep)",
+    )
+    sw.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a folder that holds another sweep's results, replacing them",
+    )
+    sw.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sw.add_argument(
+        "--policy-path",
+        dest="policy_path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder to import dotted policy paths from, as for kvsim run (repeatable)",
+    )
+
     val = sub.add_parser("validate", parents=[overrides], help="check a scenario and exit")
     val.add_argument("scenario")
 
@@ -126,6 +172,16 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", required=True, metavar="PROFILE.yaml")
     _limit_arguments(fit)
     return p
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: allowed: a positive integer, e.g. 4")
+    return n
 
 
 def _fraction(text: str) -> float:
@@ -322,6 +378,45 @@ def _run(args) -> int:
     return 0
 
 
+def _sweep(args) -> int:
+    from .sweep import load_sweep, run_sweep
+    from .sweep.table import terminal_table
+
+    sweep = load_sweep(args.sweep)
+    if args.ray_address and args.executor != "ray":
+        raise KvsimError("--ray-address: only with --executor ray")
+    policy_path = _policy_dirs(args)
+    out = Path(args.out) if args.out else Path("runs") / sweep.name
+    try:
+        run = run_sweep(
+            sweep,
+            out,
+            executor=args.executor,
+            workers=args.workers,
+            ray_address=args.ray_address,
+            force=args.force,
+            progress=not args.no_progress and sys.stderr.isatty(),
+            policy_path=policy_path,
+        )
+    except KeyboardInterrupt as e:
+        what = "terminated" if isinstance(e, _Terminated) else "interrupted"
+        if hasattr(e, "points_done"):
+            done = f"{e.points_done} of {e.points_total} points done in {out}/ (the same command "
+            done += "resumes)"
+        else:
+            done = "no points run"
+        print(f"kvsim: {what}; {done}", file=sys.stderr)
+        return 143 if isinstance(e, _Terminated) else 130
+    marks = {i: "ran" for i in run.ran} | {i: "reused" for i in run.reused}
+    print(
+        f"kvsim: sweep {sweep.name}: {len(sweep.points)} points over {sweep.base} "
+        f"({len(run.ran)} ran, {len(run.reused)} reused)"
+    )
+    print(terminal_table(run.table, marks))
+    print(f"results: {out}/ (results.csv, results.parquet, report.html, points/)")
+    return 0
+
+
 def _validate(args) -> int:
     """The checks ``run`` makes before it simulates: the scenario, the cluster built (policies
     instantiated, KV capacity, latency profile) and the workload's first requests read and
@@ -389,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     handlers = {
         "run": _run,
+        "sweep": _sweep,
         "validate": _validate,
         "schema": _schema,
         "trace": _trace_stats,

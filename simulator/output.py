@@ -77,8 +77,9 @@ def _umask() -> int:
     return mask
 
 
-class _SignalsHeld:
-    """SIGINT and SIGTERM are held while files are moved into place, then raised again.
+class SignalsHeld:
+    """SIGINT and SIGTERM are held while files are moved into place (a run's, a sweep point's),
+    then raised again.
 
     NOTE: held by swapping the Python handlers, not by a signal mask: a mask is per thread, and
     the kernel hands a process-directed signal to any thread that does not block it."""
@@ -152,7 +153,7 @@ class ResultsFolder:
         except OSError as e:
             raise self._fail("cannot write the results; nothing was written", e) from None
         try:
-            with _SignalsHeld():
+            with SignalsHeld():
                 try:
                     if self._new:
                         os.rename(self._staging, self.out)

@@ -107,3 +107,15 @@ class ShallowestFirst:
 
     def key(self, node):
         return (node.depth, node.released)
+
+
+def wait_for_file(task: tuple[int, str, list]) -> tuple[int, dict, None]:
+    """A sweep task for tests: task 0 returns at once; any other waits (up to 20 s) for the file
+    named by the task and returns whether it appeared."""
+    import time
+
+    index, path, _ = task
+    deadline = time.monotonic() + (0 if index == 0 else 20)
+    while not Path(path).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return index, {"saw": b"yes" if Path(path).exists() else b"no"}, None
