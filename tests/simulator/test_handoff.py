@@ -295,3 +295,43 @@ def test_a_decode_replica_full_of_arrived_kv_admits_after_preempting_all_it_ran(
     assert (a["preemptions"], b["preemptions"]) == ("1", "0")
     assert float(b["finish_s"]) < float(a["finish_s"])
     assert res.summary["pools"]["decode"]["kv_blocks_per_replica"] == 8
+
+
+def test_the_shipped_scd_scenario_and_its_bandwidth_sweep():
+    from helpers import ROOT
+
+    from kvsim.simulator import load_scenario
+    from kvsim.simulator.sweep import load_sweep
+
+    s = load_scenario(ROOT / "scenarios" / "scd_bandwidth.yaml", ["workload.requests=3"])
+    res = simulate(s)
+    t = res.summary["transfer"]
+    assert t["label"] == "scd(rank_k=128, rank_v=128, rank_h=512, patch_layers=6)"
+    assert (t["handoffs"], t["first_token"], t["quality"]["f1_vs_oracle"]) == (3, "consumer", 0.95)
+    pools = res.summary["pools"]
+    assert (pools["prefill"]["model"], pools["decode"]["model"]) == ("mistrallite",
+                                                                     "mistral-7b-v0.1")  # fmt: skip
+    # 900 tokens: 26 Reuse layers x (128 + 128) + 6 Patch layers x 512, two bytes each.
+    assert t["payload_bytes_mean"] == 900 * 2 * (26 * 256 + 6 * 512)
+    sweep = load_sweep(ROOT / "scenarios" / "sweeps" / "scd_bandwidth.yaml")
+    assert len(sweep.points) == 11 * 6  # bandwidths x codecs
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_bad_pool_settings_exit_2_with_one_line_through_the_cli(tmp_path, capsys, command):
+    import yaml
+
+    from kvsim.simulator.cli import main
+
+    rows = [{"arrival_s": 0.0, "prompt_tokens": 100, "output_tokens": 2}]
+    doc = _doc(tmp_path, rows)
+    doc["links"][0]["scope"] = "everyone"
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "out"
+    argv = [command, str(path)] + (["--out", str(out), "--no-progress"] if command == "run" else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kvsim: error: ") and err.count("\n") == 1
+    assert "links.0.scope: 'everyone' is not allowed" in err
+    assert not out.exists()
