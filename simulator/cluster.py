@@ -19,8 +19,8 @@ from kvsim.traces import TraceError
 from .catalog import GpuSpec, ModelSpec, get_model
 from .errors import KvsimError
 from .handoff import Handoff, make_codec
-from .link import schedule_at
 from .metrics import Recorder, RequestRecord, Results
+from .policies.routing import choose
 from .pool import Pool
 from .replica import Replica
 from .scenario import (
@@ -219,7 +219,13 @@ def expected_requests(scenario: Scenario) -> int | None:
 
 def _at(env: simpy.Environment, t_ns: int, callback: Callable) -> None:
     """Run ``callback`` at ``t_ns`` before any ordinary event of that time."""
-    schedule_at(env, t_ns, callback, URGENT)
+    ev = simpy.Event(env)
+    # NOTE: a pre-triggered event scheduled with URGENT priority: what Timeout does, one
+    # priority level up (``link.schedule_at`` in general; inlined on the arrivals' hot path).
+    ev._ok = True
+    ev._value = None
+    ev.callbacks.append(callback)
+    env.schedule(ev, URGENT, t_ns - env.now)
 
 
 class Cluster:
@@ -262,6 +268,7 @@ class Cluster:
         self.workload = Workload(workload_requests(scenario), self._source())
         self._scale = 1e9 / scenario.workload.rate_scale
         self._session_start: dict = {}  # open sessions' first arrivals (ns)
+        self._fits = self._fit_checks()
         cap = e.spec.scheduler.max_waiting  # arrivals only: a hand-off is not rejected
         self._max_waiting = cap if cap is not None else float("inf")
 
@@ -287,16 +294,31 @@ class Cluster:
             return -1
         return now_ns - self._session_start.pop(req.session)
 
+    def _fit_checks(self) -> list[tuple]:
+        """Per pool a request passes through, what ``_drop_reason`` checks (read once)."""
+        consumer_prefills = self.handoff is not None and not self.handoff.codec.plan(1).kv
+        out = []
+        for pool in self.pools:
+            sc = pool.spec.scheduler
+            what = "a replica" if pool.role == "unified" else f"a {pool.role} replica"
+            out.append((
+                pool.model.max_position, pool.spec.cache.block_size, pool.role == "prefill",
+                pool.model.attention is None, 2 * pool.state_blocks, pool.capacity, what,
+                pool.role != "decode" or consumer_prefills, sc.enable_chunked_prefill,
+                sc.max_num_batched_tokens, sc.watermark, pool.chunk_tokens, pool.watermark_blocks,
+            ))  # fmt: skip
+        return out
+
     def _drop_reason(self, req) -> str | None:
         """Why a request can never be served (one line), or None. Every pool it passes through
         must be able to hold it: a unified or decode replica its prompt and every generated token
         but the last, a prefill replica its prompt."""
         total = req.prompt_tokens + req.output_tokens
-        for pool in self.pools:
-            if total > pool.model.max_position:
-                return f"longer than the model's context ({pool.model.max_position} tokens)"
-        for pool in self.pools:
-            bt = pool.spec.cache.block_size
+        for max_position, *_ in self._fits:
+            if total > max_position:
+                return f"longer than the model's context ({max_position} tokens)"
+        for (_, bt, prefill, kv_free, states, capacity, what, computes_prompt, chunked,
+             budget, watermark, chunk_tokens, watermark_blocks) in self._fits:  # fmt: skip
             if req.blocks and req.unit_tokens % bt:
                 raise KvsimError(
                     f"{self._source()}: request {req.id}: content unit of {req.unit_tokens} "
@@ -307,22 +329,16 @@ class Cluster:
             # (whose KV is never computed). Nodes cache full blocks only, so this is exact. A
             # recurrent model's sequence also holds its live state and, while storing one, a
             # checkpoint. A prefill replica holds the prompt only.
-            tokens = req.prompt_tokens if pool.role == "prefill" else total - 1
-            kv = 0 if pool.model.attention is None else -(-tokens // bt)
-            if kv + 2 * pool.state_blocks > pool.capacity:
-                what = "a replica" if pool.role == "unified" else f"a {pool.role} replica"
-                return f"needs more KV blocks than {what} has ({pool.capacity})"
-            computes_prompt = pool.role != "decode" or (
-                self.handoff is not None and not self.handoff.codec.plan(1).kv
-            )
+            kv = 0 if kv_free else -(-(req.prompt_tokens if prefill else total - 1) // bt)
+            if kv + states > capacity:
+                return f"needs more KV blocks than {what} has ({capacity})"
             if not computes_prompt:
                 continue
-            sc = pool.spec.scheduler
-            if not sc.enable_chunked_prefill and req.prompt_tokens > sc.max_num_batched_tokens:
+            if not chunked and req.prompt_tokens > budget:
                 return "prompt exceeds max_num_batched_tokens with chunked prefill disabled"
-            if sc.watermark:
-                chunk = min(req.prompt_tokens, sc.max_num_batched_tokens, pool.chunk_tokens)
-                if -(-chunk // bt) + pool.watermark_blocks > pool.capacity:
+            if watermark:
+                chunk = min(req.prompt_tokens, budget, chunk_tokens)
+                if -(-chunk // bt) + watermark_blocks > capacity:
                     return "its first chunk does not fit beside the scheduler's watermark"
         return None
 
@@ -356,12 +372,19 @@ class Cluster:
             self.recorder.drop(req, now, reason, job_ns)
             self._on_done(len(self.recorder))
         else:
-            replica = self.entry.choose(req, now)
+            entry = self.entry
+            if entry.router_reads_cache:
+                for r in entry.replicas:
+                    r.sync(now)
+            replica = entry.replicas[choose(entry.router, req, entry.replicas)]
             if replica.num_waiting >= self._max_waiting:
                 self.recorder.drop(req, now, QUEUE_FULL, self._turn_done(req, now))
                 self._on_done(len(self.recorder))
             else:
-                replica.submit(Seq(req, now, RequestRecord(now)))
+                # NOTE: the record that follows a request across replicas; with one unified
+                # pool the replica's sequence is the whole story (and the hot path skips it).
+                rec = RequestRecord(now) if self.handoff is not None else None
+                replica.submit(Seq(req, now, rec))
         if chained:
             self._next_arrival()
 

@@ -36,7 +36,12 @@ FIELDS = (
 )  # fmt: skip
 F = {name: i for i, name in enumerate(FIELDS)}
 """Column of each field in a record array."""
+BASE_FIELDS = 16
+"""A unified cluster without a CPU tier writes only the first 16 fields (the hand-off's and the
+CPU tier's do not apply)."""
 _RECORD = struct.Struct(f"<{len(FIELDS)}q")
+_BASE_RECORD = struct.Struct(f"<{BASE_FIELDS}q")
+_NO_HANDOFF = (-1,) * 8
 
 COLUMNS = (
     "id",
@@ -161,7 +166,10 @@ class Recorder:
         self.producer_codec_ns_sum = self.consumer_codec_ns_sum = 0
         self.cpu_hit_units = 0
         self.sink = tempfile.TemporaryFile()
-        self._pack = _RECORD.pack
+        self.full = handoff or cpu_tier
+        """Records carry every field (else the first ``BASE_FIELDS``)."""
+        self.record = _RECORD if self.full else _BASE_RECORD
+        self._pack = self.record.pack
         self.slo_ttft_s, self.slo_tpot_s = slo_ttft_s, slo_tpot_s
         self.count = 0
         self.finished_count = 0
@@ -191,8 +199,9 @@ class Recorder:
         r = seq.req
         if r.id < self.warmup:
             return
-        rec = seq.rec
-        arr, first = rec.arrival_ns, seq.first_ns
+        rec = seq.rec  # None: one unified pool, the sequence is the whole record
+        handed = rec is not None and rec.handed_off
+        arr, first = seq.arrival_ns if rec is None else rec.arrival_ns, seq.first_ns
         self._arrived(arr)
         ttft_ns = first - arr
         self.ttft_ns_sum += ttft_ns
@@ -211,10 +220,12 @@ class Recorder:
         if self.last_finish_ns is None or now_ns > self.last_finish_ns:
             self.last_finish_ns = now_ns
         units = len(r.blocks)
-        src = rec if rec.handed_off else seq  # hits: the replica that prefilled it
+        src = rec if handed else seq  # hits: the replica that prefilled it
         hit_tokens, hit_units, cpu_units = src.hit_tokens, src.hit_units, src.cpu_hit_units
-        preemptions = rec.preemptions + seq.preemptions
-        recomputed = rec.recomputed + seq.recomputed
+        preemptions, recomputed = seq.preemptions, seq.recomputed
+        if rec is not None:
+            preemptions += rec.preemptions
+            recomputed += rec.recomputed
         self.prompt_done += r.prompt_tokens
         self.output_done += out
         self.hit_tokens_done += hit_tokens
@@ -224,7 +235,7 @@ class Recorder:
         self.cpu_hit_units += cpu_units
         self.preemptions += preemptions
         self.recomputed += recomputed
-        if rec.handed_off:
+        if handed:
             self.handoffs += 1
             self.handoff_ns_sum += rec.handoff_ns
             self.payload_bytes += rec.payload_bytes
@@ -232,35 +243,21 @@ class Recorder:
             self.transfer_ns_sum += rec.transfer_ns
             self.producer_codec_ns_sum += rec.producer_codec_ns
             self.consumer_codec_ns_sum += rec.consumer_codec_ns
-        self.sink.write(
-            self._pack(
-                r.id,
-                arr,
-                first,
-                now_ns,
-                r.prompt_tokens,
-                out,
-                hit_tokens,
-                hit_units,
-                units,
-                recomputed,
-                preemptions,
-                replica,
-                -1,
-                -1 if r.session is None else r.session,
-                r.turn,
-                job_ns,
-                rec.prefill_replica,
-                replica if rec.handed_off else -1,
-                rec.payload_bytes,
-                rec.wait_ns,
-                rec.transfer_ns,
-                rec.producer_codec_ns,
-                rec.consumer_codec_ns,
-                rec.handoff_ns,
-                cpu_units,
-            )  # fmt: skip
-        )
+        fields = (
+            r.id, arr, first, now_ns, r.prompt_tokens, out, hit_tokens, hit_units, units,
+            recomputed, preemptions, replica, -1, -1 if r.session is None else r.session, r.turn,
+            job_ns,
+        )  # fmt: skip
+        if self.full:
+            if handed:
+                fields += (
+                    rec.prefill_replica, replica, rec.payload_bytes, rec.wait_ns,
+                    rec.transfer_ns, rec.producer_codec_ns, rec.consumer_codec_ns,
+                    rec.handoff_ns, cpu_units,
+                )  # fmt: skip
+            else:
+                fields += _NO_HANDOFF + (cpu_units,)
+        self.sink.write(self._pack(*fields))
         if job_ns >= 0:
             self.jobs += 1
             self.job_ns_sum += job_ns
@@ -273,35 +270,14 @@ class Recorder:
         self.drop_reasons[reason] = self.drop_reasons.get(reason, 0) + 1
         if reason not in self.reason_list:
             self.reason_list.append(reason)
-        self.sink.write(
-            self._pack(
-                req.id,
-                arrival_ns,
-                -1,
-                -1,
-                req.prompt_tokens,
-                req.output_tokens,
-                0,
-                0,
-                len(req.blocks),
-                0,
-                0,
-                -1,
-                self.reason_list.index(reason),
-                -1 if req.session is None else req.session,
-                req.turn,
-                job_ns,
-                -1,
-                -1,
-                -1,
-                -1,
-                -1,
-                -1,
-                -1,
-                -1,
-                0,
-            )  # fmt: skip
-        )
+        fields = (
+            req.id, arrival_ns, -1, -1, req.prompt_tokens, req.output_tokens, 0, 0,
+            len(req.blocks), 0, 0, -1, self.reason_list.index(reason),
+            -1 if req.session is None else req.session, req.turn, job_ns,
+        )  # fmt: skip
+        if self.full:
+            fields += _NO_HANDOFF + (0,)
+        self.sink.write(self._pack(*fields))
         if job_ns >= 0:
             self.jobs += 1
             self.job_ns_sum += job_ns
@@ -312,13 +288,13 @@ _BINS = 4096  # histogram bins per selection pass
 _COLLECT = 1 << 16  # values gathered at most to finish a selection
 
 
-def _records(sink):
-    """The records written so far, as int64 arrays of shape (n, 13), chunk by chunk."""
+def _records(sink, fields: int):
+    """The records written so far, as int64 arrays of shape (n, fields), chunk by chunk."""
     sink.flush()
     sink.seek(0)
     try:
-        while chunk := sink.read(_RECORD.size * _CHUNK_RECORDS):
-            yield np.frombuffer(chunk, dtype="<i8").reshape(-1, _RECORD.size // 8)
+        while chunk := sink.read(8 * fields * _CHUNK_RECORDS):
+            yield np.frombuffer(chunk, dtype="<i8").reshape(-1, fields)
     finally:
         sink.seek(0, io.SEEK_END)
 
@@ -333,17 +309,21 @@ def _latency_keys(raw: np.ndarray) -> dict[str, np.ndarray]:
     # Same operations, in the same order, as Recorder.finished computes TPOT.
     tpot = (fin[multi] - first[multi]) / NS / (out[multi] - 1)
     jobs = raw[:, F["job_ns"]]
-    handoff = done[:, F["handoff_ns"]]
-    return {
+    keys = {
         "ttft_s": first - arr,
         "tpot_s": tpot.view(np.int64),
         "e2e_s": fin - arr,
         "job_latency_s": jobs[jobs >= 0],
-        "handoff_s": handoff[handoff >= 0],
     }
+    if raw.shape[1] > F["handoff_ns"]:
+        handoff = done[:, F["handoff_ns"]]
+        keys["handoff_s"] = handoff[handoff >= 0]
+    return keys
 
 
-def _order_statistics(sink, wanted: dict[str, set[int]]) -> dict[str, dict[int, int]]:
+def _order_statistics(
+    sink, wanted: dict[str, set[int]], fields: int = BASE_FIELDS
+) -> dict[str, dict[int, int]]:
     """The k-th smallest key (0-based) of each metric for each k in ``wanted[metric]``, exactly,
     in a few passes over the record file and with memory bounded independently of its length.
 
@@ -354,7 +334,7 @@ def _order_statistics(sink, wanted: dict[str, set[int]]) -> dict[str, dict[int, 
     """
     lo = {m: None for m in wanted}
     hi = dict(lo)
-    for raw in _records(sink):
+    for raw in _records(sink, fields):
         for m, v in _latency_keys(raw).items():
             if m in wanted and v.size:
                 a, b = int(v.min()), int(v.max())
@@ -372,7 +352,7 @@ def _order_statistics(sink, wanted: dict[str, set[int]]) -> dict[str, dict[int, 
             break
         counts = {key: None for key in state}
         gathered: dict[tuple, list] = {key: [] for key, st in state.items() if st[3]}
-        for raw in _records(sink):
+        for raw in _records(sink, fields):
             keys = _latency_keys(raw)
             for key, (a, b, _, collect) in state.items():
                 v = keys[key[0]]
@@ -434,7 +414,7 @@ def _latency_summaries(rec: Recorder) -> dict[str, dict[str, float]]:
     for m, n in counts.items():
         if n:
             wanted[m] = {r for _, p in _PERCENTILES for r in _quantile_ranks(n, p / 100)[:2]}
-    stats = _order_statistics(rec.sink, wanted) if wanted else {}
+    stats = _order_statistics(rec.sink, wanted, rec.record.size // 8) if wanted else {}
 
     def seconds(m: str, key: int) -> float:
         if m == "tpot_s":
@@ -468,6 +448,7 @@ class Results:
         self.timeseries = None
         """Queue lengths over time (``timeseries.QueueSeries``), set by the cluster's run."""
         self._sink = rec.sink
+        self._record = rec.record
         self._reasons = rec.reason_list
         n, done = rec.count, rec.finished_count
         t0 = rec.first_arrival_ns or 0
@@ -547,13 +528,14 @@ class Results:
     def write_requests_csv(self, out) -> None:
         """Write the per-request table (rows in completion order) to a text file object."""
         out.write(",".join(self.column_names) + "\n")
-        sink, size = self._sink, _RECORD.size
+        sink, record = self._sink, self._record
+        size = record.size
         handoff, cpu = self._handoff, self._cpu_tier
         sink.flush()
         sink.seek(0)
         while chunk := sink.read(size * 4096):
             lines = []
-            for rec in _RECORD.iter_unpack(chunk):
+            for rec in record.iter_unpack(chunk):
                 rid, arr, first, fin, p, o, ht, hu, u, rc, pre, rep, status, ses, turn, job = rec[
                     :16
                 ]
@@ -586,7 +568,7 @@ class Results:
         """Per-request columns (completion order) as arrays, seconds as floats, NaN if dropped."""
         self._sink.flush()
         self._sink.seek(0)
-        raw = np.frombuffer(self._sink.read(), dtype="<i8").reshape(-1, _RECORD.size // 8)
+        raw = np.frombuffer(self._sink.read(), dtype="<i8").reshape(-1, self._record.size // 8)
         self._sink.seek(0, io.SEEK_END)
         done = raw[:, F["status"]] < 0
         arr, first = raw[:, F["arrival_ns"]] / NS, raw[:, F["first_ns"]] / NS
@@ -603,7 +585,9 @@ class Results:
             "output_tokens": out.astype(np.float64),
             "units": raw[:, F["units"]].astype(np.float64),
             "hit_units": raw[:, F["hit_units"]].astype(np.float64),
-            "cpu_hit_units": raw[:, F["cpu_hit_units"]].astype(np.float64),
+            "cpu_hit_units": raw[:, F["cpu_hit_units"]].astype(np.float64)
+            if raw.shape[1] > F["cpu_hit_units"]
+            else np.zeros(len(raw)),
             "preemptions": raw[:, F["preemptions"]].astype(np.float64),
             "job_latency_s": np.where(raw[:, F["job_ns"]] >= 0, raw[:, F["job_ns"]] / NS, nan),
         }

@@ -19,7 +19,7 @@ from .link import Link
 from .policies import CHECKPOINT, EVICTION, ROUTING
 from .policies.eviction import EvictionContext
 from .policies.routing import choose
-from .replica import Replica
+from .replica import DecodeReplica, Replica
 from .scenario import PoolSpec, Scenario
 from .scheduler import Scheduler
 
@@ -112,7 +112,8 @@ class Pool:
                 state_bytes=state_bytes,
                 capture=cc.checkpoint_capture,
             )
-            self.replicas.append(Replica(env, i, sched, pricer, scenario.simulation.exact_steps))
+            kind = DecodeReplica if spec.role == "decode" else Replica
+            self.replicas.append(kind(env, i, sched, pricer, scenario.simulation.exact_steps))
         self.router = ROUTING.create(spec.routing.type, **spec.routing.params)
         self.router_reads_cache = getattr(self.router, "reads_cache", False)
 

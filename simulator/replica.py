@@ -61,10 +61,7 @@ class Replica:
     @property
     def in_flight(self) -> int:
         s = self.scheduler
-        n = len(s.waiting) + len(s.prefilling) + len(s.decoding)
-        if s.ready or s.incoming or self.handoffs_waiting:  # a decode replica's hand-offs
-            n += len(s.ready) + len(s.incoming) + self.handoffs_waiting
-        return n
+        return len(s.waiting) + len(s.prefilling) + len(s.decoding)
 
     @property
     def num_running(self) -> int:
@@ -83,7 +80,14 @@ class Replica:
         now = self.env.now
         self.routed += 1
         self.scheduler.add(seq)
-        self._kick(now)
+        # NOTE: _kick inlined (the arrivals' hot path).
+        if not self._busy:
+            self._busy = True
+            self._schedule_boundary(now)
+        elif self._run is not None and self._run.k > 1:
+            j = self._run.count_before(now)
+            if j < self._run.k - 1:
+                self._schedule_boundary(self._run.cut(j))
 
     def _kick(self, now: int) -> None:
         """New work at ``now`` (an URGENT event): start if idle, else stop a run at the first
@@ -210,3 +214,16 @@ class Replica:
             room = s.cache.available() if evict else s.cache.free
             k = 1 + s.decode_iterations_affordable(it0 + 1, k_max - 1, room)
         self._run = self.pricer.decode_run(n, s.dec_sum + n, k, now, s.dec_segs)
+
+
+class DecodeReplica(Replica):
+    """A decode pool's replica: hand-offs waiting for its blocks, on their way, or arrived count
+    as its requests in flight (what routers balance)."""
+
+    @property
+    def in_flight(self) -> int:
+        s = self.scheduler
+        return (
+            len(s.waiting) + len(s.prefilling) + len(s.decoding) + len(s.ready) + len(s.incoming)
+            + self.handoffs_waiting
+        )  # fmt: skip
