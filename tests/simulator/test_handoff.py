@@ -335,3 +335,18 @@ def test_bad_pool_settings_exit_2_with_one_line_through_the_cli(tmp_path, capsys
     assert err.startswith("kvsim: error: ") and err.count("\n") == 1
     assert "links.0.scope: 'everyone' is not allowed" in err
     assert not out.exists()
+
+
+def test_the_record_keeps_the_prefill_replicas_hits_and_the_decode_replicas_outcome(tmp_path):
+    # Two prompts share their first two units (64 tokens each): the second hits them on the
+    # prefill replica, and its row says so after the decode replica finished it.
+    rows = [
+        {"id": 0, "arrival_s": 0.0, "prompt_tokens": 192, "output_tokens": 3,
+         "blocks": [1, 2, 3], "unit_tokens": 64},
+        {"id": 1, "arrival_s": 1.0, "prompt_tokens": 192, "output_tokens": 3,
+         "blocks": [1, 2, 4], "unit_tokens": 64},
+    ]  # fmt: skip
+    reqs, res = _run(tmp_path, rows)
+    assert (reqs[0]["hit_units"], reqs[1]["hit_units"], reqs[1]["hit_tokens"]) == ("0", "2", "128")
+    assert reqs[1]["decode_replica"] == "0" and reqs[1]["status"] == "done"
+    assert res.summary["prefix_hit_ratio"] == 2 / 6
