@@ -431,11 +431,13 @@ def _validate(args) -> int:
         raise KvsimError(str(e)) from None
     except OSError as e:
         raise _temp_files_failed(e) from None
-    print(
-        f"{args.scenario}: valid ({s.model} on {s.cluster.replicas}× {s.hardware} "
-        f"TP{s.cluster.tensor_parallel}, {cluster.capacity} KV blocks of {s.cache.block_size} "
-        f"tokens per replica; first {rows} requests checked)"
+    pools = "; ".join(
+        f"{'' if p.role == 'unified' else p.name + ': '}{p.model.name} on "
+        f"{p.spec.replicas}× {p.gpu.name} TP{p.spec.tensor_parallel}, {p.capacity} KV blocks of "
+        f"{p.spec.cache.block_size} tokens per replica"
+        for p in cluster.pools
     )
+    print(f"{args.scenario}: valid ({pools}; first {rows} requests checked)")
     return 0
 
 

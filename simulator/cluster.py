@@ -16,26 +16,23 @@ from simpy.events import URGENT
 
 from kvsim.traces import TraceError
 
-from .cache import KVCache
-from .catalog import GpuSpec, ModelSpec, get_gpu, get_model
-from .chunking import AdaptiveChunking
+from .catalog import GpuSpec, ModelSpec, get_model
 from .errors import KvsimError
-from .latency import IterationPricer, RooflineModel
-from .latency.profile import load_profile
-from .metrics import Recorder, Results
-from .policies import CHECKPOINT, EVICTION, ROUTING
-from .policies.eviction import EvictionContext
+from .handoff import Handoff, make_codec
+from .metrics import Recorder, RequestRecord, Results
 from .policies.routing import choose
+from .pool import Pool
 from .replica import Replica
 from .scenario import (
     AgentWorkload,
     GroupedWorkload,
+    PoolSpec,
     Scenario,
     SessionWorkload,
     SyntheticWorkload,
     TraceWorkload,
 )
-from .scheduler import Scheduler, Seq
+from .scheduler import Seq
 from .timeseries import MAX_TIME_NS, QueueSeries
 from .workload import Workload
 
@@ -43,13 +40,20 @@ GIB = 1 << 30
 QUEUE_FULL = "rejected: queue full"
 
 
-def check_fits(scenario: Scenario, model: ModelSpec, gpu: GpuSpec) -> None:
+def _pool(spec) -> PoolSpec:
+    """A pool's settings: a flat scenario's one unified pool, or the pool given."""
+    return spec.pool_specs()[0] if isinstance(spec, Scenario) else spec
+
+
+def check_fits(spec: PoolSpec | Scenario, model: ModelSpec, gpu: GpuSpec) -> None:
     """One line if the model's weights (every expert) do not fit on the GPUs given."""
-    cache, tp = scenario.cache, scenario.cluster.tensor_parallel
+    spec = _pool(spec)
+    cache, tp = spec.cache, spec.tensor_parallel
     usable = gpu.memory_gib * GIB * cache.gpu_memory_utilization
     if model.weight_bytes / tp > usable:
         raise KvsimError(
-            f"model: {model.name} does not fit: {model.weight_bytes / tp / GIB:.1f} GiB of weights "
+            f"{'' if spec.role == 'unified' else f'pools.{spec.name}.'}model: {model.name} does "
+            f"not fit: {model.weight_bytes / tp / GIB:.1f} GiB of weights "
             f"per GPU at tensor_parallel {tp}, but {gpu.name} × gpu_memory_utilization "
             f"{cache.gpu_memory_utilization} leaves {usable / GIB:.1f} GiB; raise "
             "cluster.tensor_parallel"
@@ -61,19 +65,20 @@ def state_bytes_rank(model: ModelSpec, tp: int) -> int:
     return -(-model.state_bytes // tp)
 
 
-def state_blocks(scenario: Scenario, model: ModelSpec) -> int:
+def state_blocks(spec: PoolSpec | Scenario, model: ModelSpec) -> int:
     """Pool blocks one recurrent state takes: its bytes over a KV block's, rounded up; 1 when
     the model has no attention (the pool's unit is then a state); 0 without recurrent layers."""
     if model.recurrent is None:
         return 0
     if model.attention is None:
         return 1
-    tp = scenario.cluster.tensor_parallel
-    block_bytes = scenario.cache.block_size * model.kv_bytes_per_token_rank(tp)
+    spec = _pool(spec)
+    tp = spec.tensor_parallel
+    block_bytes = spec.cache.block_size * model.kv_bytes_per_token_rank(tp)
     return -(-state_bytes_rank(model, tp) // block_bytes)
 
 
-def profile_peak_bytes(scenario: Scenario, model: ModelSpec) -> float:
+def profile_peak_bytes(spec: PoolSpec | Scenario, model: ModelSpec) -> float:
     """The peak torch allocation of vLLM's profile run, per GPU: the larger of a dummy forward
     pass over ``max_num_batched_tokens`` tokens (no attention kernels run in it) and the sampler
     over ``min(max_num_seqs, max_num_batched_tokens)`` rows of full-vocabulary logits.
@@ -82,7 +87,8 @@ def profile_peak_bytes(scenario: Scenario, model: ModelSpec) -> float:
     16 bytes a logit. The forward pass holds, per token, the MLP's gate/up output and its
     activation (3 × intermediate, or top-k experts' for MoE) and about 4 hidden-size tensors
     (fitted to the logged peak of CodeLlama-7B: 0.77 GiB measured, 0.79 estimated)."""
-    sched, tp, b = scenario.scheduler, scenario.cluster.tensor_parallel, model.dtype_bytes
+    spec = _pool(spec)
+    sched, tp, b = spec.scheduler, spec.tensor_parallel, model.dtype_bytes
     width = 4 * model.hidden
     if model.mlp is not None:
         width += 3 * model.intermediate // tp
@@ -93,8 +99,9 @@ def profile_peak_bytes(scenario: Scenario, model: ModelSpec) -> float:
     return max(forward, rows * model.vocab * 16.0)
 
 
-def kv_capacity_blocks(scenario: Scenario, model: ModelSpec, gpu: GpuSpec) -> int:
-    """KV blocks per replica: explicit, or what vLLM v0.11.0 (V1 engine) would allocate.
+def kv_capacity_blocks(spec: PoolSpec | Scenario, model: ModelSpec, gpu: GpuSpec) -> int:
+    """KV blocks per replica of a pool: explicit, or what vLLM v0.11.0 (V1 engine) would
+    allocate.
 
     vLLM's rule (``Worker.determine_available_memory`` in v1/worker/gpu_worker.py,
     ``memory_profiling`` in vllm/utils, ``get_kv_cache_configs`` in v1/core/kv_cache_utils.py):
@@ -105,14 +112,15 @@ def kv_capacity_blocks(scenario: Scenario, model: ModelSpec, gpu: GpuSpec) -> in
     deducted in that version (graphs are captured after the KV cache, into the 1 − utilization
     headroom). Block 0 is vLLM's reserved null block, so the scheduler can use one block less:
     that is what this returns."""
-    check_fits(scenario, model, gpu)
-    cache, tp = scenario.cache, scenario.cluster.tensor_parallel
+    spec = _pool(spec)
+    check_fits(spec, model, gpu)
+    cache, tp = spec.cache, spec.tensor_parallel
     if cache.num_gpu_blocks != "auto":
         return int(cache.num_gpu_blocks)
     requested = gpu.memory_gib * GIB * cache.gpu_memory_utilization
     non_torch = (gpu.nontorch_gib + (gpu.nontorch_tp_gib if tp > 1 else 0.0)) * GIB
     available = int(
-        requested - model.weight_bytes / tp - profile_peak_bytes(scenario, model) - non_torch
+        requested - model.weight_bytes / tp - profile_peak_bytes(spec, model) - non_torch
     )
     if model.attention is None:  # no KV: the pool holds recurrent states only
         blocks = available // state_bytes_rank(model, tp)
@@ -121,6 +129,7 @@ def kv_capacity_blocks(scenario: Scenario, model: ModelSpec, gpu: GpuSpec) -> in
         blocks = (available // page) // model.attention_layers - 1
     if blocks < 1:
         raise KvsimError(
+            f"{'' if spec.role == 'unified' else f'pools.{spec.name}.'}"
             f"cache.num_gpu_blocks: auto leaves no memory for the KV cache: {model.name} on "
             f"{tp}× {gpu.name} at gpu_memory_utilization {cache.gpu_memory_utilization}; "
             "raise cluster.tensor_parallel or gpu_memory_utilization"
@@ -212,7 +221,7 @@ def _at(env: simpy.Environment, t_ns: int, callback: Callable) -> None:
     """Run ``callback`` at ``t_ns`` before any ordinary event of that time."""
     ev = simpy.Event(env)
     # NOTE: a pre-triggered event scheduled with URGENT priority: what Timeout does, one
-    # priority level up. SimPy has no public constructor for a delayed urgent event.
+    # priority level up (``link.schedule_at`` in general; inlined on the arrivals' hot path).
     ev._ok = True
     ev._value = None
     ev.callbacks.append(callback)
@@ -220,85 +229,50 @@ def _at(env: simpy.Environment, t_ns: int, callback: Callable) -> None:
 
 
 class Cluster:
-    """Replicas, router and the arrival stream on one SimPy environment."""
+    """Pools of replicas, their routers, the link between them and the arrival stream on one
+    SimPy environment."""
 
     def __init__(self, scenario: Scenario, on_done: Callable[[int], None] | None = None):
         self.scenario = scenario
-        self.model = get_model(scenario.model, scenario.base_dir)
-        self.gpu = get_gpu(scenario.hardware)
         self.env = simpy.Environment()
+        specs = scenario.pool_specs()
+        disaggregated = scenario.disaggregated
         self.recorder = Recorder(
-            scenario.slo.ttft_s, scenario.slo.tpot_s, scenario.simulation.warmup_requests
-        )
-        self.capacity = kv_capacity_blocks(scenario, self.model, self.gpu)
+            scenario.slo.ttft_s, scenario.slo.tpot_s, scenario.simulation.warmup_requests,
+            disaggregated, any(spec.cache.cpu_tier is not None for spec in specs),
+        )  # fmt: skip
         self._on_done = on_done or (lambda n: None)
-        tp = scenario.cluster.tensor_parallel
-        latency = RooflineModel(self.gpu)
-        if scenario.latency.type == "profile":
-            required = ["gemm", "elementwise", "step_overhead"]
-            required += ["attention"] if self.model.attention is not None else []
-            required += ["allreduce"] if tp > 1 else []
-            latency = load_profile(
-                scenario.profile_path(), latency, scenario.latency.fallback == "roofline", required
-            )
-        self.latency = latency
-        sc, cc = scenario.scheduler, scenario.cache
-        self._watermark_blocks = int(sc.watermark * self.capacity)
-        self._chunk_tokens = sc.chunk_tokens or sc.max_num_batched_tokens
-        self.replicas: list[Replica] = []
-        # NOTE: one pricer for all replicas of the same model, GPU and TP: its memo tables are
-        # pure functions of the shape, so they are filled once, not once per replica.
-        pricer = IterationPricer(self.model, tp, latency)
-        chunking = None
-        if sc.chunking.type == "adaptive":
-            ch = sc.chunking
-            chunking = AdaptiveChunking(
-                pricer, cc.block_size, sc.max_num_batched_tokens, ch.target_s,
-                ch.decode_target_s or scenario.slo.tpot_s, ch.queue_tokens, ch.max_target_s,
-            )  # fmt: skip
-        self._state_blocks = state_blocks(scenario, self.model)
-        state_bytes = state_bytes_rank(self.model, tp) if self._state_blocks else 0
-        for i in range(scenario.cluster.replicas):
-            context = EvictionContext(cc.block_size, cc.layout, self.model, pricer.recompute_s)
-            policy = EVICTION.create(cc.eviction.type, context, **cc.eviction.params)
-            cache = KVCache(
-                self.capacity,
-                cc.block_size,
-                policy,
-                layout=cc.layout,
-                prefix_caching=cc.enable_prefix_caching,
-                recompute_s=pricer.recompute_s,
-                state_blocks=self._state_blocks,
-                kv_free=self.model.attention is None,
-                isolation=cc.isolation,
-            )
-            checkpoint = None
-            if cc.checkpoint.type != "none":
-                checkpoint = CHECKPOINT.create(cc.checkpoint.type, **cc.checkpoint.params)
-            sched = Scheduler(
-                cache,
-                sc.max_num_batched_tokens,
-                sc.max_num_seqs,
-                self._chunk_tokens,
-                sc.enable_chunked_prefill,
-                on_finish=self._finisher(i),
-                watermark_blocks=self._watermark_blocks,
-                chunking=chunking,
-                checkpoint=checkpoint,
-                state_bytes=state_bytes,
-                capture=cc.checkpoint_capture,
-            )
-            self.replicas.append(
-                Replica(self.env, i, sched, pricer, scenario.simulation.exact_steps)
-            )
-        self.router = ROUTING.create(scenario.routing.type, **scenario.routing.params)
-        self._router_reads_cache = getattr(self.router, "reads_cache", False)
+        codec, kinds = None, {}
+        if disaggregated:
+            by_role = {spec.role: spec for spec in specs}
+            pair = [(by_role[r], get_model(by_role[r].model, scenario.base_dir))
+                    for r in ("prefill", "decode")]  # fmt: skip
+            codec = make_codec(scenario, *pair)
+            probe = codec.plan(1)  # which op kinds each side runs (a profile must price them)
+            kinds = {"prefill": [op.kind for _, op in probe.producer_ops],
+                     "decode": [op.kind for _, op in probe.consumer_ops]}  # fmt: skip
+        self.pools = [
+            Pool(self.env, scenario, spec, self._finisher, kinds.get(spec.role, ()))
+            for spec in specs
+        ]
+        self.entry = next(p for p in self.pools if p.role != "decode")
+        """The pool arrivals go to: the unified or the prefill pool."""
+        self.decode = next((p for p in self.pools if p.role == "decode"), None)
+        self.handoff = None
+        if disaggregated:
+            self.handoff = Handoff(self.env, scenario, self.entry, self.decode, codec)
+        self.replicas: list[Replica] = [r for p in self.pools for r in p.replicas]
+        # The entry pool's model, GPU, capacity and latency model (a unified cluster's only ones).
+        e = self.entry
+        self.model, self.gpu, self.capacity, self.latency = e.model, e.gpu, e.capacity, e.latency
         self.workload = Workload(workload_requests(scenario), self._source())
         self._scale = 1e9 / scenario.workload.rate_scale
         self._session_start: dict = {}  # open sessions' first arrivals (ns)
-        self._max_waiting = sc.max_waiting if sc.max_waiting is not None else float("inf")
+        self._fits = self._fit_checks()
+        cap = e.spec.scheduler.max_waiting  # arrivals only: a hand-off is not rejected
+        self._max_waiting = cap if cap is not None else float("inf")
 
-    def _finisher(self, index: int):
+    def _finisher(self, pool: Pool, index: int):
         def done(seq, now_ns) -> bool:
             job_ns = self._turn_done(seq.req, now_ns)
             self.recorder.finished(seq, index, now_ns, job_ns)
@@ -320,29 +294,52 @@ class Cluster:
             return -1
         return now_ns - self._session_start.pop(req.session)
 
+    def _fit_checks(self) -> list[tuple]:
+        """Per pool a request passes through, what ``_drop_reason`` checks (read once)."""
+        consumer_prefills = self.handoff is not None and not self.handoff.codec.plan(1).kv
+        out = []
+        for pool in self.pools:
+            sc = pool.spec.scheduler
+            what = "a replica" if pool.role == "unified" else f"a {pool.role} replica"
+            out.append((
+                pool.model.max_position, pool.spec.cache.block_size, pool.role == "prefill",
+                pool.model.attention is None, 2 * pool.state_blocks, pool.capacity, what,
+                pool.role != "decode" or consumer_prefills, sc.enable_chunked_prefill,
+                sc.max_num_batched_tokens, sc.watermark, pool.chunk_tokens, pool.watermark_blocks,
+            ))  # fmt: skip
+        return out
+
     def _drop_reason(self, req) -> str | None:
+        """Why a request can never be served (one line), or None. Every pool it passes through
+        must be able to hold it: a unified or decode replica its prompt and every generated token
+        but the last, a prefill replica its prompt."""
         total = req.prompt_tokens + req.output_tokens
-        if total > self.model.max_position:
-            return f"longer than the model's context ({self.model.max_position} tokens)"
-        bt = self.scenario.cache.block_size
-        if req.blocks and req.unit_tokens % bt:
-            raise KvsimError(
-                f"{self._source()}: request {req.id}: content unit of {req.unit_tokens} tokens is "
-                f"not a multiple of cache.block_size {bt}; use a block_size that divides it"
-            )
-        # The KV a request ever holds: its prompt and every generated token but the last (whose
-        # KV is never computed). Nodes cache full blocks only, so this is exact. A recurrent
-        # model's sequence also holds its live state and, while storing one, a checkpoint.
-        kv = 0 if self.model.attention is None else -(-(total - 1) // bt)
-        if kv + 2 * self._state_blocks > self.capacity:
-            return f"needs more KV blocks than a replica has ({self.capacity})"
-        sc = self.scenario.scheduler
-        if not sc.enable_chunked_prefill and req.prompt_tokens > sc.max_num_batched_tokens:
-            return "prompt exceeds max_num_batched_tokens with chunked prefill disabled"
-        if sc.watermark:
-            chunk = min(req.prompt_tokens, sc.max_num_batched_tokens, self._chunk_tokens)
-            if -(-chunk // bt) + self._watermark_blocks > self.capacity:
-                return "its first chunk does not fit beside the scheduler's watermark"
+        for max_position, *_ in self._fits:
+            if total > max_position:
+                return f"longer than the model's context ({max_position} tokens)"
+        for (_, bt, prefill, kv_free, states, capacity, what, computes_prompt, chunked,
+             budget, watermark, chunk_tokens, watermark_blocks) in self._fits:  # fmt: skip
+            if req.blocks and req.unit_tokens % bt:
+                raise KvsimError(
+                    f"{self._source()}: request {req.id}: content unit of {req.unit_tokens} "
+                    f"tokens is not a multiple of cache.block_size {bt}; use a block_size that "
+                    "divides it"
+                )
+            # The KV a request ever holds: its prompt and every generated token but the last
+            # (whose KV is never computed). Nodes cache full blocks only, so this is exact. A
+            # recurrent model's sequence also holds its live state and, while storing one, a
+            # checkpoint. A prefill replica holds the prompt only.
+            kv = 0 if kv_free else -(-(req.prompt_tokens if prefill else total - 1) // bt)
+            if kv + states > capacity:
+                return f"needs more KV blocks than {what} has ({capacity})"
+            if not computes_prompt:
+                continue
+            if not chunked and req.prompt_tokens > budget:
+                return "prompt exceeds max_num_batched_tokens with chunked prefill disabled"
+            if watermark:
+                chunk = min(req.prompt_tokens, budget, chunk_tokens)
+                if -(-chunk // bt) + watermark_blocks > capacity:
+                    return "its first chunk does not fit beside the scheduler's watermark"
         return None
 
     def _source(self) -> str:
@@ -375,15 +372,19 @@ class Cluster:
             self.recorder.drop(req, now, reason, job_ns)
             self._on_done(len(self.recorder))
         else:
-            if self._router_reads_cache:
-                for r in self.replicas:
+            entry = self.entry
+            if entry.router_reads_cache:
+                for r in entry.replicas:
                     r.sync(now)
-            idx = choose(self.router, req, self.replicas)
-            if self.replicas[idx].num_waiting >= self._max_waiting:
+            replica = entry.replicas[choose(entry.router, req, entry.replicas)]
+            if replica.num_waiting >= self._max_waiting:
                 self.recorder.drop(req, now, QUEUE_FULL, self._turn_done(req, now))
                 self._on_done(len(self.recorder))
             else:
-                self.replicas[idx].submit(Seq(req, now))
+                # NOTE: the record that follows a request across replicas; with one unified
+                # pool the replica's sequence is the whole story (and the hot path skips it).
+                rec = RequestRecord(now) if self.handoff is not None else None
+                replica.submit(Seq(req, now, rec))
         if chained:
             self._next_arrival()
 
@@ -413,29 +414,39 @@ class Cluster:
         unfinished = sum(r.scheduler.has_work() for r in self.replicas)
         if unfinished:
             raise RuntimeError("simulation ended with requests still in flight")
-        info = {
-            "scenario": self.scenario.name,
-            "extra": {
-                "gpus": self.scenario.cluster.replicas * self.scenario.cluster.tensor_parallel,
-                "kv_blocks_per_replica": self.capacity,
-                "evictions": sum(r.scheduler.cache.evictions for r in self.replicas),
-                "iterations": sum(r.iterations for r in self.replicas),
-                # Share of the simulated span the replicas spent running iterations.
-                "busy_fraction": sum(r.busy_ns for r in self.replicas)
-                / max(1, len(self.replicas) * self.env.now),
-                "latency_model": self.latency.describe(),
-                **self._latency_notes(),
-                **self._checkpoint_notes(),
-            },
+        span = self.env.now
+        gpus = sum(p.spec.replicas * p.spec.tensor_parallel for p in self.pools)
+        extra = {
+            "gpus": gpus,
+            "kv_blocks_per_replica": self.capacity,
+            "evictions": sum(r.scheduler.cache.evictions for r in self.replicas),
+            "iterations": sum(r.iterations for r in self.replicas),
+            # Share of the simulated span the replicas spent running iterations.
+            "busy_fraction": sum(r.busy_ns for r in self.replicas)
+            / max(1, len(self.replicas) * span),
+            "latency_model": self.latency.describe(),
+            **self._latency_notes(),
+            **self._checkpoint_notes(),
         }
+        info = {"scenario": self.scenario.name, "extra": extra}
+        tiers = [p for p in self.pools if p.cpu_blocks]
+        if tiers:
+            info["cpu_tier"] = tiers[0].cpu_summary(span) if len(tiers) == 1 else {
+                p.name: p.cpu_summary(span) for p in tiers
+            }  # fmt: skip
+        if self.handoff is not None:
+            extra["pools"] = {p.name: self._pool_summary(p, span) for p in self.pools}
+            extra["links"] = self.handoff.link_summary(span)
+            info["transfer"] = self.handoff.info()
         results = Results(self.recorder, info)
         results.timeseries = series
+        results.link_series = self._link_series(span)
         return results
 
     def _checkpoint_notes(self) -> dict:
         """Recurrent models: the checkpoints stored and the memory they held (decimal GB, all
         replicas; a checkpoint is one sequence's state over all its tensor-parallel ranks)."""
-        if not self._state_blocks:
+        if not self.entry.state_blocks:
             return {}
         trees = [r.scheduler.cache.tree for r in self.replicas]
         gb = self.model.state_bytes / 1e9
@@ -452,6 +463,43 @@ class Cluster:
                 "state_bytes": self.model.state_bytes,
             }
         }
+
+    def _pool_summary(self, pool: Pool, span: int) -> dict:
+        reps = pool.replicas
+        return {
+            "role": pool.role,
+            "model": pool.model.name,
+            "hardware": pool.gpu.name,
+            "replicas": len(reps),
+            "tensor_parallel": pool.spec.tensor_parallel,
+            "kv_blocks_per_replica": pool.capacity,
+            "evictions": sum(r.scheduler.cache.evictions for r in reps),
+            "iterations": sum(r.iterations for r in reps),
+            "busy_fraction": sum(r.busy_ns for r in reps) / max(1, len(reps) * span),
+        }
+
+    def _link_series(self, span: int) -> dict:
+        """Busy fraction over time of each link (its instances' mean), for the report: the
+        hand-off's link, and each pool's PCIe directions to its CPU tiers."""
+        groups = {}
+        if self.handoff is not None:
+            groups[self.handoff.link_config.label] = list(self.handoff.links.values())
+        for p in self.pools:
+            if p.cpu_blocks:
+                for d in ("h2d", "d2h"):
+                    name = f"pcie {d}" if len(self.pools) == 1 else f"{p.name} pcie {d}"
+                    groups[name] = [getattr(r.scheduler.cache.cpu, d) for r in p.replicas]
+        out = {}
+        for name, links in groups.items():
+            width = max(link.series.width_ns for link in links)
+            while span > width * len(links[0].series.busy):  # at most as many bins as one has
+                width *= 2
+            total = None
+            for link in links:
+                starts, frac = link.series.fractions(span, width)
+                total = frac if total is None else [a + b for a, b in zip(total, frac, strict=True)]
+            out[name] = (starts, [x / len(links) for x in total])
+        return out
 
 
 def simulate(scenario: Scenario, on_done: Callable[[int], None] | None = None) -> Results:

@@ -3,11 +3,15 @@
 TTFT = first token − arrival; TPOT = (finish − first token) / (output tokens − 1), undefined for
 one-token answers; E2E = finish − arrival.
 
-NOTE (memory): a finished request's record is appended at once, as 13 packed integers, to a
-temporary file (completion order, which is deterministic) and formatted as CSV only when written;
-everything else is a running sum. Percentiles are exact yet need no per-request memory: they are
-selected from that file in a few streaming passes (``_order_statistics``). So memory does not grow
-with trace length.
+A request's record (:class:`RequestRecord`) is created at arrival and follows it across replicas
+(DESIGN §9, S4): with a prefill and a decode pool, the prefill replica's hits, the hand-off's
+payload, waits and codec times, and the decode replica's outcome end up in one row.
+
+NOTE (memory): a finished request's record is appended at once, as packed integers
+(``FIELDS``), to a temporary file (completion order, which is deterministic) and formatted as CSV
+only when written; everything else is a running sum. Percentiles are exact yet need no
+per-request memory: they are selected from that file in a few streaming passes
+(``_order_statistics``). So memory does not grow with trace length.
 """
 
 from __future__ import annotations
@@ -21,9 +25,23 @@ import tempfile
 import numpy as np
 
 NS = 1e9
-# id, arrival, first, finish (ns), 8 counts, status (-1 = done), session (-1: none), turn, job
-# latency (ns; -1 unless the request ended its session)
-_RECORD = struct.Struct("<16q")
+# One finished or dropped request, as packed int64s. Times in ns; status -1 = done, else the index
+# of the drop reason; session -1: none; job latency, hand-off fields and replicas -1 where they do
+# not apply.
+FIELDS = (
+    "id", "arrival_ns", "first_ns", "finish_ns", "prompt_tokens", "output_tokens", "hit_tokens",
+    "hit_units", "units", "recomputed", "preemptions", "replica", "status", "session", "turn",
+    "job_ns", "prefill_replica", "decode_replica", "payload_bytes", "wait_ns", "transfer_ns",
+    "producer_codec_ns", "consumer_codec_ns", "handoff_ns", "cpu_hit_units",
+)  # fmt: skip
+F = {name: i for i, name in enumerate(FIELDS)}
+"""Column of each field in a record array."""
+BASE_FIELDS = 16
+"""A unified cluster without a CPU tier writes only the first 16 fields (the hand-off's and the
+CPU tier's do not apply)."""
+_RECORD = struct.Struct(f"<{len(FIELDS)}q")
+_BASE_RECORD = struct.Struct(f"<{BASE_FIELDS}q")
+_NO_HANDOFF = (-1,) * 8
 
 COLUMNS = (
     "id",
@@ -46,16 +64,112 @@ COLUMNS = (
     "turn",
     "job_latency_s",
 )
+HANDOFF_COLUMNS = (
+    "prefill_replica",
+    "decode_replica",
+    "payload_bytes",
+    "wait_s",
+    "transfer_s",
+    "producer_codec_s",
+    "consumer_codec_s",
+    "handoff_s",
+)
+"""With a prefill and a decode pool: the replicas, the payload, the wait for the decode replica's
+blocks, the transfer (send to arrival), each side's codec time, and the hand-off (prefill done to
+the decode replica's first token)."""
+CPU_COLUMNS = ("cpu_hit_units",)
+"""With a CPU tier: units found there (``hit_units`` counts both tiers)."""
+
+
+class RequestRecord:
+    """What a request did across replicas, created at arrival (DESIGN §9, S4)."""
+
+    __slots__ = (
+        "arrival_ns",
+        "prefill_replica",
+        "handed_off",
+        "hit_tokens",
+        "hit_units",
+        "cpu_hit_units",
+        "preemptions",
+        "recomputed",
+        "prefill_done_ns",
+        "payload_bytes",
+        "wait_ns",
+        "transfer_ns",
+        "producer_codec_ns",
+        "consumer_codec_ns",
+        "handoff_ns",
+    )
+
+    def __init__(self, arrival_ns: int):
+        self.arrival_ns = arrival_ns
+        """When it reached the cluster."""
+        self.prefill_replica = -1
+        """The prefill replica that handed it off (-1: none)."""
+        self.handed_off = False
+        """Its prefill replica's counts below are final (a decode replica finishes it)."""
+        self.hit_tokens = 0
+        """Prompt tokens reused at its (prefill) replica's first admission."""
+        self.hit_units = 0
+        """Units found resident there, on the GPU or in the CPU tier."""
+        self.cpu_hit_units = 0
+        """Of those, units found in the CPU tier (loaded over PCIe)."""
+        self.preemptions = 0
+        """Preemptions on the replicas it left."""
+        self.recomputed = 0
+        """Tokens recomputed on the replicas it left."""
+        self.prefill_done_ns = -1
+        """When its prefill replica finished the prompt."""
+        self.payload_bytes = -1
+        """Bytes its hand-off put on the link."""
+        self.wait_ns = -1
+        """Prefill done to the transfer's start (the decode replica reserving its blocks)."""
+        self.transfer_ns = -1
+        """Transfer start to arrival (overhead, shared bandwidth, latency)."""
+        self.producer_codec_ns = -1
+        """Codec work on the prefill replica (priced alone)."""
+        self.consumer_codec_ns = -1
+        """Codec work on the decode replica (priced alone; what pipelining leaves)."""
+        self.handoff_ns = -1
+        """Prefill done to the decode replica's first sampled token."""
+
+    def left(self, seq) -> None:
+        """``seq`` (its state on the prefill replica) is handed off: keep its counts."""
+        self.handed_off = True
+        self.hit_tokens, self.hit_units = seq.hit_tokens, seq.hit_units
+        self.cpu_hit_units = seq.cpu_hit_units
+        self.preemptions += seq.preemptions
+        self.recomputed += seq.recomputed
 
 
 class Recorder:
     """Collects request outcomes during a run."""
 
-    def __init__(self, slo_ttft_s: float, slo_tpot_s: float, warmup_requests: int = 0):
+    def __init__(
+        self,
+        slo_ttft_s: float,
+        slo_tpot_s: float,
+        warmup_requests: int = 0,
+        handoff: bool = False,
+        cpu_tier: bool = False,
+    ):
         self.warmup = warmup_requests
         """Requests with a smaller id warm the cluster up and are not recorded."""
+        self.handoff = handoff
+        """Rows carry the hand-off columns (a prefill and a decode pool)."""
+        self.cpu_tier = cpu_tier
+        """Rows carry the CPU-tier column."""
+        self.handoffs = self.handoff_ns_sum = 0
+        self.payload_bytes = 0
+        self.wait_ns_sum = self.transfer_ns_sum = 0
+        self.producer_codec_ns_sum = self.consumer_codec_ns_sum = 0
+        self.cpu_hit_units = 0
         self.sink = tempfile.TemporaryFile()
-        self._pack = _RECORD.pack
+        self.full = handoff or cpu_tier
+        """Records carry every field (else the first ``BASE_FIELDS``)."""
+        self.record = _RECORD if self.full else _BASE_RECORD
+        self._pack = self.record.pack
         self.slo_ttft_s, self.slo_tpot_s = slo_ttft_s, slo_tpot_s
         self.count = 0
         self.finished_count = 0
@@ -85,7 +199,9 @@ class Recorder:
         r = seq.req
         if r.id < self.warmup:
             return
-        arr, first = seq.arrival_ns, seq.first_ns
+        rec = seq.rec  # None: one unified pool, the sequence is the whole record
+        handed = rec is not None and rec.handed_off
+        arr, first = seq.arrival_ns if rec is None else rec.arrival_ns, seq.first_ns
         self._arrived(arr)
         ttft_ns = first - arr
         self.ttft_ns_sum += ttft_ns
@@ -104,34 +220,44 @@ class Recorder:
         if self.last_finish_ns is None or now_ns > self.last_finish_ns:
             self.last_finish_ns = now_ns
         units = len(r.blocks)
+        src = rec if handed else seq  # hits: the replica that prefilled it
+        hit_tokens, hit_units, cpu_units = src.hit_tokens, src.hit_units, src.cpu_hit_units
+        preemptions, recomputed = seq.preemptions, seq.recomputed
+        if rec is not None:
+            preemptions += rec.preemptions
+            recomputed += rec.recomputed
         self.prompt_done += r.prompt_tokens
         self.output_done += out
-        self.hit_tokens_done += seq.hit_tokens
-        self.hit_requests += seq.hit_units > 0
+        self.hit_tokens_done += hit_tokens
+        self.hit_requests += hit_units > 0
         self.units += units
-        self.hit_units += seq.hit_units
-        self.preemptions += seq.preemptions
-        self.recomputed += seq.recomputed
-        self.sink.write(
-            self._pack(
-                r.id,
-                arr,
-                first,
-                now_ns,
-                r.prompt_tokens,
-                out,
-                seq.hit_tokens,
-                seq.hit_units,
-                units,
-                seq.recomputed,
-                seq.preemptions,
-                replica,
-                -1,
-                -1 if r.session is None else r.session,
-                r.turn,
-                job_ns,
-            )
-        )
+        self.hit_units += hit_units
+        self.cpu_hit_units += cpu_units
+        self.preemptions += preemptions
+        self.recomputed += recomputed
+        if handed:
+            self.handoffs += 1
+            self.handoff_ns_sum += rec.handoff_ns
+            self.payload_bytes += rec.payload_bytes
+            self.wait_ns_sum += rec.wait_ns
+            self.transfer_ns_sum += rec.transfer_ns
+            self.producer_codec_ns_sum += rec.producer_codec_ns
+            self.consumer_codec_ns_sum += rec.consumer_codec_ns
+        fields = (
+            r.id, arr, first, now_ns, r.prompt_tokens, out, hit_tokens, hit_units, units,
+            recomputed, preemptions, replica, -1, -1 if r.session is None else r.session, r.turn,
+            job_ns,
+        )  # fmt: skip
+        if self.full:
+            if handed:
+                fields += (
+                    rec.prefill_replica, replica, rec.payload_bytes, rec.wait_ns,
+                    rec.transfer_ns, rec.producer_codec_ns, rec.consumer_codec_ns,
+                    rec.handoff_ns, cpu_units,
+                )  # fmt: skip
+            else:
+                fields += _NO_HANDOFF + (cpu_units,)
+        self.sink.write(self._pack(*fields))
         if job_ns >= 0:
             self.jobs += 1
             self.job_ns_sum += job_ns
@@ -144,26 +270,14 @@ class Recorder:
         self.drop_reasons[reason] = self.drop_reasons.get(reason, 0) + 1
         if reason not in self.reason_list:
             self.reason_list.append(reason)
-        self.sink.write(
-            self._pack(
-                req.id,
-                arrival_ns,
-                -1,
-                -1,
-                req.prompt_tokens,
-                req.output_tokens,
-                0,
-                0,
-                len(req.blocks),
-                0,
-                0,
-                -1,
-                self.reason_list.index(reason),
-                -1 if req.session is None else req.session,
-                req.turn,
-                job_ns,
-            )
-        )
+        fields = (
+            req.id, arrival_ns, -1, -1, req.prompt_tokens, req.output_tokens, 0, 0,
+            len(req.blocks), 0, 0, -1, self.reason_list.index(reason),
+            -1 if req.session is None else req.session, req.turn, job_ns,
+        )  # fmt: skip
+        if self.full:
+            fields += _NO_HANDOFF + (0,)
+        self.sink.write(self._pack(*fields))
         if job_ns >= 0:
             self.jobs += 1
             self.job_ns_sum += job_ns
@@ -174,13 +288,13 @@ _BINS = 4096  # histogram bins per selection pass
 _COLLECT = 1 << 16  # values gathered at most to finish a selection
 
 
-def _records(sink):
-    """The records written so far, as int64 arrays of shape (n, 13), chunk by chunk."""
+def _records(sink, fields: int):
+    """The records written so far, as int64 arrays of shape (n, fields), chunk by chunk."""
     sink.flush()
     sink.seek(0)
     try:
-        while chunk := sink.read(_RECORD.size * _CHUNK_RECORDS):
-            yield np.frombuffer(chunk, dtype="<i8").reshape(-1, _RECORD.size // 8)
+        while chunk := sink.read(8 * fields * _CHUNK_RECORDS):
+            yield np.frombuffer(chunk, dtype="<i8").reshape(-1, fields)
     finally:
         sink.seek(0, io.SEEK_END)
 
@@ -188,21 +302,28 @@ def _records(sink):
 def _latency_keys(raw: np.ndarray) -> dict[str, np.ndarray]:
     """Finished requests' TTFT and E2E (ns) and TPOT (the int64 bit patterns of the float seconds:
     for non-negative floats they sort as the floats do), as int64 sort keys."""
-    done = raw[raw[:, 12] < 0]
-    arr, first, fin, out = done[:, 1], done[:, 2], done[:, 3], done[:, 5]
+    done = raw[raw[:, F["status"]] < 0]
+    arr, first = done[:, F["arrival_ns"]], done[:, F["first_ns"]]
+    fin, out = done[:, F["finish_ns"]], done[:, F["output_tokens"]]
     multi = out > 1
     # Same operations, in the same order, as Recorder.finished computes TPOT.
     tpot = (fin[multi] - first[multi]) / NS / (out[multi] - 1)
-    jobs = raw[:, 15]
-    return {
+    jobs = raw[:, F["job_ns"]]
+    keys = {
         "ttft_s": first - arr,
         "tpot_s": tpot.view(np.int64),
         "e2e_s": fin - arr,
         "job_latency_s": jobs[jobs >= 0],
     }
+    if raw.shape[1] > F["handoff_ns"]:
+        handoff = done[:, F["handoff_ns"]]
+        keys["handoff_s"] = handoff[handoff >= 0]
+    return keys
 
 
-def _order_statistics(sink, wanted: dict[str, set[int]]) -> dict[str, dict[int, int]]:
+def _order_statistics(
+    sink, wanted: dict[str, set[int]], fields: int = BASE_FIELDS
+) -> dict[str, dict[int, int]]:
     """The k-th smallest key (0-based) of each metric for each k in ``wanted[metric]``, exactly,
     in a few passes over the record file and with memory bounded independently of its length.
 
@@ -213,7 +334,7 @@ def _order_statistics(sink, wanted: dict[str, set[int]]) -> dict[str, dict[int, 
     """
     lo = {m: None for m in wanted}
     hi = dict(lo)
-    for raw in _records(sink):
+    for raw in _records(sink, fields):
         for m, v in _latency_keys(raw).items():
             if m in wanted and v.size:
                 a, b = int(v.min()), int(v.max())
@@ -231,7 +352,7 @@ def _order_statistics(sink, wanted: dict[str, set[int]]) -> dict[str, dict[int, 
             break
         counts = {key: None for key in state}
         gathered: dict[tuple, list] = {key: [] for key, st in state.items() if st[3]}
-        for raw in _records(sink):
+        for raw in _records(sink, fields):
             keys = _latency_keys(raw)
             for key, (a, b, _, collect) in state.items():
                 v = keys[key[0]]
@@ -287,11 +408,13 @@ def _latency_summaries(rec: Recorder) -> dict[str, dict[str, float]]:
         "e2e_s": rec.finished_count,
         "job_latency_s": rec.jobs,
     }
+    if rec.handoff:
+        counts["handoff_s"] = rec.handoffs
     wanted: dict[str, set[int]] = {}
     for m, n in counts.items():
         if n:
             wanted[m] = {r for _, p in _PERCENTILES for r in _quantile_ranks(n, p / 100)[:2]}
-    stats = _order_statistics(rec.sink, wanted) if wanted else {}
+    stats = _order_statistics(rec.sink, wanted, rec.record.size // 8) if wanted else {}
 
     def seconds(m: str, key: int) -> float:
         if m == "tpot_s":
@@ -304,6 +427,7 @@ def _latency_summaries(rec: Recorder) -> dict[str, dict[str, float]]:
         "tpot_s": rec.tpot_sum,
         "e2e_s": rec.e2e_ns_sum / NS,
         "job_latency_s": rec.job_ns_sum / NS,
+        "handoff_s": rec.handoff_ns_sum / NS,
     }
     for m, n in counts.items():
         if not n:
@@ -324,6 +448,7 @@ class Results:
         self.timeseries = None
         """Queue lengths over time (``timeseries.QueueSeries``), set by the cluster's run."""
         self._sink = rec.sink
+        self._record = rec.record
         self._reasons = rec.reason_list
         n, done = rec.count, rec.finished_count
         t0 = rec.first_arrival_ns or 0
@@ -362,19 +487,68 @@ class Results:
             "recomputed_tokens": rec.recomputed,
             **info.get("extra", {}),
         }
+        self._handoff, self._cpu_tier = rec.handoff, rec.cpu_tier
+        self.link_series: dict = {}
+        """Busy fraction over time of each link: {name: (bin starts s, fractions)}."""
+        if rec.handoff:
+            k = rec.handoffs
+
+            def mean(total):
+                return total / k / NS if k else math.nan
+
+            self.summary["transfer"] = {
+                **info.get("transfer", {}),
+                "handoffs": k,
+                "payload_bytes": rec.payload_bytes,
+                "payload_bytes_mean": rec.payload_bytes / k if k else math.nan,
+                "wait_s_mean": mean(rec.wait_ns_sum),
+                "transfer_s_mean": mean(rec.transfer_ns_sum),
+                "producer_codec_s_mean": mean(rec.producer_codec_ns_sum),
+                "consumer_codec_s_mean": mean(rec.consumer_codec_ns_sum),
+                "handoff_s": lat["handoff_s"],
+            }
+        if rec.cpu_tier:
+            units = rec.units
+            self.summary["cpu_tier"] = {
+                "hit_ratio_gpu": (rec.hit_units - rec.cpu_hit_units) / units if units else 0.0,
+                "hit_ratio_cpu": rec.cpu_hit_units / units if units else 0.0,
+                **info.get("cpu_tier", {}),
+            }
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        """requests.csv's columns: the base ones, then the hand-off's and the CPU tier's where
+        the cluster has them."""
+        return (
+            COLUMNS
+            + (HANDOFF_COLUMNS if self._handoff else ())
+            + (CPU_COLUMNS if self._cpu_tier else ())
+        )
 
     def write_requests_csv(self, out) -> None:
         """Write the per-request table (rows in completion order) to a text file object."""
-        out.write(",".join(COLUMNS) + "\n")
-        sink, size = self._sink, _RECORD.size
+        out.write(",".join(self.column_names) + "\n")
+        sink, record = self._sink, self._record
+        size = record.size
+        handoff, cpu = self._handoff, self._cpu_tier
         sink.flush()
         sink.seek(0)
         while chunk := sink.read(size * 4096):
             lines = []
-            for rec in _RECORD.iter_unpack(chunk):
-                rid, arr, first, fin, p, o, ht, hu, u, rc, pre, rep, status, ses, turn, job = rec
+            for rec in record.iter_unpack(chunk):
+                rid, arr, first, fin, p, o, ht, hu, u, rc, pre, rep, status, ses, turn, job = rec[
+                    :16
+                ]
+                extra = ""
+                if handoff:
+                    extra += "," + ",".join(
+                        ("" if v < 0 else str(v)) if i < 3 else ("" if v < 0 else f"{v / NS:.9f}")
+                        for i, v in enumerate(rec[16:24])
+                    )
+                if cpu:
+                    extra += f",{rec[24]}"
                 tail = (f"{'' if ses < 0 else ses},{turn},"
-                        f"{'' if job < 0 else f'{job / NS:.9f}'}\n")  # fmt: skip
+                        f"{'' if job < 0 else f'{job / NS:.9f}'}{extra}\n")  # fmt: skip
                 if status >= 0:
                     lines.append(
                         f"{rid},{arr / NS:.9f},,,,,,{p},{o},0,0,{u},0,0,,"
@@ -394,10 +568,11 @@ class Results:
         """Per-request columns (completion order) as arrays, seconds as floats, NaN if dropped."""
         self._sink.flush()
         self._sink.seek(0)
-        raw = np.frombuffer(self._sink.read(), dtype="<i8").reshape(-1, _RECORD.size // 8)
+        raw = np.frombuffer(self._sink.read(), dtype="<i8").reshape(-1, self._record.size // 8)
         self._sink.seek(0, io.SEEK_END)
-        done = raw[:, 12] < 0
-        arr, first, fin, out = raw[:, 1] / NS, raw[:, 2] / NS, raw[:, 3] / NS, raw[:, 5]
+        done = raw[:, F["status"]] < 0
+        arr, first = raw[:, F["arrival_ns"]] / NS, raw[:, F["first_ns"]] / NS
+        fin, out = raw[:, F["finish_ns"]] / NS, raw[:, F["output_tokens"]]
         nan = np.full(len(raw), np.nan)
         with np.errstate(invalid="ignore", divide="ignore"):
             tpot = np.where(done & (out > 1), (fin - first) / np.maximum(out - 1, 1), np.nan)
@@ -408,10 +583,13 @@ class Results:
             "tpot_s": tpot,
             "e2e_s": np.where(done, fin - arr, nan),
             "output_tokens": out.astype(np.float64),
-            "units": raw[:, 8].astype(np.float64),
-            "hit_units": raw[:, 7].astype(np.float64),
-            "preemptions": raw[:, 10].astype(np.float64),
-            "job_latency_s": np.where(raw[:, 15] >= 0, raw[:, 15] / NS, nan),
+            "units": raw[:, F["units"]].astype(np.float64),
+            "hit_units": raw[:, F["hit_units"]].astype(np.float64),
+            "cpu_hit_units": raw[:, F["cpu_hit_units"]].astype(np.float64)
+            if raw.shape[1] > F["cpu_hit_units"]
+            else np.zeros(len(raw)),
+            "preemptions": raw[:, F["preemptions"]].astype(np.float64),
+            "job_latency_s": np.where(raw[:, F["job_ns"]] >= 0, raw[:, F["job_ns"]] / NS, nan),
         }
 
     def table_rows(self) -> list[tuple[str, str]]:
@@ -450,13 +628,11 @@ class Results:
             ("preemptions", f"{s['preemptions']} ({s['recomputed_tokens']} tokens recomputed)"),
         ]
         if "gpus" in s:
+            blocks = "" if "pools" in s else f"{s['kv_blocks_per_replica']} KV blocks/replica, "
             rows.append(
-                (
-                    "GPUs",
-                    f"{s['gpus']} ({s['kv_blocks_per_replica']} KV blocks/replica, "
-                    f"busy {s['busy_fraction']:.0%} of the time)",
-                )
+                ("GPUs", f"{s['gpus']} ({blocks}busy {s['busy_fraction']:.0%} of the time)")
             )
+        rows += self._feature_rows()
         if "checkpoints" in s:
             c = s["checkpoints"]
             rows.append(
@@ -469,6 +645,51 @@ class Results:
         if "latency_model" in s:
             rows.append(("latency model", s["latency_model"]))
         return rows
+
+    def _feature_rows(self) -> list[tuple[str, str]]:
+        """Rows for a CPU tier, pools and a hand-off, where the run had them."""
+        s = self.summary
+        rows = []
+        tiers = s.get("cpu_tier")
+        if tiers is not None:
+            t = tiers if "hit_ratio_cpu" in tiers else next(iter(tiers.values()))
+            loaded = t.get("loaded_bytes")
+            more = f"  ({t['loads']} loads, {loaded / 1e9:.3g} GB over PCIe)" if loaded else ""
+            rows.append(
+                (
+                    "prefix hits by tier",
+                    f"GPU {t['hit_ratio_gpu']:.1%}, CPU {t['hit_ratio_cpu']:.1%}{more}",
+                )
+            )
+        for name, p in s.get("pools", {}).items():
+            rows.append(
+                (
+                    f"pool {name}",
+                    f"{p['replicas']}× {p['hardware']} TP{p['tensor_parallel']} "
+                    f"{p['model']}, {p['kv_blocks_per_replica']} KV blocks, "
+                    f"busy {p['busy_fraction']:.0%}",
+                )
+            )
+        t = s.get("transfer")
+        if t is not None:
+            h = t["handoff_s"]
+            text = f"{t['codec']}, first token on the {t['first_token']}: {t['handoffs']} hand-offs"
+            if t["handoffs"]:
+                text += (
+                    f", {t['payload_bytes_mean'] / 1e6:.1f} MB and "
+                    f"{t['transfer_s_mean'] * 1e3:.1f} ms on the link on average; "
+                    f"p50 {h['p50'] * 1e3:.1f} ms to the decode side's first token"
+                )
+            rows.append(("hand-off", text))
+        for name, link in s.get("links", {}).items():
+            rows.append(
+                (
+                    f"link {name}",
+                    f"{link['bandwidth_gbit_per_s']:g} Gbit/s, busy "
+                    f"{link['utilisation']:.1%} of the time",
+                )
+            )
+        return rows  # fmt: skip
 
     def requests_csv(self) -> str:
         """The per-request table as CSV text (rows in completion order)."""
@@ -518,10 +739,12 @@ class Results:
             f"({s['recomputed_tokens']} tokens recomputed)",
         ]
         if "gpus" in s:
+            blocks = "" if "pools" in s else f"{s['kv_blocks_per_replica']} KV blocks per replica, "
             lines.append(
-                f"{'GPUs':26}{s['gpus']:>9}  ({s['kv_blocks_per_replica']} KV blocks "
-                f"per replica, {s['evictions']} evictions, busy {s['busy_fraction']:.0%})"
+                f"{'GPUs':26}{s['gpus']:>9}  ({blocks}{s['evictions']} evictions, "
+                f"busy {s['busy_fraction']:.0%})"
             )
+        lines += [f"{label:26}{text}" for label, text in self._feature_rows()]
         if "checkpoints" in s:
             c = s["checkpoints"]
             lines.append(

@@ -31,9 +31,19 @@ class Replica:
         self.env = env
         self.index = index
         self.scheduler = scheduler
+        scheduler.on_ready = lambda: self._kick(env.now)
+        if scheduler.cache.cpu is not None:
+            # NOTE: units arriving in the CPU tier change what a waiting prompt would hit (and
+            # so whether it fits): like an arrival, they end a fast-forwarded run.
+            scheduler.cache.cpu.on_arrival = lambda: scheduler.waiting and self._kick(env.now)
         self.pricer = pricer
         self.exact_steps = exact_steps
+        self.before_schedule = None
+        """Called at every boundary before the next batch is formed (a decode replica retries
+        the reservations of transfers waiting for its blocks)."""
         self.routed = 0
+        self.handoffs_waiting = 0
+        """Hand-offs waiting for this decode replica to reserve their blocks."""
         self.iterations = 0
         self.busy_ns = 0
         self._version = 0
@@ -70,6 +80,18 @@ class Replica:
         now = self.env.now
         self.routed += 1
         self.scheduler.add(seq)
+        # NOTE: _kick inlined (the arrivals' hot path).
+        if not self._busy:
+            self._busy = True
+            self._schedule_boundary(now)
+        elif self._run is not None and self._run.k > 1:
+            j = self._run.count_before(now)
+            if j < self._run.k - 1:
+                self._schedule_boundary(self._run.cut(j))
+
+    def _kick(self, now: int) -> None:
+        """New work at ``now`` (an URGENT event): start if idle, else stop a run at the first
+        iteration end at or after ``now``."""
         if not self._busy:
             self._busy = True
             self._schedule_boundary(now)
@@ -79,12 +101,40 @@ class Replica:
             if j < self._run.k - 1:
                 self._schedule_boundary(self._run.cut(j))
 
-    def sync(self, now: int) -> None:
-        """Apply the block allocations of run iterations that started before ``now``."""
+    def sync(self, now: int, inclusive: bool = False) -> None:
+        """Apply the block allocations of run iterations that started before ``now`` (URGENT
+        events see the cache before the boundaries of ``now``), or at or before it
+        (``inclusive``: LATE events, which come after every boundary of ``now``)."""
         run = self._run
         if run is not None and run.k > 1:
-            started = run.count_before(now) + 1  # iteration i starts when i - 1 ends
-            self.scheduler_allocate(min(started, run.k))
+            ended = run.count_before(now + 1 if inclusive else now)
+            self.scheduler_allocate(min(ended + 1, run.k))  # iteration i starts when i - 1 ends
+
+    def cut_after(self, now: int) -> None:
+        """Something took blocks from this replica's pool at ``now``, after its boundaries of
+        ``now`` (a LATE event): stop the run at the first iteration end after ``now``."""
+        run = self._run
+        if run is not None and run.k > 1:
+            j = run.count_before(now + 1)
+            if j < run.k - 1:
+                self._schedule_boundary(run.cut(j))
+
+    def wake(self) -> None:
+        """Work appeared without an arrival (blocks freed by a completed transfer): an idle
+        replica starts now; a busy one sees it at its next boundary."""
+        s = self.scheduler
+        if not self._busy and (s.waiting or s.ready):
+            self._busy = True
+            self._schedule_boundary(self.env.now)
+
+    def receive(self, seq: Seq, ready: bool) -> None:
+        """A handed-over sequence arrives (as an arrival does): ``ready`` with its KV (and
+        blocks), else as a prompt to prefill here (its routing was counted when it was sent)."""
+        if ready:
+            self.scheduler.arrived(seq)
+        else:
+            self.scheduler.add(seq)
+        self._kick(self.env.now)
 
     def scheduler_allocate(self, iterations: int) -> None:
         """Allocate the decode blocks of the run's first ``iterations`` iterations.
@@ -114,6 +164,8 @@ class Replica:
             self.scheduler.complete(self._batch, k, now)
             self.iterations += k
             self.busy_ns += now - self._run.start
+        if self.before_schedule is not None:
+            self.before_schedule()
         self._start(now)
 
     def _start(self, now: int) -> None:
@@ -162,3 +214,16 @@ class Replica:
             room = s.cache.available() if evict else s.cache.free
             k = 1 + s.decode_iterations_affordable(it0 + 1, k_max - 1, room)
         self._run = self.pricer.decode_run(n, s.dec_sum + n, k, now, s.dec_segs)
+
+
+class DecodeReplica(Replica):
+    """A decode pool's replica: hand-offs waiting for its blocks, on their way, or arrived count
+    as its requests in flight (what routers balance)."""
+
+    @property
+    def in_flight(self) -> int:
+        s = self.scheduler
+        return (
+            len(s.waiting) + len(s.prefilling) + len(s.decoding) + len(s.ready) + len(s.incoming)
+            + self.handoffs_waiting
+        )  # fmt: skip

@@ -4,7 +4,8 @@ What a serving engineer looks at first: the latency distributions against the SL
 TPOT, E2E), whether latency drifts over the run (TTFT by arrival time: queueing shows as a ramp),
 throughput over time, how the prefix cache and preemptions behave over time, and the queues
 (waiting and running requests over time, summed over replicas: overload shows as a waiting queue
-that only grows).
+that only grows). With links (a prefill/decode hand-off, PCIe to a CPU tier): how busy each link
+is over time, and the prefix hits by tier.
 """
 
 from __future__ import annotations
@@ -29,18 +30,18 @@ def _cdf(values: np.ndarray, points: int = 400) -> tuple[np.ndarray, np.ndarray]
     return np.quantile(v, q), q
 
 
-def _figure(cols: dict, summary: dict, queues: dict) -> go.Figure:
-    fig = make_subplots(
-        rows=4,
-        cols=2,
-        subplot_titles=(
-            "TTFT (CDF)", "TPOT (CDF)", "TTFT by arrival time", "E2E and job latency (CDF)",
-            "Throughput over time", "Prefix hits and preemptions over time",
-            "Requests waiting and running (all replicas)",
-        ),
-        specs=[[{}, {}], [{}, {}], [{}, {}], [{"colspan": 2}, None]],
-        vertical_spacing=0.07,
+def _figure(cols: dict, summary: dict, queues: dict, links: dict | None = None) -> go.Figure:
+    titles = (
+        "TTFT (CDF)", "TPOT (CDF)", "TTFT by arrival time", "E2E and job latency (CDF)",
+        "Throughput over time", "Prefix hits and preemptions over time",
+        "Requests waiting and running (all replicas)",
     )  # fmt: skip
+    specs = [[{}, {}], [{}, {}], [{}, {}], [{"colspan": 2}, None]]
+    if links:  # a fifth row where the cluster has links
+        titles += ("Link utilisation over time", "Prefix hits by tier over time")
+        specs.append([{}, {}])
+    fig = make_subplots(rows=len(specs), cols=2, subplot_titles=titles, specs=specs,
+                        vertical_spacing=0.07 * 4 / len(specs))  # fmt: skip
     slo = summary["slo"]
     curves = [
         ((1, 1), "TTFT", "ttft_s", slo["ttft_s"]),
@@ -90,16 +91,43 @@ def _figure(cols: dict, summary: dict, queues: dict) -> go.Figure:
                                  line={"shape": "hv"}, name=name), row=4, col=1)  # fmt: skip
     fig.update_xaxes(title_text="time (s)", row=4, col=1)
     fig.update_yaxes(title_text="requests", row=4, col=1)
-    fig.update_layout(height=1450, template="plotly_white", legend={"orientation": "h"},
-                      margin={"t": 60, "b": 40})  # fmt: skip
+    if links:
+        _link_rows(fig, cols, links, done)
+    fig.update_layout(height=1450 if not links else 1800, template="plotly_white",
+                      legend={"orientation": "h"}, margin={"t": 60, "b": 40})  # fmt: skip
     return fig
+
+
+def _link_rows(fig, cols: dict, links: dict, done) -> None:
+    """Busy fraction of each link over time; prefix hits by tier (by arrival)."""
+    for name, (starts, busy) in links.items():
+        fig.add_trace(go.Scatter(x=starts, y=busy, mode="lines", name=f"{name} busy"),
+                      row=5, col=1)  # fmt: skip
+    fig.update_yaxes(title_text="busy fraction", range=[0, 1.05], row=5, col=1)
+    fig.update_xaxes(title_text="time (s)", row=5, col=1)
+    if done.any():
+        t_end = float(np.nanmax(cols["finish_s"]))
+        width = max(t_end / 120, 1e-3)
+        edges = np.arange(0.0, t_end + width, width)
+        mid = (edges[:-1] + edges[1:]) / 2
+        arr = cols["arrival_s"]
+        units, _ = np.histogram(arr, edges, weights=cols["units"])
+        for label, hits in (
+            ("GPU", cols["hit_units"] - cols["cpu_hit_units"]),
+            ("CPU tier", cols["cpu_hit_units"]),
+        ):
+            h, _ = np.histogram(arr, edges, weights=hits)
+            ratio = np.divide(h, units, out=np.full_like(h, np.nan, dtype=float),
+                              where=units > 0)  # fmt: skip
+            fig.add_trace(go.Scatter(x=mid, y=ratio, name=f"hits: {label}"), row=5, col=2)
+        fig.update_xaxes(title_text="arrival (s)", row=5, col=2)
 
 
 def report_html(results: Results, title: str) -> str:
     """The report as one HTML document (plotly.js embedded: opens without a network)."""
     s = results.summary
     cols = results.columns()
-    fig = _figure(cols, s, results.timeseries.columns())
+    fig = _figure(cols, s, results.timeseries.columns(), getattr(results, "link_series", None))
     plot = pio.to_html(fig, full_html=False, include_plotlyjs=True, div_id="kvsim-report",
                        config={"displaylogo": False})  # fmt: skip
     rows = "".join(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import difflib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -39,7 +40,7 @@ from kvsim.traces.request import MAX_TOKENS
 
 from .catalog import get_gpu, get_model, gpu_catalog
 from .errors import KvsimError, clip, echo, parse_yaml, read_yaml_mapping, yaml_error_line
-from .policies import CHECKPOINT, EVICTION, ROUTING
+from .policies import CHECKPOINT, EVICTION, ROUTING, TRANSFER
 
 MAX_COUNT = 2**31 - 1
 """Counts of blocks, sequences, requests: vLLM's limits are int32."""
@@ -93,6 +94,32 @@ def _policy(registry, v: PolicyRef, info: ValidationInfo, field: str, leading: i
     return v
 
 
+class CpuTierConfig(_Strict):
+    """A replica's CPU KV pool over PCIe: GPU eviction demotes units to it, a hit there loads them
+    back over PCIe before the prefill that needs them (DESIGN §5.1)."""
+
+    size_gib: float | None = Field(None, gt=0, le=1e6, description="host memory per replica (GiB)")
+    num_blocks: int | None = Field(None, ge=1, le=MAX_COUNT, description="or its size in KV blocks")
+    eviction: Policy = Field(
+        default_factory=lambda: PolicyRef(type="lru"), description="which CPU units leave first"
+    )
+    pcie_gbit_per_s: float | None = Field(
+        None, ge=1e-3, le=1e6, description="per direction (default: the GPU's PCIe rate × 0.8)"
+    )
+    latency_s: float = Field(0.0, ge=0, le=3600, description="PCIe latency of one load or demotion")
+
+    @model_validator(mode="after")
+    def _one_size(self):
+        if (self.size_gib is None) == (self.num_blocks is None):
+            raise ValueError("give exactly one of size_gib and num_blocks")
+        return self
+
+    @field_validator("eviction")
+    @classmethod
+    def _known_eviction(cls, v: PolicyRef, info: ValidationInfo):
+        return _policy(EVICTION, v, info, "cache.cpu_tier.eviction", leading=1)
+
+
 class CacheConfig(_Strict):
     block_size: int = Field(16, ge=1, le=1024, description="tokens per KV block (vLLM)")
     num_gpu_blocks: int | Literal["auto"] = Field(
@@ -121,6 +148,7 @@ class CacheConfig(_Strict):
     isolation: int | None = Field(
         None, ge=1, description="keep the checkpoints of the last N sequences only (FIFO)"
     )
+    cpu_tier: CpuTierConfig | None = Field(None, description="a CPU KV pool over PCIe")
 
     @field_validator("num_gpu_blocks")
     @classmethod
@@ -235,6 +263,119 @@ class ClusterConfig(_Strict):
         if isinstance(v, bool) or not isinstance(v, int):
             raise ValueError("must be the integer 1, 2, 4 or 8")
         return v
+
+
+class PoolConfig(_Strict):
+    """Replicas of one role, model and GPU with their own settings (DESIGN §9, S4). Keys given
+    under ``cache``, ``scheduler`` or ``routing`` replace the scenario's for this pool."""
+
+    name: str | None = Field(None, description="default: the role")
+    role: Literal["unified", "prefill", "decode"]
+    model: PathText | None = Field(None, description="default: the scenario's model")
+    hardware: str | None = Field(None, description="default: the scenario's hardware")
+    replicas: int = Field(1, ge=1, le=4096)
+    tensor_parallel: Literal[1, 2, 4, 8] = 1
+    cache: CacheConfig | None = None
+    scheduler: SchedulerConfig | None = None
+    routing: Policy | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _a_name(cls, v: str | None):
+        if v is not None and (len(v) > MAX_NAME_CHARS or not _NAME.fullmatch(v) or "." in v):
+            raise ValueError(
+                f"a pool's name: at most {MAX_NAME_CHARS} letters, digits, spaces and -_+=,@() "
+                "(no dots: --set pools.<name>.… addresses it)"
+            )
+        return v
+
+    @field_validator("tensor_parallel", mode="before")
+    @classmethod
+    def _an_integer(cls, v):
+        return ClusterConfig._an_integer(v)
+
+    @field_validator("hardware")
+    @classmethod
+    def _known_gpu(cls, v: str | None):
+        if v is not None:
+            if v.lower() not in gpu_catalog():
+                raise ValueError(f"not in the GPU catalog; allowed: {', '.join(gpu_catalog())}")
+            return v.lower()
+        return v
+
+    @field_validator("routing")
+    @classmethod
+    def _known_routing(cls, v: PolicyRef | None, info: ValidationInfo):
+        if v is not None:
+            _policy(ROUTING, v, info, "routing", leading=0)
+        return v
+
+    @property
+    def label(self) -> str:
+        return self.name or self.role
+
+
+class LinkConfig(_Strict):
+    """A link from a producer pool to a consumer pool (DESIGN §4)."""
+
+    name: str | None = Field(None, description="default: producer-consumer")
+    producer: str = Field(max_length=MAX_NAME_CHARS, description="the pool that sends (its name)")
+    consumer: str = Field(max_length=MAX_NAME_CHARS, description="the pool that receives")
+    bandwidth_gbit_per_s: float = Field(ge=1e-3, le=1e6, description="per direction")
+    latency_s: float = Field(0.0, ge=0, le=3600)
+    overhead_s: float = Field(0.0, ge=0, le=3600, description="fixed setup time of a transfer")
+
+    @field_validator("name")
+    @classmethod
+    def _a_name(cls, v: str | None):
+        return PoolConfig._a_name(v)
+
+    scope: Literal["shared", "producer", "pair"] = Field(
+        "producer",
+        description="shared: one link for all; producer: one per producer replica (its NIC); "
+        "pair: one per (producer, consumer) replica pair",
+    )
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.producer}-{self.consumer}"
+
+
+class TransferConfig(_Strict):
+    """How a prefill replica hands a sequence to a decode replica (DESIGN §5.2)."""
+
+    codec: Policy = Field(
+        default_factory=lambda: PolicyRef(type="raw"),
+        description="raw, quantized, layer_recompute, consumer_prefill, scd, scd_reuse_only",
+    )
+    first_token: Literal["producer", "consumer"] = Field(
+        "producer",
+        description="producer: the prefill replica samples the first token (same-model P/D); "
+        "consumer: the decode replica does, after the hand-off (cross-model, as in SCD)",
+    )
+    pipelining: bool = Field(
+        False, description="layer-wise: the consumer reconstructs a layer while the next arrives"
+    )
+
+    @field_validator("codec")
+    @classmethod
+    def _known_codec(cls, v: PolicyRef, info: ValidationInfo):
+        return _policy(TRANSFER, v, info, "transfer.codec", leading=1)
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """A pool with every setting resolved (the scenario's where the pool gives none)."""
+
+    name: str
+    role: str
+    model: str
+    hardware: str
+    replicas: int
+    tensor_parallel: int
+    cache: CacheConfig
+    scheduler: SchedulerConfig
+    routing: PolicyRef
 
 
 class FixedLength(_Strict):
@@ -436,7 +577,15 @@ class Scenario(_Strict):
     seed: int = Field(0, ge=0, le=2**63 - 1)
     model: PathText = Field(description="catalog name or path to a Hugging Face config.json")
     hardware: str = Field(description="GPU catalog name")
-    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    cluster: ClusterConfig = Field(
+        default_factory=ClusterConfig, description="one unified pool (or give pools:)"
+    )
+    pools: list[PoolConfig] = Field(
+        default_factory=list,
+        description="one unified pool, or a prefill and a decode pool (instead of cluster:)",
+    )
+    links: list[LinkConfig] = Field(default_factory=list)
+    transfer: TransferConfig = Field(default_factory=TransferConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     routing: Policy = Field(default_factory=lambda: PolicyRef(type="least_loaded"))
@@ -491,9 +640,46 @@ class Scenario(_Strict):
         p = Path(self.latency.path or "")
         return p if p.is_absolute() else self._base_dir / p
 
+    def pool_specs(self) -> list[PoolSpec]:
+        """The pools with every setting resolved; a flat ``cluster:`` is one unified pool."""
+        if not self.pools:
+            c = self.cluster
+            return [
+                PoolSpec("unified", "unified", self.model, self.hardware, c.replicas,
+                         c.tensor_parallel, self.cache, self.scheduler, self.routing)
+            ]  # fmt: skip
+        return [
+            PoolSpec(
+                p.label,
+                p.role,
+                p.model or self.model,
+                p.hardware or self.hardware,
+                p.replicas,
+                p.tensor_parallel,
+                _merged(self.cache, p.cache),
+                _merged(self.scheduler, p.scheduler),
+                p.routing or self.routing,
+            )  # fmt: skip
+            for p in self.pools
+        ]
+
+    @property
+    def disaggregated(self) -> bool:
+        """A prefill and a decode pool (a hand-off over a link) rather than one unified pool."""
+        return any(p.role != "unified" for p in self.pools)
+
     def resolved_yaml(self) -> str:
         """The scenario with every default filled in, as YAML."""
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _merged(base: BaseModel, part: BaseModel | None) -> BaseModel:
+    """``base`` with the fields ``part`` was given explicitly (a pool's own settings)."""
+    if part is None:
+        return base
+    merged = base.model_dump()
+    merged.update(part.model_dump(include=part.model_fields_set))
+    return type(base).model_validate(merged)
 
 
 def _all_field_names() -> set[str]:
@@ -564,20 +750,46 @@ def apply_overrides(doc: dict, overrides: list[str], source: str) -> dict:
         value = _override_value(path, raw)
         keys = path.strip().split(".")
         node = doc
-        for k in keys[:-1]:
-            child = node.get(k)
+        for i, k in enumerate(keys[:-1]):
+            if isinstance(node, list):
+                k = _list_index(node, k, path, ".".join(keys[:i]))
+                child = node[k]
+            else:
+                child = node.get(k)
             if isinstance(child, str):  # a policy given by name: turn it into a mapping
                 child = {"type": child}
             if child is None:
                 child = {}
-            if not isinstance(child, dict):
+            if not isinstance(child, (dict, list)):
                 raise KvsimError(
                     f"--set {clip(path, 80)}: {echo(k, 80)} is not a section of the scenario"
                 )
             node[k] = child
             node = child
-        node[keys[-1]] = value
+        last = keys[-1]
+        if isinstance(node, list):
+            last = _list_index(node, last, path, ".".join(keys[:-1]))
+        node[last] = value
     return doc
+
+
+def _list_index(items: list, key: str, path: str, where: str) -> int:
+    """A list of pools or links is addressed by index or by an item's name (a pool's name
+    defaults to its role, a link's to producer-consumer)."""
+    for i, item in enumerate(items):
+        if isinstance(item, dict):
+            name = item.get("name") or item.get("role")
+            if name is None and "producer" in item:
+                name = f"{item.get('producer')}-{item.get('consumer')}"
+            if name == key:
+                return i
+    if key.isdigit() and int(key) < len(items):
+        return int(key)
+    names = [str((x.get("name") or x.get("role")) if isinstance(x, dict) else x) for x in items]
+    raise KvsimError(
+        f"--set {path}: {where} has no item {key!r}; allowed: an index below {len(items)} or a "
+        f"name ({', '.join(names)})"
+    )
 
 
 def load_scenario(
@@ -622,41 +834,15 @@ def scenario_from_dict(
 
 def _check_semantics(s: Scenario, source: str) -> None:
     """Cross-field checks that need the catalogs or the file system."""
-    try:
-        model = get_model(s.model, s.base_dir)
-    except KvsimError as e:
-        raise KvsimError(f"{source}: model: {e}") from None
-    if model.recurrent is None and s.cache.checkpoint.type != "none":
-        raise KvsimError(
-            f"{source}: cache.checkpoint: {s.cache.checkpoint.type!r} needs a model with "
-            f"recurrent layers; {model.name} has none (use none)"
-        )
-    if model.recurrent is None and s.cache.isolation is not None:
-        raise KvsimError(
-            f"{source}: cache.isolation: {s.cache.isolation} applies to the checkpoints of a "
-            f"model with recurrent layers; {model.name} has none (remove it)"
-        )
-    if model.recurrent is None and s.cache.checkpoint_capture != "chunk":
-        raise KvsimError(
-            f"{source}: cache.checkpoint_capture: {s.cache.checkpoint_capture!r} applies to a "
-            f"model with recurrent layers; {model.name} has none (remove it)"
-        )
-    if model.recurrent is not None and s.cache.layout != "contiguous":
-        raise KvsimError(
-            f"{source}: cache.layout: {model.name} has recurrent layers, which resume from one "
-            "checkpoint with the KV before it: use contiguous"
-        )
-    if model.attention is not None and model.heads % s.cluster.tensor_parallel:
-        raise KvsimError(
-            f"{source}: cluster.tensor_parallel: {s.cluster.tensor_parallel} does not divide "
-            f"the model's {model.heads} attention heads"
-        )
-    layouts = getattr(EVICTION.resolve(s.cache.eviction.type), "layouts", None)
-    if isinstance(layouts, (tuple, list, set, frozenset)) and s.cache.layout not in layouts:
-        raise KvsimError(
-            f"{source}: cache.eviction: {s.cache.eviction.type!r} needs cache.layout "
-            f"{' or '.join(layouts)}, not {s.cache.layout!r}"
-        )
+    pools = _resolved_pools(s, source)
+    models = {}
+    for spec, where in pools:
+        try:
+            models[spec.name] = model = get_model(spec.model, s.base_dir)
+        except KvsimError as e:
+            raise KvsimError(f"{source}: {where or ''}model: {e}") from None
+        _check_pool(s, spec, model, source, where)
+    _check_links(s, source, models)
     if s.latency.type == "profile" and not s.profile_path().is_file():
         raise KvsimError(f"{source}: latency.path: profile {clip(str(s.profile_path()))} not found")
     w = s.workload
@@ -682,8 +868,133 @@ def _check_semantics(s: Scenario, source: str) -> None:
                 f"{source}: simulation.warmup_requests: {s.simulation.warmup_requests} leaves "
                 f"none of the workload's {n} requests to measure; use fewer than {n}"
             )
-    if unit is not None and unit % s.cache.block_size:
+    for spec, where in pools:
+        bs = spec.cache.block_size
+        if unit is not None and unit % bs:
+            raise KvsimError(
+                f"{source}: {where or ''}cache.block_size: {bs} must divide the workload's "
+                f"content unit of {unit} tokens"
+            )
+
+
+def _resolved_pools(s: Scenario, source: str) -> list[tuple[PoolSpec, str | None]]:
+    """The pools with their settings merged, and the place an error names (None: the flat
+    ``cluster:``, whose fields keep their historical names)."""
+    if not s.pools:
+        return [(s.pool_specs()[0], None)]
+    if s.cluster != ClusterConfig():
+        raise KvsimError(f"{source}: cluster: give either cluster: (one unified pool) or pools:, "
+                         "not both")  # fmt: skip
+    roles = sorted(p.role for p in s.pools)
+    if roles not in (["unified"], ["decode", "prefill"]):
+        raise KvsimError(f"{source}: pools: roles {roles} are not allowed; allowed: one unified "
+                         "pool, or one prefill and one decode pool")  # fmt: skip
+    names = [p.label for p in s.pools]
+    if len(set(names)) != len(names):
+        raise KvsimError(f"{source}: pools: two pools are named {names[0]!r}; names must differ")
+    out = []
+    for i, p in enumerate(s.pools):
+        try:
+            spec = s.pool_specs()[i]
+        except ValidationError as e:
+            raise KvsimError(_one_line(e, f"{source}: pools.{p.label}")) from None
+        out.append((spec, f"pools.{p.label}."))
+    return out
+
+
+def _check_pool(s: Scenario, spec: PoolSpec, model, source: str, where: str | None) -> None:
+    cache, tp = spec.cache, spec.tensor_parallel
+    at = where or ""
+    tp_field = f"{where}tensor_parallel" if where else "cluster.tensor_parallel"
+    if model.recurrent is None and cache.checkpoint.type != "none":
         raise KvsimError(
-            f"{source}: cache.block_size: {s.cache.block_size} must divide the workload's "
-            f"content unit of {unit} tokens"
+            f"{source}: {at}cache.checkpoint: {cache.checkpoint.type!r} needs a model with "
+            f"recurrent layers; {model.name} has none (use none)"
         )
+    if model.recurrent is None and cache.isolation is not None:
+        raise KvsimError(
+            f"{source}: {at}cache.isolation: {cache.isolation} applies to the checkpoints of a "
+            f"model with recurrent layers; {model.name} has none (remove it)"
+        )
+    if model.recurrent is None and cache.checkpoint_capture != "chunk":
+        raise KvsimError(
+            f"{source}: {at}cache.checkpoint_capture: {cache.checkpoint_capture!r} applies to a "
+            f"model with recurrent layers; {model.name} has none (remove it)"
+        )
+    if model.recurrent is not None and cache.layout != "contiguous":
+        raise KvsimError(
+            f"{source}: {at}cache.layout: {model.name} has recurrent layers, which resume from "
+            "one checkpoint with the KV before it: use contiguous"
+        )
+    if model.attention is not None and model.heads % tp:
+        raise KvsimError(
+            f"{source}: {tp_field}: {tp} does not divide the model's {model.heads} attention heads"
+        )
+    layouts = getattr(EVICTION.resolve(cache.eviction.type), "layouts", None)
+    if isinstance(layouts, (tuple, list, set, frozenset)) and cache.layout not in layouts:
+        raise KvsimError(
+            f"{source}: {at}cache.eviction: {cache.eviction.type!r} needs cache.layout "
+            f"{' or '.join(layouts)}, not {cache.layout!r}"
+        )
+    if cache.cpu_tier is not None:
+        if cache.layout != "contiguous" or model.recurrent is not None or model.attention is None:
+            raise KvsimError(
+                f"{source}: {at}cache.cpu_tier: a CPU tier needs cache.layout contiguous and a "
+                f"model without recurrent layers ({model.name}, {cache.layout})"
+            )
+    if spec.role != "unified" and model.recurrent is not None:
+        raise KvsimError(
+            f"{source}: {at}model: {model.name} has recurrent layers; disaggregated pools hand "
+            "off KV only (recurrent states are not transferred): use a unified pool"
+        )
+
+
+def _check_links(s: Scenario, source: str, models: dict) -> None:
+    """A prefill and a decode pool need exactly one link between them; a unified pool none."""
+    if not s.disaggregated:
+        if s.links:
+            raise KvsimError(f"{source}: links: a unified pool hands nothing off; links need a "
+                             "prefill and a decode pool")  # fmt: skip
+        if s.transfer != TransferConfig():
+            raise KvsimError(f"{source}: transfer: needs a prefill and a decode pool (pools:)")
+        return
+    prefill = next(p.label for p in s.pools if p.role == "prefill")
+    decode = next(p.label for p in s.pools if p.role == "decode")
+    for i, link in enumerate(s.links):
+        for end in ("producer", "consumer"):
+            name = getattr(link, end)
+            if name not in models:
+                raise KvsimError(f"{source}: links.{i}.{end}: no pool named {name!r}; allowed: "
+                                 f"{', '.join(models)}")  # fmt: skip
+        if (link.producer, link.consumer) != (prefill, decode):
+            raise KvsimError(f"{source}: links.{i}: {link.producer} -> {link.consumer} is not "
+                             f"allowed; a link goes from the prefill pool ({prefill}) to the "
+                             f"decode pool ({decode})")  # fmt: skip
+    if len(s.links) != 1:
+        raise KvsimError(
+            f"{source}: links: the pools {prefill} -> {decode} need exactly one link, "
+            f"e.g. links: [{{producer: {prefill}, consumer: {decode}, "
+            f"bandwidth_gbit_per_s: 200}}] ({len(s.links)} given)"
+        )
+    codec = s.transfer.codec
+    p, d = models[prefill], models[decode]
+    if codec.type != "consumer_prefill" and p != d:
+        diff = _architecture_difference(p, d)
+        if diff:
+            raise KvsimError(
+                f"{source}: transfer.codec: {codec.type!r} hands KV from {p.name} to {d.name}, "
+                f"which differ in architecture ({diff}); KV transfer needs the same "
+                "architecture (consumer_prefill does not)"
+            )
+
+
+def _architecture_difference(a, b) -> str:
+    """The first layer-shape field two models differ in ('' when the same architecture: KV and
+    hidden states of one fit the other's layers; vocabulary and weights may differ)."""
+    fields = (("attention layers", lambda m: m.attention_layers), ("hidden", lambda m: m.hidden),
+              ("heads", lambda m: m.heads), ("kv_heads", lambda m: m.kv_heads),
+              ("head_dim", lambda m: m.head_dim), ("layers", lambda m: m.layers))  # fmt: skip
+    for name, get in fields:
+        if get(a) != get(b):
+            return f"{name} {get(a)} vs {get(b)}"
+    return ""

@@ -20,6 +20,7 @@ iteration, or a run of pure-decode iterations, then costs O(1) per iteration ins
 from __future__ import annotations
 
 import heapq
+from bisect import insort
 from collections import deque
 from dataclasses import dataclass
 
@@ -28,7 +29,7 @@ from .cache.kv_cache import MSA
 from .cache.seen import SeenPrefixes
 from .latency.ops import Copy
 
-WAITING, PREFILL, DECODE, DONE = 0, 1, 2, 3
+WAITING, PREFILL, DECODE, DONE, HANDOFF, LOADING = 0, 1, 2, 3, 4, 5
 
 
 class Seq:
@@ -47,10 +48,21 @@ class Seq:
       (holes, new prompt tokens, then each generated token's KV once it is fed back);
     - *to compute*: the positions at and after the cursor that no reused range covers.
     Every position before the cursor has KV; reused ranges after it are counted in ``ahead``.
+
+    A sequence handed over from a prefill replica arrives with its *external* KV (vLLM's external
+    computed tokens): the cursor starts after it, its blocks were reserved when the transfer
+    started, and one token is left to compute — the prompt's last (its logits give the first
+    token) or, when the prefill replica sampled the first token, that token's KV.
     """
 
     __slots__ = (
         "req",
+        "rec",
+        "external",
+        "consumer_ops",
+        "handoff_from",
+        "cpu_hit_units",
+        "cpu_nodes",
         "arrival_ns",
         "num_tokens",
         "computed",
@@ -85,9 +97,21 @@ class Seq:
         "finish_it",
     )
 
-    def __init__(self, req, arrival_ns: int):
+    def __init__(self, req, arrival_ns: int, rec=None):
         self.req = req
         """The request (trace record)."""
+        self.rec = rec
+        """Its record across replicas (``metrics.RequestRecord``)."""
+        self.external = 0
+        """Tokens whose KV it brought from a prefill replica (0 once it computes its own)."""
+        self.consumer_ops = ()
+        """Codec work its admission runs (reconstructing the external KV), as (count, op)."""
+        self.handoff_from = -1
+        """When its prefill replica finished the prompt (-1: not handed over, or recorded)."""
+        self.cpu_hit_units = 0
+        """Units of its first admission's hit found in the CPU tier."""
+        self.cpu_nodes = ()
+        """CPU-tier units it is loading over PCIe (it waits, holding their GPU blocks)."""
         self.arrival_ns = arrival_ns
         """When it reached this replica."""
         self.num_tokens = req.prompt_tokens
@@ -224,8 +248,12 @@ class Scheduler:
         checkpoint=None,
         state_bytes: int = 0,
         capture: str = "chunk",
+        handoff=None,
     ):
         self.cache = cache
+        self.handoff = handoff
+        """A prefill replica's hand-off (``handoff.Handoff``): a finished prompt leaves through
+        it instead of decoding here (None: a unified or decode replica)."""
         self.bt = cache.block_tokens
         self.max_tokens = max_num_batched_tokens
         self.max_seqs = max_num_seqs
@@ -252,6 +280,18 @@ class Scheduler:
         """Called as a sequence finishes; returns whether its session goes on (a later turn)."""
         self.waiting: deque[Seq] = deque()
         """Sequences not admitted (preempted ones re-queue at the head), FCFS."""
+        self.ready: deque[Seq] = deque()
+        """Handed-over sequences whose KV has arrived, admitted before ``waiting``: they hold
+        their blocks already, so the head of ``waiting`` must not block them."""
+        self.incoming: dict[int, Seq] = {}
+        """Handed-over sequences whose KV is on its way (blocks reserved), by request id."""
+        self.outgoing: dict[int, Seq] = {}
+        """Sequences this prefill replica handed off, holding their blocks until the transfer
+        completes, by admission order."""
+        self.loading: dict[int, Seq] = {}
+        """Admitted sequences waiting for CPU-tier units to load, by admission order."""
+        self.on_ready = lambda: None
+        """Called when a loaded sequence can run (its replica's engine wakes up)."""
         self.prefilling: list[Seq] = []
         """Admitted sequences still computing their prompt, in admission order."""
         self.decoding: dict[int, Seq] = {}
@@ -280,14 +320,39 @@ class Scheduler:
     # ---- state seen from outside -------------------------------------------------------------
     @property
     def num_running(self) -> int:
-        return len(self.prefilling) + len(self.decoding)
+        return len(self.prefilling) + len(self.decoding) + len(self.loading)
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.prefilling or self.decoding)
+        return bool(
+            self.waiting or self.prefilling or self.decoding or self.ready or self.incoming
+            or self.outgoing or self.loading
+        )  # fmt: skip
 
     def add(self, seq: Seq) -> None:
         self.waiting.append(seq)
-        self.queued_tokens += seq.num_tokens
+        self.queued_tokens += seq.num_tokens - seq.computed
+
+    # ---- hand-off between a prefill and a decode replica (DESIGN §9, S4) ---------------------
+    def reserve(self, seq: Seq, blocks: int, now_ns: int) -> bool:
+        """Take ``blocks`` for a sequence whose KV is about to be sent here (evicting as needed);
+        False, changing nothing, when they are not available."""
+        if not self.cache.try_allocate(blocks, now_ns):
+            return False
+        seq.priv_blocks = blocks
+        self.incoming[seq.req.id] = seq
+        return True
+
+    def arrived(self, seq: Seq) -> None:
+        """A reserved sequence's KV is here: it waits to be admitted, ahead of ``waiting``."""
+        del self.incoming[seq.req.id]
+        self.ready.append(seq)
+        self.queued_tokens += seq.num_tokens - seq.computed
+
+    def sent(self, seq: Seq, now_ns: int) -> None:
+        """A handed-off sequence's transfer completed: give its blocks back (tail first)."""
+        del self.outgoing[seq.order]
+        self._release(seq, now_ns)
+        seq.phase = DONE
 
     # ---- decode sequences, kept lazily ---------------------------------------------------------
     def _join_decode(self, s: Seq) -> None:
@@ -386,6 +451,7 @@ class Scheduler:
         done = _gaps(s.reused, s.computed)
         s.done_before = _union(s.done_before, done) if s.done_before else done
         self._release(s, self.now_ns)
+        s.external = 0  # recomputed here from now on
         s.computed = s.ahead = s.next_range = 0
         s.reused = ()
         s.phase = WAITING
@@ -450,17 +516,29 @@ class Scheduler:
             # is admitted after a preemption, so the budget is not needed any more.
             n_dec = len(self.decoding)
 
+        while self.ready and budget > 0 and not preempted and self.num_running < self.max_seqs:
+            s = self.ready.popleft()
+            self._admit_external(s, extra)
+            prefills.append((s, 1))
+            budget -= 1
         while self.waiting and budget > 0 and not preempted and self.num_running < self.max_seqs:
             s = self.waiting[0]
             n = self._admit(s, budget, extra)
             if n == 0:
                 break
             self.waiting.popleft()
+            if s.phase == LOADING:
+                continue  # it computes once its CPU-tier units are on the GPU
             prefills.append((s, n))
             budget -= n
 
         if not n_dec and not prefills:
             self.alloc_it = self.it
+            if preempted and (self.waiting or self.ready):
+                # Everything running was preempted (the rest of the pool is held by sequences
+                # whose KV is arriving or loading): nothing would run, so admission reopens now
+                # rather than the replica going idle with work queued.
+                return self.schedule()
             return None
         tokens = n_dec
         logits = n_dec
@@ -480,6 +558,8 @@ class Scheduler:
             qk += pairs
             if end == s.num_tokens:
                 logits += 1
+                if self.handoff is not None:  # the codec's producer side runs with the last chunk
+                    extra += self.handoff.producer_ops(s)
         return Batch(n_dec, prefills, tokens, logits, kv, qk, segs, preempted, tuple(extra))
 
     def _admit(self, s: Seq, budget: int, extra: list) -> int:
@@ -508,6 +588,8 @@ class Scheduler:
                 stores = 0  # the chunk no longer ends at the skipped one: cut again
                 n = min(remaining, budget, self.chunk)
         need = cache.blocks_for(n) + self.sb * (1 + stores)
+        if hit.cpu_nodes:  # blocks for the units it loads; its chunk's when it runs
+            need = hit.cpu_blocks
         if not cache.try_allocate(need, now, hit, self.watermark):
             return 0
         s.state_blocks, s.pending_state = self.sb, self.sb * stores
@@ -515,10 +597,11 @@ class Scheduler:
         if not s.admitted:
             s.admitted = True
             s.hit_tokens, s.hit_units = hit.tokens, hit.units
+            s.cpu_hit_units = hit.cpu_units
             if self.seen is not None:
                 self.checkpoint.observe(self.seen.depth(s.req))
         s.nodes = list(hit.nodes)
-        s.node_tokens = hit.tokens
+        s.node_tokens = hit.tokens - hit.cpu_blocks * self.bt  # CPU units: private till loaded
         s.reused = hit.ranges
         if self.msa and hit.nodes:
             s.computed, s.ahead, s.next_range = 0, hit.tokens, 0
@@ -536,8 +619,38 @@ class Scheduler:
         s.order = self._order
         self._order += 1
         self.queued_tokens -= hit.tokens
+        if hit.cpu_nodes:
+            s.priv_blocks = hit.cpu_blocks
+            s.phase = LOADING
+            s.cpu_nodes = hit.cpu_nodes
+            self.loading[s.order] = s
+            cache.cpu.load(hit.cpu_nodes, s.req.id, now, lambda t: self._loaded(s, t))
+            return n
         self.prefilling.append(s)
         return n
+
+    def _loaded(self, s: Seq, now_ns: int) -> None:
+        """Its CPU-tier units are on the GPU: they become nodes it holds (and leave the tier),
+        and it runs from the next batch on."""
+        del self.loading[s.order]
+        s.phase = PREFILL
+        self._commit_units(s, now_ns)
+        self.cache.cpu.loaded(s.cpu_nodes, now_ns)
+        s.cpu_nodes = ()
+        insort(self.prefilling, s, key=lambda x: x.order)
+        self.on_ready()
+
+    def _admit_external(self, s: Seq, extra: list) -> None:
+        """Admit a handed-over sequence: its blocks (external KV and the token it computes) were
+        reserved, so it needs none; its admission iteration runs the codec's consumer side."""
+        s.phase = PREFILL
+        s.order = self._order
+        self._order += 1
+        s.admitted = True
+        s.next_unit = len(s.req.blocks)  # nothing of it joins this replica's prefix tree
+        extra += s.consumer_ops
+        s.consumer_ops = ()
+        self.prefilling.append(s)
 
     def _plan_checkpoints(self, s: Seq, reused: int) -> list[int]:
         """The checkpoints its prefill stores: the policy's positions for its prompt, floored to
@@ -598,23 +711,40 @@ class Scheduler:
             if s.phase == DECODE and s.order == order:
                 self._leave_decode(s)
                 self._finish(s, now_ns)
+        handoff = self.handoff
         for s, n in batch.prefills:
             self._advance(s, n)
             self.queued_tokens -= n
-            self._commit_units(s, now_ns)
+            if not s.external:
+                self._commit_units(s, now_ns)
             if s.pending_state:
                 self._store_states(s, now_ns)
             if s.computed == s.num_tokens:
+                self.prefilling.remove(s)
+                if handoff is not None and not handoff.producer_samples:
+                    self._hand_off(s, now_ns)  # the decode replica samples the first token
+                    continue
                 s.generated += 1
                 s.num_tokens += 1
                 if s.first_ns is None:
                     s.first_ns = now_ns
                     self.on_first_token(s, now_ns)
-                self.prefilling.remove(s)
+                if s.handoff_from >= 0:  # a handed-over sequence's first token here
+                    s.rec.handoff_ns = now_ns - s.handoff_from
+                    s.handoff_from = -1
                 if s.generated >= s.req.output_tokens:
                     self._finish(s, now_ns)
+                elif handoff is not None:
+                    self._hand_off(s, now_ns)
                 else:
                     self._join_decode(s)
+
+    def _hand_off(self, s: Seq, now_ns: int) -> None:
+        """The prompt is done: the sequence leaves for a decode replica, holding its blocks here
+        until its transfer completes."""
+        s.phase = HANDOFF
+        self.outgoing[s.order] = s
+        self.handoff.prefill_done(s, now_ns)
 
     def _advance(self, s: Seq, n: int) -> None:
         """Move the cursor past ``n`` computed tokens (and the reused ranges they reach)."""
@@ -688,7 +818,7 @@ class Scheduler:
         more = self.on_finish(s, now_ns)
         if s.states:
             self.cache.close_group(s.states, now_ns)
-        if s.req.output_blocks and s.next_unit == len(s.req.blocks):
+        if s.req.output_blocks and s.next_unit == len(s.req.blocks) and not s.external:
             self._commit_outputs(s, now_ns)
         self._release(s, now_ns, pin=bool(more) and s.req.job is not None)
 
@@ -719,9 +849,13 @@ class Scheduler:
         (contiguous) the resident set is prefix-closed."""
         cache = self.cache
         holders = list(self.prefilling) + list(self.decoding.values())
+        holders += list(self.outgoing.values()) + list(self.loading.values())
         private = 0
-        for s in self.prefilling:
+        for s in [*self.prefilling, *self.outgoing.values(), *self.incoming.values(), *self.ready,
+                  *self.loading.values()]:  # fmt: skip
             private += s.priv_blocks
+        for s in self.waiting:
+            assert s.priv_blocks == 0 and not s.nodes, f"waiting {s.req.id} holds blocks"
         for s in self.decoding.values():
             held = s.base_c + (self.alloc_it - s.base_it)
             private += cache.blocks_for(held - s.node_tokens)
@@ -746,8 +880,24 @@ class Scheduler:
             for n in nodes:
                 p = n.parent
                 assert p is None or cache.tree.nodes.get(p.id) is p, f"{n}'s parent was evicted"
+        cpu = cache.cpu
+        if cpu is not None:
+            held = cpu.blocks_held()
+            assert cpu.free >= 0 and cpu.free + held == cpu.capacity, (
+                f"CPU tier blocks not conserved: free {cpu.free} + held {held} != {cpu.capacity}"
+            )
+            loads: dict[int, int] = {}
+            for s in self.loading.values():
+                for n in s.cpu_nodes:
+                    loads[id(n)] = loads.get(id(n), 0) + 1
+            for n in cpu.tree.nodes.values():
+                assert n.refs == loads.get(id(n), 0), f"CPU {n} has refs {n.refs}"
+            assert cpu.tree.evictable_blocks == sum(
+                n.blocks for n in cpu.tree.nodes.values() if n.refs == 0
+            ), "CPU evictable block count drifted"
         queued = sum(s.num_tokens - s.computed - s.ahead for s in self.waiting)
         queued += sum(s.num_tokens - s.computed - s.ahead for s in self.prefilling)
+        queued += sum(s.num_tokens - s.computed for s in [*self.ready, *self.loading.values()])
         assert queued == self.queued_tokens, f"queued tokens {self.queued_tokens} != {queued}"
 
 

@@ -84,6 +84,31 @@ class OldestFootprint:
         return self.cands.pop(id(node))
 
 
+class HalfRaw:
+    """A user's transfer codec (for tests): half the raw KV bytes, no codec work."""
+
+    def __init__(self, context):
+        from kvsim.simulator.policies.transfer import Quality
+
+        self.quality = Quality(source="none")
+        self.bytes_per_token = context.producer.kv_bytes_per_token // 2
+
+    def plan(self, tokens):
+        from kvsim.simulator.policies.transfer import TransferPlan
+
+        return TransferPlan(tokens * self.bytes_per_token)
+
+
+class ShallowestFirst:
+    """An eviction policy for tests: the unit nearest the prompt's start first."""
+
+    def __init__(self, context):
+        pass
+
+    def key(self, node):
+        return (node.depth, node.released)
+
+
 def wait_for_file(task: tuple[int, str, list]) -> tuple[int, dict, None]:
     """A sweep task for tests: task 0 returns at once; any other waits (up to 20 s) for the file
     named by the task and returns whether it appeared."""

@@ -52,6 +52,12 @@ class Hit:
     pinned_blocks: int = 0
     resume: Node | None = None
     """Recurrent models: the checkpoint the sequence resumes from (its state is loaded)."""
+    cpu_nodes: tuple[Node, ...] = ()
+    """Units of the CPU tier that continue the GPU prefix (loaded over PCIe before use)."""
+    cpu_blocks: int = 0
+    """GPU blocks those units take once loaded."""
+    cpu_units: int = 0
+    """Units found in the CPU tier (of ``units``)."""
 
 
 NO_HIT = Hit()
@@ -71,8 +77,11 @@ class KVCache:
         state_blocks: int = 0,
         kv_free: bool = False,
         isolation: int | None = None,
+        cpu=None,
     ):
         self.capacity = capacity_blocks
+        self.cpu = cpu
+        """The replica's CPU tier (``cpu_tier.CpuTier``), or None."""
         self.state_blocks = state_blocks
         """Blocks of one recurrent state (0: no recurrent layers)."""
         self.kv_free = kv_free
@@ -89,8 +98,9 @@ class KVCache:
         self.free = capacity_blocks
         candidates = policy if hasattr(policy, "pop") else KeyedHeap(policy.key)
         self.policy = policy
-        self.time_dependent = bool(getattr(policy, "time_dependent", False))
-        """Victims depend on the clock: evictions happen only at exact iteration boundaries."""
+        self.time_dependent = bool(getattr(policy, "time_dependent", False)) or cpu is not None
+        """Victims depend on the clock — or, with a CPU tier, an eviction starts a copy over
+        PCIe at its time: evictions happen only at exact iteration boundaries."""
         self.tree = PrefixTree(candidates, layout == CONTIGUOUS, getattr(policy, "on_access", None))
         # NOTE: a node's recompute price is recorded at insert for policies that read it only.
         self._recompute_s = recompute_s if getattr(policy, "reads_recompute_cost", False) else None
@@ -114,6 +124,8 @@ class KVCache:
             return NO_HIT
         if self.state_blocks:
             return self._resume(req, tokens or req.prompt_tokens)
+        if self.cpu is not None:
+            return self._lookup_tiers(req, tokens or req.prompt_tokens)
         nodes = self._match(req.blocks, req.prompt_tokens, req.unit_tokens)
         if not nodes:
             return NO_HIT
@@ -142,6 +154,30 @@ class KVCache:
                 ranges.append((start, end))
         return Hit(tuple(nodes), tuple(ranges), tokens, units, pinned)
 
+    def _lookup_tiers(self, req, end: int) -> Hit:
+        """The GPU prefix (contiguous), then the CPU tier's units that continue it."""
+        nodes = self._match(req.blocks, req.prompt_tokens, req.unit_tokens)
+        cpu = self.cpu.match(req.blocks, len(nodes), req.prompt_tokens, req.unit_tokens)
+        units, cpu_units = len(nodes) + len(cpu), len(cpu)
+        if not units:
+            return NO_HIT
+        last = (cpu or nodes)[-1]
+        if last.start_token + last.tokens >= end:
+            (cpu or nodes).pop()  # at least the last token is computed: its logits need it
+        tokens = pinned = 0
+        for n in nodes:
+            tokens += n.tokens
+            if n.free:
+                pinned += n.blocks
+        cpu_blocks = 0
+        for n in cpu:
+            tokens += n.tokens
+            cpu_blocks += n.blocks
+        if not tokens:
+            return Hit(units=units, cpu_units=cpu_units)
+        return Hit(tuple(nodes), ((0, tokens),), tokens, units, pinned, None, tuple(cpu),
+                   cpu_blocks, cpu_units)  # fmt: skip
+
     def _resume(self, req, end: int) -> Hit:
         """Recurrent models: the KV prefix up to the deepest resident checkpoint c ≤ min(KV
         depth, end − 1)."""
@@ -168,6 +204,8 @@ class KVCache:
             return 0
         if self.state_blocks:
             return self._resume(req, req.prompt_tokens).tokens
+        if self.cpu is not None:  # a CPU hit is reused too (after a load)
+            return self._lookup_tiers(req, req.prompt_tokens).tokens
         nodes = self._match(req.blocks, req.prompt_tokens, req.unit_tokens)
         if not nodes:
             return 0
@@ -188,6 +226,8 @@ class KVCache:
         acquire = self.tree.acquire
         for node in hit.nodes:
             acquire(node, now_ns)
+        for node in hit.cpu_nodes:  # held in the CPU tier (not demoted over) until loaded
+            self.cpu.tree.acquire(node, now_ns)
         if hit.resume is not None:  # held while the allocation evicts, then only touched
             acquire(hit.resume, now_ns)
         self.allocate(blocks, now_ns)
@@ -204,6 +244,10 @@ class KVCache:
             self.free += victim.blocks
             self.evictions += 1
             self.evicted_blocks += victim.blocks
+            if self.cpu is not None and not victim.state:
+                self.cpu.demote(victim, now_ns)
+        if self.cpu is not None:
+            self.cpu.flush()
         self.free -= blocks
 
     def release(self, nodes, blocks: int, now_ns: int, pin: bool = False) -> None:

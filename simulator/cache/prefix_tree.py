@@ -46,6 +46,7 @@ class Node:
         "candidate",
         "in_heap",
         "policy_data",
+        "ready",
     )
 
     def __init__(
@@ -100,6 +101,8 @@ class Node:
         """Has an entry in a :class:`KeyedHeap` (possibly stale)."""
         self.policy_data = None
         """Per-node state an eviction policy keeps (its own structures' handles)."""
+        self.ready = True
+        """In a CPU tier: its copy from the GPU has arrived (it can be hit)."""
 
     def __repr__(self) -> str:
         return f"Node(id={self.id}, depth={self.depth}, tokens={self.tokens}, refs={self.refs})"

@@ -9,7 +9,7 @@ All counts are per GPU (a tensor-parallel rank): callers pass per-rank dimension
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from ..catalog import ModelSpec, expected_active_experts
 
@@ -260,7 +260,9 @@ OP_KINDS = {
 }
 
 
-def token_ops(model: ModelSpec, tp: int, tokens: int) -> list[tuple[float, Op]]:
+def token_ops(
+    model: ModelSpec, tp: int, tokens: int, final_norm: bool = True
+) -> list[tuple[float, Op]]:
     """The token-parallel work of one forward pass over ``tokens`` tokens, as (count, op) pairs:
     every layer kind's projections, MLP or experts, elementwise passes and tensor-parallel
     all-reduces. Attention itself (which depends on the context) and the LM head are priced apart.
@@ -271,7 +273,8 @@ def token_ops(model: ModelSpec, tp: int, tokens: int) -> list[tuple[float, Op]]:
     output (reads 2, writes 1 of ``intermediate``). A mixture-of-experts layer runs, on average,
     ``expected_active_experts`` experts, each over its share of the routed tokens (uniform routing;
     a GEMM per active expert, as a fused-MoE kernel's grouped GEMM does), plus its shared experts
-    and the router; expert weights are split over the tensor-parallel ranks."""
+    and the router; expert weights are split over the tensor-parallel ranks. ``final_norm``:
+    include the norm after the last layer (a whole forward pass does)."""
     out: list[tuple[float, Op]] = []
     b, h = model.dtype_bytes, model.hidden
     norms = 0
@@ -342,7 +345,8 @@ def token_ops(model: ModelSpec, tp: int, tokens: int) -> list[tuple[float, Op]]:
             (n, Gemm(b, tokens, inner, h)),  # output projection
         ]
         norms += n
-    out.append((norms + 1, Elementwise(b, tokens, h, 4)))  # residual add + RMSNorm (+ final norm)
+    # residual add + RMSNorm per component (+ the final norm)
+    out.append((norms + final_norm, Elementwise(b, tokens, h, 4)))
     if tp > 1:
         # One all-reduce after each tensor-parallel component's row-parallel projection.
         out.append((norms, AllReduce(b, tokens * h * b, tp)))
@@ -390,6 +394,28 @@ def attention_kv_linear(op: Attention) -> tuple[float, float, float]:
     b = float(op.kv_dim * op.dtype_bytes)
     c = 2.0 * op.q_tokens * op.heads * op.head_dim * op.dtype_bytes
     return a, b, c
+
+
+def decoder_layer_ops(
+    model: ModelSpec, tp: int, tokens: int, layers: int
+) -> list[tuple[float, Op]]:
+    """The work of recomputing ``layers`` decoder layers over a ``tokens``-token prompt of one
+    sequence (causal attention over itself), as (count, op) pairs: DroidSpeak-style layer
+    recomputation (arXiv 2411.02820). Every component kind of the model counts ``layers`` layers;
+    no final norm, embedding or LM head. Attention-only models (no recurrent layers)."""
+    if layers <= 0:
+        return []
+    part = {}
+    for name in ("attention", "mlp", "moe"):
+        comp = getattr(model, name)
+        if comp is not None:
+            part[name] = replace(comp, layers=layers)
+    sub = replace(model, **part)
+    out = token_ops(sub, tp, tokens, final_norm=False)
+    if model.attention is not None:
+        pairs = tokens * (tokens + 1) // 2
+        out.append((layers, attention_op(model, tp, tokens, tokens, pairs, 1, 1)))
+    return out
 
 
 def recurrent_ops(model: ModelSpec, tp: int, prefill_tokens: int, decodes: int) -> list[Op]:

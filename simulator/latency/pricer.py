@@ -126,12 +126,16 @@ class IterationPricer:
         return self.attention_layers * self.latency.price(op)
 
     def extra_s(self, ops) -> float:
-        """Seconds of a batch's extra ops (priced once per iteration)."""
+        """Seconds of a batch's extra ops (priced once per iteration): ops, or (count, op) pairs
+        for an op run ``count`` times (transfer codecs' per-layer work)."""
         price = self.latency.price
-        if self._check is not None:
-            for op in ops:
+        total = 0.0
+        for item in ops:
+            count, op = item if isinstance(item, tuple) else (1, item)
+            if self._check is not None:
                 self._check(op)
-        return sum(price(op) for op in ops)
+            total += count * price(op)
+        return total
 
     def iteration_ns(
         self,

@@ -5,5 +5,6 @@ from .checkpoint import CHECKPOINT
 from .eviction import EVICTION
 from .registry import Registry
 from .routing import ROUTING
+from .transfer import TRANSFER
 
-__all__ = ["CHECKPOINT", "EVICTION", "ROUTING", "Registry"]
+__all__ = ["CHECKPOINT", "EVICTION", "ROUTING", "TRANSFER", "Registry"]

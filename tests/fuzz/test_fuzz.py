@@ -51,6 +51,11 @@ PATHS = [
     "workload.queries.value", "workload.context_tokens", "workload.own_tokens", "workload.turns",
     "workload.think_cv", "workload.dispersion", "workload.tool_s", "workload.tool_s.median_s",
     "workload.calls", "workload.max_prompt_tokens", "workload.system_prompt_tokens",
+    "pools", "links", "transfer", "transfer.codec", "transfer.codec.type",
+    "transfer.codec.rank_k", "transfer.codec.quality", "transfer.first_token",
+    "transfer.pipelining", "cache.cpu_tier", "cache.cpu_tier.size_gib",
+    "cache.cpu_tier.num_blocks", "cache.cpu_tier.eviction", "cache.cpu_tier.pcie_gbit_per_s",
+    "cache.cpu_tier.latency_s",
 ]  # fmt: skip
 WORDS = [
     "lru", "lfu", "fifo", "round_robin", "least_loaded", "prefix_aware", "os:system",
@@ -62,6 +67,8 @@ WORDS = [
     "/tmp", "config.json", "t.jsonl", "\x00", "1e3", "runs", "", " ", "é", "x" * 3000,
     "qwen3.5-0.8b", "nemotron-h-8b", "mamba2-2.7b", "dp", "every", "sqrt", "log2", "balanced",
     "continuum", "sessions", "agent", "grouped", "scan", "chunk", "adaptive",
+    "prefill", "decode", "unified", "raw", "quantized", "layer_recompute", "consumer_prefill",
+    "scd", "scd_reuse_only", "producer", "consumer", "mistrallite", "mistral-7b-v0.1",
 ]  # fmt: skip
 DELETE = object()
 
@@ -138,6 +145,15 @@ OTHER_WORKLOADS = {  # closed-loop sessions and agents; grouped prompts on a hyb
                              "value": 4}, "context_tokens": _LEN, "own_tokens": _LEN,
                              "output_tokens": {"type": "fixed", "value": 2}, "rate": 5.0},
                 "simulation": {"warmup_requests": 4}},
+    "disaggregated": {  # a prefill and a decode pool, a link, a codec, a CPU tier
+        "model": "mistral-7b-v0.1",
+        "pools": [{"role": "prefill", "model": "mistrallite",
+                   "cache": {"cpu_tier": {"num_blocks": 500}}},
+                  {"role": "decode", "replicas": 2}],
+        "links": [{"name": "pd", "producer": "prefill", "consumer": "decode",
+                   "bandwidth_gbit_per_s": 50, "latency_s": 1e-5}],
+        "transfer": {"codec": {"type": "scd", "rank_k": 64, "rank_v": 64, "rank_h": 256},
+                     "first_token": "consumer", "pipelining": True}},
 }  # fmt: skip
 TRACE_ROWS = [
     {"arrival_s": 0.1 * i, "prompt_tokens": 200 + 37 * i, "output_tokens": 5 + i,
@@ -270,6 +286,7 @@ VALID_SETS = [
     "workload.arrival=gamma", "workload.cv=3", "cache.block_size=32", "slo.ttft_s=0.5",
     "simulation.exact_steps=true", "model=mistral-7b", "hardware=a100-80g", "seed=7",
     "cache.num_gpu_blocks=auto", "scheduler.chunk_tokens=256", "workload.rate_scale=2",
+    "cache.cpu_tier.num_blocks=500", "cache.cpu_tier.size_gib=2",
 ]  # fmt: skip
 overrides = st.lists(
     st.one_of(

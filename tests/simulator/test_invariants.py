@@ -228,6 +228,134 @@ def test_sessions_conserve_blocks_and_fast_equals_exact(
     assert fast.requests_csv() == exact.requests_csv()
 
 
+def _pd_doc(tmp_path, rows, prefill_blocks, decode_blocks, codec, first_token, scope, **over):
+    """A prefill and a decode pool of Llama-3.1-8B on H100s joined by a slow link."""
+    doc = _doc(tmp_path, rows, **over)
+    del doc["cluster"]
+    doc["pools"] = [
+        {"role": "prefill", "replicas": over.pop("p_replicas", 2),
+         "cache": {"num_gpu_blocks": prefill_blocks}},
+        {"role": "decode", "replicas": over.pop("d_replicas", 2),
+         "cache": {"num_gpu_blocks": decode_blocks}},
+    ]  # fmt: skip
+    doc["links"] = [
+        {"producer": "prefill", "consumer": "decode", "bandwidth_gbit_per_s": 2.0,
+         "latency_s": 1e-4, "overhead_s": 5e-5, "scope": scope},
+    ]  # fmt: skip
+    doc["transfer"] = {"codec": codec, "first_token": first_token}
+    return doc
+
+
+CODECS = [
+    "raw",
+    {"type": "quantized", "bits": 4},
+    {"type": "layer_recompute", "k": 3},
+    "consumer_prefill",
+    {"type": "scd", "rank_k": 64, "rank_v": 96, "rank_h": 128, "patch_layers": 4},
+    {"type": "scd_reuse_only", "rank_k": 32, "rank_v": 32},
+]
+
+
+@given(
+    rows=workloads(),
+    prefill_blocks=st.integers(30, 120),
+    decode_blocks=st.integers(30, 120),
+    codec=st.sampled_from(CODECS),
+    first_token=st.sampled_from(["producer", "consumer"]),
+    scope=st.sampled_from(["shared", "producer", "pair"]),
+    pipelining=st.booleans(),
+    routing=st.sampled_from(["round_robin", "least_loaded", "prefix_aware"]),
+    budget=st.sampled_from([64, 256]),
+)
+def test_disaggregated_pools_conserve_blocks_and_fast_equals_exact(
+    tmp_path, checked, rows, prefill_blocks, decode_blocks, codec, first_token, scope,
+    pipelining, routing, budget,
+):  # fmt: skip
+    over = dict(
+        routing=routing,
+        scheduler={"max_num_batched_tokens": budget, "max_num_seqs": 4},
+    )
+    doc = _pd_doc(tmp_path, rows, prefill_blocks, decode_blocks, codec, first_token, scope,
+                  **over)  # fmt: skip
+    doc["transfer"]["pipelining"] = pipelining
+    from kvsim.simulator.cluster import Cluster
+
+    c = Cluster(scenario_from_dict(doc, base_dir=tmp_path))
+    fast = c.run()
+    assert fast.summary["requests"] == len(rows)
+    statuses = [r["status"] for r in fast.requests]
+    assert all(s == "done" or s.startswith("dropped: ") for s in statuses)
+    done = sum(s == "done" for s in statuses)
+    # Every finished request went through the link once (except answers of one token that the
+    # prefill replica emitted itself), and every pool is empty of references at the end.
+    one_token = sum(1 for r in fast.requests if r["status"] == "done" and r["output_tokens"] == "1")
+    expected = done - (one_token if first_token == "producer" else 0)
+    assert fast.summary["transfer"]["handoffs"] == expected
+    assert fast.summary["links"]["prefill-decode"]["transfers"] == expected
+    for r in c.replicas:
+        cache = r.scheduler.cache
+        assert not r.scheduler.has_work()
+        assert all(n.refs == 0 for n in cache.tree.nodes.values())
+        assert cache.free + cache.node_blocks() == cache.capacity
+    exact = simulate(scenario_from_dict({**doc, "simulation": {"exact_steps": True}},
+                                        base_dir=tmp_path))  # fmt: skip
+    assert fast.requests_csv() == exact.requests_csv()
+    again = simulate(scenario_from_dict(doc, base_dir=tmp_path))
+    assert again.requests_csv() == fast.requests_csv()
+    assert again.summary == fast.summary
+
+
+@given(
+    rows=workloads(),
+    blocks=st.integers(30, 70),
+    cpu_blocks=st.integers(4, 80),
+    replicas=st.integers(1, 3),
+    cpu_eviction=st.sampled_from(["lru", "fifo", "helpers:ShallowestFirst"]),
+    routing=st.sampled_from(["round_robin", "prefix_aware"]),
+    pcie=st.sampled_from([0.5, 8.0, 400.0]),
+    disaggregated=st.booleans(),
+)
+def test_cpu_tier_conserves_blocks_and_fast_equals_exact(
+    tmp_path, checked, rows, blocks, cpu_blocks, replicas, cpu_eviction, routing, pcie,
+    disaggregated,
+):  # fmt: skip
+    tier = {"num_blocks": cpu_blocks, "eviction": cpu_eviction, "pcie_gbit_per_s": pcie}
+    over = dict(
+        routing=routing,
+        cluster={"replicas": replicas},
+        cache={"num_gpu_blocks": blocks, "cpu_tier": tier},
+        scheduler={"max_num_batched_tokens": 128, "max_num_seqs": 4},
+    )
+    doc = _doc(tmp_path, rows, **over)
+    if disaggregated:  # the tier on both pools; the decode pool's holds preempted prompts
+        doc = _pd_doc(tmp_path, rows, blocks, blocks, "raw", "producer", "producer", **over)
+        for pool in doc["pools"]:
+            pool["cache"]["cpu_tier"] = tier
+    from kvsim.simulator.cluster import Cluster
+
+    c = Cluster(scenario_from_dict(doc, base_dir=tmp_path))
+    fast = c.run()
+    assert fast.summary["requests"] == len(rows)
+    assert all(r["status"] == "done" or r["status"].startswith("dropped: ")
+               for r in fast.requests)  # fmt: skip
+    assert checked["n"] > 0
+    for r in c.replicas:
+        cache = r.scheduler.cache
+        r.scheduler.check_invariants()
+        assert cache.free + cache.node_blocks() == cache.capacity
+        assert all(n.refs == 0 for n in cache.cpu.tree.nodes.values())
+    tiers = fast.summary["cpu_tier"]
+    ratio = tiers if "hit_ratio_cpu" in tiers else tiers["prefill"]
+    assert ratio["hit_ratio_gpu"] + ratio["hit_ratio_cpu"] == pytest.approx(
+        fast.summary["prefix_hit_ratio"]
+    )
+    exact = simulate(scenario_from_dict({**doc, "simulation": {"exact_steps": True}},
+                                        base_dir=tmp_path))  # fmt: skip
+    assert fast.requests_csv() == exact.requests_csv()
+    again = simulate(scenario_from_dict(doc, base_dir=tmp_path))
+    assert again.summary == fast.summary
+
+
 def test_asymcache_evicts_at_exact_boundaries_under_fast_forward(tmp_path, monkeypatch):
     """A time-dependent policy's victims must be chosen at the iteration boundary that needs the
     blocks, not when a fast-forwarded decode run ends. A (units 1, 2) finishes at tA and C

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvsim.simulator import metrics
-from kvsim.simulator.metrics import NS, Recorder, Results
+from kvsim.simulator.metrics import NS, Recorder, RequestRecord, Results
 
 
 def _record(
@@ -20,8 +20,8 @@ def _record(
     req = SimpleNamespace(id=rid, output_tokens=out, prompt_tokens=10, blocks=(),
                           session=None if job < 0 else rid, turn=0)  # fmt: skip
     seq = SimpleNamespace(
-        req=req, arrival_ns=arrival, first_ns=first, hit_tokens=0, hit_units=0,
-        preemptions=0, recomputed=0,
+        req=req, rec=RequestRecord(arrival), first_ns=first, hit_tokens=0, hit_units=0,
+        cpu_hit_units=0, preemptions=0, recomputed=0,
     )  # fmt: skip
     rec.finished(seq, 0, finish, job)
 
