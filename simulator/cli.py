@@ -52,6 +52,16 @@ class _Parser(argparse.ArgumentParser):
         raise KvsimError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml's)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kvsim")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed: pip install -e .)"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="kvsim",
@@ -59,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"kvsim {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     overrides = _Parser(add_help=False)
@@ -250,7 +261,7 @@ def _calibrate(args) -> int:
                 f"{k} {min(p[k] for p in pts)}–{max(p[k] for p in pts)}" for k in keys
             )
             print(f"  {op:12} {len(pts):4} points  {spans}")
-        from kvsim.calibration.measure import estimate_seconds
+        from kvsim.calibration.grids import estimate_seconds
 
         print(f"{total} points; expected about {estimate_seconds(points) / 60:.0f} min on a GPU")
         return 0

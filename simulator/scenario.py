@@ -521,6 +521,36 @@ def _models_in(annotation) -> list[type[BaseModel]]:
     return out
 
 
+def _keys_at(loc: tuple) -> list[str]:
+    """The keys allowed beside the last element of a validation error's location: the fields of
+    the model that holds it (a discriminated union's member is chosen by its tag in the path,
+    as in ``workload.trace.rate``); empty if the path cannot be followed."""
+    models: list[type[BaseModel]] = [Scenario]
+    for part in loc[:-1]:
+        if isinstance(part, int):  # an item of a list: same models
+            continue
+        fields = [m.model_fields[part] for m in models if part in m.model_fields]
+        if fields:
+            models = [x for f in fields for x in _models_in(f.annotation)]
+            continue
+        tagged = [m for m in models if "type" in m.model_fields
+                  and part in get_args(m.model_fields["type"].annotation)]  # fmt: skip
+        if not tagged:
+            return []
+        models = tagged
+    return sorted({name for m in models for name in m.model_fields})
+
+
+def _closest(key: str, allowed: list[str]) -> str | None:
+    """The allowed key a mistyped ``key`` most likely meant: the one key it begins (``rate`` →
+    ``rate_scale``, before the closer spelling ``format``), else a close spelling."""
+    longer = [a for a in allowed if len(key) >= 3 and a.startswith(key)]
+    if len(longer) == 1:
+        return longer[0]
+    hint = difflib.get_close_matches(key, allowed, n=1)
+    return hint[0] if hint else None
+
+
 def _one_line(e: ValidationError, source: str) -> str:
     errors = e.errors()
     err = errors[0]
@@ -530,8 +560,13 @@ def _one_line(e: ValidationError, source: str) -> str:
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         key = str(err["loc"][-1])
-        hint = difflib.get_close_matches(key, _all_field_names(), n=1)
-        msg = f"unknown key {echo(key, 80)}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+        allowed = _keys_at(err["loc"])
+        hint = _closest(key, allowed or sorted(_all_field_names()))
+        msg = f"unknown key {echo(key, 80)}"
+        if hint:
+            msg += f"; did you mean {hint!r}?"
+        elif allowed:
+            msg += f"; allowed here: {', '.join(allowed)}"
         line = f"{source}: {loc}: {msg}"
     elif err["type"] == "missing":
         line = f"{source}: {loc}: required field is missing"
@@ -553,9 +588,51 @@ def _override_value(path: str, raw: str):
         return raw
 
 
-def apply_overrides(doc: dict, overrides: list[str], source: str) -> dict:
+def _path_fields() -> set[str]:
+    """Names of the scenario's fields that hold a file path (typed :data:`PathText`)."""
+    names: set[str] = set()
+    stack: list[type[BaseModel]] = [Scenario]
+    seen = set()
+    while stack:
+        m = stack.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        for name, f in m.model_fields.items():
+            if any(getattr(x, "func", None) is _path_text for x in f.metadata):
+                names.add(name)
+            stack.extend(_models_in(f.annotation))
+    return names
+
+
+_PATH_FIELDS = _path_fields()
+
+
+def _is_path_value(key: str, value: Any) -> bool:
+    """Whether ``value`` under ``key`` names a file: any path field, except a ``model`` that is
+    a catalog name (a model file is a Hugging Face ``config.json``, as ``get_model`` reads it)."""
+    if not isinstance(value, str) or not value or key not in _PATH_FIELDS:
+        return False
+    return key != "model" or value.endswith(".json")
+
+
+def _anchor_paths(key: str, value: Any, folder: Path) -> Any:
+    """``value`` with every relative file path in it made absolute against ``folder``."""
+    if isinstance(value, dict):
+        return {k: _anchor_paths(str(k), v, folder) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_anchor_paths(key, v, folder) for v in value]
+    if _is_path_value(key, value) and not Path(value).is_absolute():
+        return str(folder / value)
+    return value
+
+
+def apply_overrides(
+    doc: dict, overrides: list[str], source: str, path_dir: Path | None = None
+) -> dict:
     """Apply ``path=value`` overrides (value parsed as YAML) to a raw scenario document (a copy:
-    the caller's dict is left as it was)."""
+    the caller's dict is left as it was). ``path_dir``: where a relative file path given in an
+    override is (made absolute against it); None leaves it relative, to the scenario's folder."""
     doc = copy.deepcopy(doc)
     for item in overrides:
         if "=" not in item:
@@ -563,6 +640,8 @@ def apply_overrides(doc: dict, overrides: list[str], source: str) -> dict:
         path, _, raw = item.partition("=")
         value = _override_value(path, raw)
         keys = path.strip().split(".")
+        if path_dir is not None:
+            value = _anchor_paths(keys[-1], value, path_dir)
         node = doc
         for k in keys[:-1]:
             child = node.get(k)
@@ -584,10 +663,13 @@ def load_scenario(
     path: str | Path,
     overrides: list[str] | None = None,
     policy_path: tuple[str | Path, ...] = (),
+    override_dir: str | Path | None = None,
 ) -> Scenario:
     """Read, override and validate a scenario file; raises :class:`KvsimError` on bad input.
     ``policy_path``: folders a dotted policy path may be imported from, besides the installed
-    packages."""
+    packages. File paths in the scenario are relative to its folder; file paths in
+    ``overrides`` are relative to ``override_dir`` (default: the current folder, as for any path
+    typed on a command line)."""
     path = Path(path)
     doc = read_yaml_mapping(path, "scenario file", " (model:, hardware:, workload: …)")
     return scenario_from_dict(
@@ -596,6 +678,7 @@ def load_scenario(
         base_dir=path.parent,
         overrides=overrides,
         policy_path=policy_path,
+        override_dir=override_dir,
     )
 
 
@@ -605,9 +688,12 @@ def scenario_from_dict(
     base_dir: Path | None = None,
     overrides: list[str] | None = None,
     policy_path: tuple[str | Path, ...] = (),
+    override_dir: str | Path | None = None,
 ) -> Scenario:
-    """Validate a scenario given as a dict (as parsed from YAML)."""
-    doc = apply_overrides(doc, overrides or [], source)
+    """Validate a scenario given as a dict (as parsed from YAML); file paths in ``overrides``
+    are relative to ``override_dir`` (default: the current folder)."""
+    anchor = Path(override_dir) if override_dir is not None else Path.cwd()
+    doc = apply_overrides(doc, overrides or [], source, path_dir=anchor.absolute())
     try:
         s = Scenario.model_validate(doc, context={"policy_path": tuple(policy_path)})
     except ValidationError as e:

@@ -44,7 +44,7 @@ POINT_FILE = "point.json"
 EXECUTORS = ("local", "ray")
 _POINT_DIR = re.compile(r"\d+-[0-9a-f]{8}")
 
-Task = tuple[int, str, list[str], tuple[str, ...]]
+Task = tuple[int, str, list[str], tuple[str, ...], str]
 Result = tuple[int, "dict[str, bytes] | None", "str | None"]
 
 
@@ -55,9 +55,9 @@ def run_point(task: Task) -> Result:
 
     from ..cluster import simulate
 
-    index, base, overrides, policy_path = task
+    index, base, overrides, policy_path, override_dir = task
     try:
-        scenario = load_scenario(base, overrides, policy_path=policy_path)
+        scenario = load_scenario(base, overrides, policy_path, override_dir=override_dir)
         results = simulate(scenario)
         with tempfile.TemporaryDirectory(prefix="kvsim-point-") as tmp:
             out = write_results(Path(tmp) / "run", scenario, results)
@@ -284,7 +284,9 @@ def run_sweep(
         if todo:
             base = str(sweep.base.resolve())  # workers may run elsewhere (a Ray node)
             paths = tuple(str(Path(d).resolve()) for d in policy_path)
-            tasks = [(p.index, base, list(p.overrides), paths) for p in todo]
+            # File paths in the sweep file's values are relative to the sweep file.
+            here = str(sweep.path.parent.resolve())
+            tasks = [(p.index, base, list(p.overrides), paths, here) for p in todo]
             _RUNNERS[executor](tasks, workers or os.cpu_count() or 1, ray_address, on_result)
     except KeyboardInterrupt as e:
         e.points_done, e.points_total = done, total

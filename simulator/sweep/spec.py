@@ -287,7 +287,9 @@ def resolve_points(sweep: Sweep, policy_path: tuple[str, ...] = ()) -> list[str]
     seen: dict[str, int] = {}
     for point in sweep.points:
         try:
-            scenario = load_scenario(sweep.base, list(point.overrides), policy_path=policy_path)
+            scenario = load_scenario(
+                sweep.base, list(point.overrides), policy_path, override_dir=sweep.path.parent
+            )
             text = scenario.resolved_yaml()
         except KvsimError as e:
             raise KvsimError(f"{sweep.path}: point {point.index} ({_shown(point)}): {e}") from None
