@@ -37,6 +37,7 @@ from .scenario import (
 )
 from .scheduler import Scheduler, Seq
 from .timeseries import MAX_TIME_NS, QueueSeries
+from .usage import usage_summary
 from .workload import Workload
 
 GIB = 1 << 30
@@ -297,6 +298,7 @@ class Cluster:
         self._scale = 1e9 / scenario.workload.rate_scale
         self._session_start: dict = {}  # open sessions' first arrivals (ns)
         self._max_waiting = sc.max_waiting if sc.max_waiting is not None else float("inf")
+        self._last_arrival_ns = 0
 
     def _finisher(self, index: int):
         def done(seq, now_ns) -> bool:
@@ -367,6 +369,7 @@ class Cluster:
         """``req`` reaches the cluster now; ``chained``: it is the open-loop stream's, whose next
         arrival is scheduled now (a session's later turn is released by a finish instead)."""
         now = self.env.now
+        self._last_arrival_ns = now
         if req.session is not None and req.turn == 0:
             self._session_start[req.session] = now
         reason = self._drop_reason(req)
@@ -413,6 +416,9 @@ class Cluster:
         unfinished = sum(r.scheduler.has_work() for r in self.replicas)
         if unfinished:
             raise RuntimeError("simulation ended with requests still in flight")
+        # NOTE: not env.now: a fast-forwarded run cut by an arrival leaves its first timeout
+        # pending, a no-op that fires after the run's true end and moves SimPy's clock.
+        end = max([self._last_arrival_ns] + [r.last_boundary_ns for r in self.replicas])
         info = {
             "scenario": self.scenario.name,
             "extra": {
@@ -420,26 +426,29 @@ class Cluster:
                 "kv_blocks_per_replica": self.capacity,
                 "evictions": sum(r.scheduler.cache.evictions for r in self.replicas),
                 "iterations": sum(r.iterations for r in self.replicas),
-                # Share of the simulated span the replicas spent running iterations.
+                # Share of the simulated span the replicas spent running iterations (any batch,
+                # however small: not headroom; utilisation below is).
                 "busy_fraction": sum(r.busy_ns for r in self.replicas)
-                / max(1, len(self.replicas) * self.env.now),
+                / max(1, len(self.replicas) * end),
                 "latency_model": self.latency.describe(),
                 **self._latency_notes(),
-                **self._checkpoint_notes(),
+                **self._checkpoint_notes(end),
+                **usage_summary(
+                    self.replicas, end, self.recorder.per_replica, series.kv_use()
+                ),
             },
         }
         results = Results(self.recorder, info)
         results.timeseries = series
         return results
 
-    def _checkpoint_notes(self) -> dict:
+    def _checkpoint_notes(self, now: int) -> dict:
         """Recurrent models: the checkpoints stored and the memory they held (decimal GB, all
         replicas; a checkpoint is one sequence's state over all its tensor-parallel ranks)."""
         if not self._state_blocks:
             return {}
         trees = [r.scheduler.cache.tree for r in self.replicas]
         gb = self.model.state_bytes / 1e9
-        now = self.env.now
         return {
             "checkpoints": {
                 "stored": sum(t.states_stored for t in trees),

@@ -1,9 +1,10 @@
 """Per-request records and the run summary (DESIGN §4 definitions).
 
 TTFT = first token − arrival; TPOT = (finish − first token) / (output tokens − 1), undefined for
-one-token answers; E2E = finish − arrival.
+one-token answers; E2E = finish − arrival; queueing delay = first admission − arrival (the time a
+request waits before any of it runs); goodput = requests that met both SLOs per second.
 
-NOTE (memory): a finished request's record is appended at once, as 13 packed integers, to a
+NOTE (memory): a finished request's record is appended at once, as 17 packed integers, to a
 temporary file (completion order, which is deterministic) and formatted as CSV only when written;
 everything else is a running sum. Percentiles are exact yet need no per-request memory: they are
 selected from that file in a few streaming passes (``_order_statistics``). So memory does not grow
@@ -22,8 +23,8 @@ import numpy as np
 
 NS = 1e9
 # id, arrival, first, finish (ns), 8 counts, status (-1 = done), session (-1: none), turn, job
-# latency (ns; -1 unless the request ended its session)
-_RECORD = struct.Struct("<16q")
+# latency (ns; -1 unless the request ended its session), queueing delay (ns; -1 if dropped)
+_RECORD = struct.Struct("<17q")
 
 COLUMNS = (
     "id",
@@ -45,7 +46,13 @@ COLUMNS = (
     "session",
     "turn",
     "job_latency_s",
+    "queue_s",
 )
+INT_COLUMNS = frozenset(
+    ("id", "prompt_tokens", "output_tokens", "hit_tokens", "hit_units", "units",
+     "recomputed_tokens", "preemptions", "replica", "session", "turn")
+)  # fmt: skip
+"""Columns of whole numbers (the others but ``status`` are seconds)."""
 
 
 class Recorder:
@@ -60,7 +67,7 @@ class Recorder:
         self.count = 0
         self.finished_count = 0
         self.meets_slo = 0
-        self.ttft_ns_sum = self.e2e_ns_sum = 0  # exact integer sums
+        self.ttft_ns_sum = self.e2e_ns_sum = self.queue_ns_sum = 0  # exact integer sums
         self.tpot_sum = 0.0
         self.tpot_count = 0  # finished requests with more than one output token
         self.first_arrival_ns: int | None = None
@@ -72,6 +79,8 @@ class Recorder:
         self.reason_list: list[str] = []
         self.jobs = 0  # sessions (conversations, agent jobs) that ended
         self.job_ns_sum = 0
+        self.per_replica: dict[int, int] = {}
+        """Requests finished on each replica (by index)."""
 
     def __len__(self) -> int:
         return self.count
@@ -90,6 +99,9 @@ class Recorder:
         ttft_ns = first - arr
         self.ttft_ns_sum += ttft_ns
         self.e2e_ns_sum += now_ns - arr
+        queue_ns = seq.admitted_ns - arr
+        self.queue_ns_sum += queue_ns
+        self.per_replica[replica] = self.per_replica.get(replica, 0) + 1
         out = r.output_tokens
         self.finished_count += 1
         if out > 1:
@@ -130,6 +142,7 @@ class Recorder:
                 -1 if r.session is None else r.session,
                 r.turn,
                 job_ns,
+                queue_ns,
             )
         )
         if job_ns >= 0:
@@ -162,6 +175,7 @@ class Recorder:
                 -1 if req.session is None else req.session,
                 req.turn,
                 job_ns,
+                -1,
             )
         )
         if job_ns >= 0:
@@ -199,6 +213,7 @@ def _latency_keys(raw: np.ndarray) -> dict[str, np.ndarray]:
         "tpot_s": tpot.view(np.int64),
         "e2e_s": fin - arr,
         "job_latency_s": jobs[jobs >= 0],
+        "queue_s": done[:, 16],
     }
 
 
@@ -286,6 +301,7 @@ def _latency_summaries(rec: Recorder) -> dict[str, dict[str, float]]:
         "tpot_s": rec.tpot_count,
         "e2e_s": rec.finished_count,
         "job_latency_s": rec.jobs,
+        "queue_s": rec.finished_count,
     }
     wanted: dict[str, set[int]] = {}
     for m, n in counts.items():
@@ -304,6 +320,7 @@ def _latency_summaries(rec: Recorder) -> dict[str, dict[str, float]]:
         "tpot_s": rec.tpot_sum,
         "e2e_s": rec.e2e_ns_sum / NS,
         "job_latency_s": rec.job_ns_sum / NS,
+        "queue_s": rec.queue_ns_sum / NS,
     }
     for m, n in counts.items():
         if not n:
@@ -315,6 +332,29 @@ def _latency_summaries(rec: Recorder) -> dict[str, dict[str, float]]:
             d[name] = _lerp(seconds(m, stats[m][i]), seconds(m, stats[m][j]), g)
         out[m] = d
     return out
+
+
+def _dropped(s: dict, before: str, after: str) -> str:
+    """``(3 dropped: 2 rejected: queue full, 1 needs more KV blocks …)``, or nothing."""
+    if not s["dropped"]:
+        return ""
+    reasons = sorted(s["drop_reasons"].items(), key=lambda kv: (-kv[1], kv[0]))
+    return f"{before}{s['dropped']} dropped: " + ", ".join(f"{n} {r}" for r, n in reasons) + after
+
+
+def _utilisation(s: dict, lead: bool = True) -> str:
+    """What utilisation is, with the saturated and busy shares (see ``usage``)."""
+    head = f"{s['utilisation']:.1%} " if lead else ""
+    return (
+        f"{head}of batch capacity (saturated {s['saturated_fraction']:.1%} of the time; an "
+        f"iteration running {s['busy_fraction']:.0%} of the time)"
+    )
+
+
+def _kv_use(s: dict, lead: bool = True) -> str:
+    k = s["kv_use"]
+    head = f"{k['mean']:.1%} " if lead else ""
+    return f"{head}of blocks held on average, {k['peak']:.1%} at the peak (sampled)"
 
 
 class Results:
@@ -341,6 +381,7 @@ class Results:
             "ttft_s": lat["ttft_s"],
             "tpot_s": lat["tpot_s"],
             "e2e_s": lat["e2e_s"],
+            "queue_s": lat["queue_s"],
             "jobs": rec.jobs,
             "job_latency_s": lat["job_latency_s"],
             "throughput": {
@@ -357,6 +398,7 @@ class Results:
                 "ttft_s": rec.slo_ttft_s,
                 "tpot_s": rec.slo_tpot_s,
                 "attainment": rec.meets_slo / n if n else math.nan,
+                "goodput_requests_per_s": rec.meets_slo / span if span > 0 else math.nan,
             },
             "preemptions": rec.preemptions,
             "recomputed_tokens": rec.recomputed,
@@ -372,9 +414,10 @@ class Results:
         while chunk := sink.read(size * 4096):
             lines = []
             for rec in _RECORD.iter_unpack(chunk):
-                rid, arr, first, fin, p, o, ht, hu, u, rc, pre, rep, status, ses, turn, job = rec
+                rid, arr, first, fin, p, o, ht, hu, u, rc, pre, rep, status, ses, turn, job, q = rec
                 tail = (f"{'' if ses < 0 else ses},{turn},"
-                        f"{'' if job < 0 else f'{job / NS:.9f}'}\n")  # fmt: skip
+                        f"{'' if job < 0 else f'{job / NS:.9f}'},"
+                        f"{'' if q < 0 else f'{q / NS:.9f}'}\n")  # fmt: skip
                 if status >= 0:
                     lines.append(
                         f"{rid},{arr / NS:.9f},,,,,,{p},{o},0,0,{u},0,0,,"
@@ -390,29 +433,57 @@ class Results:
             out.write("".join(lines))
         sink.seek(0, io.SEEK_END)
 
-    def columns(self) -> dict[str, np.ndarray]:
-        """Per-request columns (completion order) as arrays, seconds as floats, NaN if dropped."""
+    def records(self):
+        """The per-request records as int64 arrays of shape (rows, fields), a chunk of at most
+        4,096 rows at a time, in completion order (bounded memory: what reports stream)."""
+        return _records(self._sink)
+
+    def columns(self, names=None) -> dict[str, np.ndarray]:
+        """requests.csv as numpy arrays, one per column, rows ordered by request id (as
+        :attr:`requests`); no pandas needed.
+
+        Whole-number columns (:data:`INT_COLUMNS`) are int64, with -1 where requests.csv is empty
+        (``replica`` of a dropped request, ``session`` outside one); times are float64 seconds,
+        NaN where empty (a dropped request's, TPOT of a one-token answer); ``status`` is an array
+        of str. Times are the exact nanosecond counts in seconds (requests.csv rounds TPOT to the
+        nanosecond). ``names``: the columns wanted (default: every column); memory is about 8
+        bytes per request per column."""
+        wanted = list(COLUMNS) if names is None else list(names)
+        unknown = [c for c in wanted if c not in COLUMNS]
+        if unknown:
+            raise KeyError(f"no column {unknown[0]!r}; columns: {', '.join(COLUMNS)}")
         self._sink.flush()
         self._sink.seek(0)
         raw = np.frombuffer(self._sink.read(), dtype="<i8").reshape(-1, _RECORD.size // 8)
         self._sink.seek(0, io.SEEK_END)
+        raw = raw[np.argsort(raw[:, 0], kind="stable")]
         done = raw[:, 12] < 0
-        arr, first, fin, out = raw[:, 1] / NS, raw[:, 2] / NS, raw[:, 3] / NS, raw[:, 5]
-        nan = np.full(len(raw), np.nan)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            tpot = np.where(done & (out > 1), (fin - first) / np.maximum(out - 1, 1), np.nan)
-        return {
-            "arrival_s": arr,
-            "finish_s": np.where(done, fin, nan),
-            "ttft_s": np.where(done, first - arr, nan),
-            "tpot_s": tpot,
-            "e2e_s": np.where(done, fin - arr, nan),
-            "output_tokens": out.astype(np.float64),
-            "units": raw[:, 8].astype(np.float64),
-            "hit_units": raw[:, 7].astype(np.float64),
-            "preemptions": raw[:, 10].astype(np.float64),
-            "job_latency_s": np.where(raw[:, 15] >= 0, raw[:, 15] / NS, nan),
-        }
+        arr, first, fin, out = raw[:, 1], raw[:, 2], raw[:, 3], raw[:, 5]
+
+        def seconds(ns, where):
+            return np.where(where, ns / NS, np.nan)
+
+        def column(name: str) -> np.ndarray:
+            if name == "tpot_s":
+                multi = done & (out > 1)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    return np.where(multi, (fin - first) / NS / np.maximum(out - 1, 1), np.nan)
+            if name == "status":
+                reasons = np.array(["done"] + [f"dropped: {r}" for r in self._reasons])
+                return reasons[raw[:, 12] + 1]
+            ints = {"id": 0, "prompt_tokens": 4, "output_tokens": 5, "hit_tokens": 6,
+                    "hit_units": 7, "units": 8, "recomputed_tokens": 9, "preemptions": 10,
+                    "replica": 11, "session": 13, "turn": 14}  # fmt: skip
+            if name in ints:
+                return raw[:, ints[name]].copy()
+            times = {"arrival_s": (arr, True), "first_token_s": (first, done),
+                     "finish_s": (fin, done), "ttft_s": (first - arr, done),
+                     "e2e_s": (fin - arr, done), "job_latency_s": (raw[:, 15], raw[:, 15] >= 0),
+                     "queue_s": (raw[:, 16], raw[:, 16] >= 0)}  # fmt: skip
+            ns, where = times[name]
+            return seconds(ns, where)
+
+        return {name: column(name) for name in wanted}
 
     def table_rows(self) -> list[tuple[str, str]]:
         """The summary as (label, value) pairs, for reports."""
@@ -423,10 +494,11 @@ class Results:
 
         tp = s["throughput"]
         rows = [
-            ("requests", f"{s['finished']} finished of {s['requests']} ({s['dropped']} dropped)"),
+            ("requests", f"{s['finished']} finished of {s['requests']}{_dropped(s, ' (', ')')}"),
             ("TTFT p50 / p90 / p99", pct(s["ttft_s"])),
             ("TPOT p50 / p90 / p99", pct(s["tpot_s"])),
             ("E2E p50 / p90 / p99", pct(s["e2e_s"])),
+            ("queueing delay p50 / p90 / p99", pct(s["queue_s"])),
             *(
                 [
                     (
@@ -445,18 +517,16 @@ class Results:
             (
                 "SLO attainment",
                 f"{s['slo']['attainment']:.1%} (TTFT ≤ {s['slo']['ttft_s']} s, "
-                f"TPOT ≤ {s['slo']['tpot_s'] * 1e3:.0f} ms)",
+                f"TPOT ≤ {s['slo']['tpot_s'] * 1e3:.0f} ms): goodput "
+                f"{s['slo']['goodput_requests_per_s']:.2f} req/s",
             ),
             ("preemptions", f"{s['preemptions']} ({s['recomputed_tokens']} tokens recomputed)"),
         ]
         if "gpus" in s:
-            rows.append(
-                (
-                    "GPUs",
-                    f"{s['gpus']} ({s['kv_blocks_per_replica']} KV blocks/replica, "
-                    f"busy {s['busy_fraction']:.0%} of the time)",
-                )
-            )
+            rows.append(("GPUs", f"{s['gpus']} ({s['kv_blocks_per_replica']} KV blocks/replica)"))
+        if "utilisation" in s:
+            rows.append(("utilisation", _utilisation(s)))
+            rows.append(("KV cache use", _kv_use(s)))
         if "checkpoints" in s:
             c = s["checkpoints"]
             rows.append(
@@ -478,9 +548,20 @@ class Results:
 
     @property
     def requests(self) -> list[dict]:
-        """One dict per request, ordered by request id."""
-        rows = list(csv.DictReader(io.StringIO(self.requests_csv())))
-        return sorted(rows, key=lambda r: int(r["id"]))
+        """One dict per request, ordered by request id: requests.csv's values as numbers (int
+        for whole-number columns, float for seconds), None where requests.csv is empty, and
+        ``status`` as text."""
+        reader = csv.reader(io.StringIO(self.requests_csv()))
+        header = next(reader)
+        kinds = [int if c in INT_COLUMNS else str if c == "status" else float for c in header]
+        rows = [
+            {
+                c: (k(v) if v != "" or k is str else None)
+                for c, k, v in zip(header, kinds, row, strict=True)
+            }
+            for row in reader
+        ]
+        return sorted(rows, key=lambda r: r["id"])
 
     def table(self) -> str:
         """The summary as a fixed-width table for the terminal."""
@@ -498,6 +579,7 @@ class Results:
             f"{'TTFT (ms)':26}{ms(s['ttft_s'])}",
             f"{'TPOT (ms)':26}{ms(s['tpot_s'])}",
             f"{'E2E latency (ms)':26}{ms(s['e2e_s'])}",
+            f"{'queueing delay (ms)':26}{ms(s['queue_s'])}",
             *(
                 [f"{'job latency (ms)':26}{ms(s['job_latency_s'])}  ({s['jobs']} sessions)"]
                 if s["jobs"]
@@ -505,7 +587,7 @@ class Results:
             ),
             "",
             f"{'requests finished':26}{s['finished']:>9} of {s['requests']}"
-            + (f"  ({s['dropped']} dropped)" if s["dropped"] else ""),
+            + _dropped(s, "  (", ")"),
             f"{'simulated span':26}{s['duration_s']:>9.1f} s",
             f"{'throughput':26}{tp['requests_per_s']:>9.2f} req/s  "
             f"{tp['output_tokens_per_s']:.0f} output tok/s",
@@ -514,14 +596,19 @@ class Results:
             f"{s['request_hit_ratio']:.1%} of requests hit)",
             f"{'SLO attainment':26}{s['slo']['attainment']:>9.1%}  "
             f"(TTFT <= {s['slo']['ttft_s']} s, TPOT <= {s['slo']['tpot_s'] * 1e3:.0f} ms)",
+            f"{'goodput':26}{s['slo']['goodput_requests_per_s']:>9.2f} req/s  "
+            "(requests meeting both SLOs)",
             f"{'preemptions':26}{s['preemptions']:>9}  "
             f"({s['recomputed_tokens']} tokens recomputed)",
         ]
         if "gpus" in s:
             lines.append(
                 f"{'GPUs':26}{s['gpus']:>9}  ({s['kv_blocks_per_replica']} KV blocks "
-                f"per replica, {s['evictions']} evictions, busy {s['busy_fraction']:.0%})"
+                f"per replica, {s['evictions']} evictions)"
             )
+        if "utilisation" in s:
+            lines.append(f"{'utilisation':26}{s['utilisation']:>9.1%}  {_utilisation(s, False)}")
+            lines.append(f"{'KV cache use':26}{s['kv_use']['mean']:>9.1%}  {_kv_use(s, False)}")
         if "checkpoints" in s:
             c = s["checkpoints"]
             lines.append(
