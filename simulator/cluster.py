@@ -433,9 +433,7 @@ class Cluster:
                 "latency_model": self.latency.describe(),
                 **self._latency_notes(),
                 **self._checkpoint_notes(end),
-                **usage_summary(
-                    self.replicas, end, self.recorder.per_replica, series.kv_use()
-                ),
+                **usage_summary(self.replicas, end, self.recorder.per_replica, series.kv_use()),
             },
         }
         results = Results(self.recorder, info)

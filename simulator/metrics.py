@@ -72,6 +72,8 @@ class Recorder:
         self.tpot_count = 0  # finished requests with more than one output token
         self.first_arrival_ns: int | None = None
         self.last_finish_ns: int | None = None
+        self.last_event_ns = 0
+        """The last finish or drop recorded (the end of the report's time axis)."""
         self.prompt_done = self.output_done = self.hit_tokens_done = 0
         self.units = self.hit_units = self.preemptions = self.recomputed = 0
         self.hit_requests = 0  # finished requests that found any unit resident
@@ -87,6 +89,7 @@ class Recorder:
 
     def _arrived(self, arrival_ns: int) -> None:
         self.count += 1
+        self.last_event_ns = max(self.last_event_ns, arrival_ns)
         if self.first_arrival_ns is None or arrival_ns < self.first_arrival_ns:
             self.first_arrival_ns = arrival_ns
 
@@ -115,6 +118,7 @@ class Recorder:
             self.meets_slo += 1
         if self.last_finish_ns is None or now_ns > self.last_finish_ns:
             self.last_finish_ns = now_ns
+        self.last_event_ns = max(self.last_event_ns, now_ns)
         units = len(r.blocks)
         self.prompt_done += r.prompt_tokens
         self.output_done += out
@@ -365,6 +369,8 @@ class Results:
         """Queue lengths over time (``timeseries.QueueSeries``), set by the cluster's run."""
         self._sink = rec.sink
         self._reasons = rec.reason_list
+        self.end_s = rec.last_event_ns / NS
+        """The last finish or drop recorded, in seconds from the start."""
         n, done = rec.count, rec.finished_count
         t0 = rec.first_arrival_ns or 0
         t1 = rec.last_finish_ns if rec.last_finish_ns is not None else t0

@@ -58,8 +58,11 @@ def _why(e: OSError) -> str:
     return e.strerror or str(e) or type(e).__name__
 
 
-def write_files(folder: Path, scenario: Scenario, results: Results) -> None:
-    """Write every file of :data:`FILES` into ``folder``."""
+def write_files(
+    folder: Path, scenario: Scenario, results: Results, plotlyjs: bool | str = True
+) -> None:
+    """Write every file of :data:`FILES` into ``folder``; ``plotlyjs``: how report.html gets
+    plotly.js (embedded, or a path to a shared copy: see ``pages``)."""
     (folder / "summary.json").write_text(summary_json(results), encoding="utf-8")
     with open(folder / "requests.csv", "w", encoding="utf-8", newline="") as f:
         results.write_requests_csv(f)
@@ -68,7 +71,8 @@ def write_files(folder: Path, scenario: Scenario, results: Results) -> None:
     (folder / "scenario.resolved.yaml").write_text(scenario.resolved_yaml(), encoding="utf-8")
     from .report import report_html
 
-    (folder / "report.html").write_text(report_html(results, scenario.name), encoding="utf-8")
+    page = report_html(results, scenario, plotlyjs)
+    (folder / "report.html").write_text(page, encoding="utf-8")
 
 
 def _umask() -> int:
@@ -145,11 +149,11 @@ class ResultsFolder:
             raise self._fail("cannot create the results folder", e) from None
         return self
 
-    def commit(self, scenario: Scenario, results: Results) -> Path:
+    def commit(self, scenario: Scenario, results: Results, plotlyjs: bool | str = True) -> Path:
         """Write the results and move them into place, all together."""
         assert self._staging is not None, "commit() outside the with block"
         try:
-            write_files(self._staging, scenario, results)
+            write_files(self._staging, scenario, results, plotlyjs)
         except OSError as e:
             raise self._fail("cannot write the results; nothing was written", e) from None
         try:
@@ -185,8 +189,10 @@ class ResultsFolder:
         self._created = []
 
 
-def write_results(out_dir: str | Path, scenario: Scenario, results: Results) -> Path:
+def write_results(
+    out_dir: str | Path, scenario: Scenario, results: Results, plotlyjs: bool | str = True
+) -> Path:
     """Write summary.json, requests.csv, timeseries.csv, the resolved scenario and report.html
-    into ``out_dir``, all together or not at all."""
+    into ``out_dir``, all together or not at all; ``plotlyjs``: see ``pages``."""
     with ResultsFolder(out_dir) as folder:
-        return folder.commit(scenario, results)
+        return folder.commit(scenario, results, plotlyjs)

@@ -4,6 +4,7 @@ Layout of a sweep's folder (``runs/<name>/`` or ``--out``)::
 
     sweep.json                   what the points are (overrides, resolved scenario hashes)
     points/<index>-<hash>/       one run's files, as `kvsim run` writes them, and point.json
+    plotly.min.js                the points' reports use this one copy (not one each)
     results.csv, results.parquet the table (see table.py)
     report.html                  curves and Pareto fronts (see report.py)
 
@@ -33,6 +34,7 @@ from pathlib import Path
 
 from ..errors import KvsimError
 from ..output import FILES, SignalsHeld, write_results
+from ..pages import PLOTLY_FILE, plotly_js
 from ..progress import ProgressBar
 from ..scenario import load_scenario
 from .report import report_html
@@ -60,7 +62,8 @@ def run_point(task: Task) -> Result:
         scenario = load_scenario(base, overrides, policy_path, override_dir=override_dir)
         results = simulate(scenario)
         with tempfile.TemporaryDirectory(prefix="kvsim-point-") as tmp:
-            out = write_results(Path(tmp) / "run", scenario, results)
+            # A point's report uses the sweep's one copy of plotly.js, two folders up.
+            out = write_results(Path(tmp) / "run", scenario, results, f"../../{PLOTLY_FILE}")
             files = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
     except (KvsimError, TraceError) as e:
         return index, None, str(e)
@@ -124,6 +127,9 @@ def _prepare(out: Path, definition: dict, force: bool) -> None:
             shutil.rmtree(entry, ignore_errors=True)
     data = json.dumps(definition, indent=2) + "\n"
     write_atomic(out / DEFINITION, data.encode())
+    js = plotly_js().encode()
+    if not (out / PLOTLY_FILE).is_file() or (out / PLOTLY_FILE).read_bytes() != js:
+        write_atomic(out / PLOTLY_FILE, js)
 
 
 def _state(folder: Path, point: Point, resolved: str) -> str:

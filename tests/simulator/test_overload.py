@@ -1,5 +1,6 @@
 """Overload is bounded and visible: a queue cap (arrivals to a full waiting queue are rejected)
-and the queue lengths over time in ``timeseries.csv`` and the report."""
+and the queue lengths and KV use over time in ``timeseries.csv`` (the report draws them: see
+test_report.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from helpers import scenario_doc, write_kvsim_trace
 
 from kvsim.simulator import scenario_from_dict, simulate
 from kvsim.simulator import timeseries as ts
-from kvsim.simulator.report import report_html
 
 INTERVAL_S = 0.01  # the series' first interval
 
@@ -137,8 +137,3 @@ def test_memory_is_bounded_for_many_replicas():
     series = ts.QueueSeries([_Replica()] * 4096)
     assert series.max_samples == 84  # 2^20 values / (3 × 4096), even
     assert ts.QueueSeries([_Replica()] * 2).max_samples == ts.MAX_SAMPLES
-
-
-def test_the_report_draws_the_queues(tmp_path):
-    html = report_html(_loaded(tmp_path), "t")
-    assert "Requests waiting and running (all replicas)" in html

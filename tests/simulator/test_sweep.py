@@ -192,7 +192,20 @@ def test_a_point_is_kvsim_run_with_its_overrides(swept, tmp_path, capsys):
     assert main(argv) == 0
     point = out / _folders(out)[2]
     for name in RUN_FILES:
-        assert (point / name).read_bytes() == (run / name).read_bytes(), name
+        if name != "report.html":
+            assert (point / name).read_bytes() == (run / name).read_bytes(), name
+    # The point's report is the run's, with plotly.js from the sweep's one copy.
+    from kvsim.simulator import load_scenario, simulate
+    from kvsim.simulator.report import report_html
+
+    scenario = load_scenario(path.parent / "base.yaml", argv[-3::2])
+    page = report_html(simulate(scenario), scenario, "../../plotly.min.js")
+    assert (point / "report.html").read_text() == page
+    assert '<script charset="utf-8" src="../../plotly.min.js"></script>' in page
+    assert (run / "report.html").stat().st_size > 4_000_000 > (point / "report.html").stat().st_size
+    from plotly.offline import get_plotlyjs
+
+    assert (out / "plotly.min.js").read_text() == get_plotlyjs()
     meta = json.loads((point / "point.json").read_text())
     assert meta == {"index": 2, "overrides": argv[-3::2]}
     resolved = yaml.safe_load((point / "scenario.resolved.yaml").read_text())
