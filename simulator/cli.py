@@ -1,6 +1,8 @@
 """The ``kvsim`` command line.
 
-    kvsim run SCENARIO [--set path=value ...] [--policy-path DIR ...] [--out DIR] [--exact-steps]
+    kvsim --version
+    kvsim run SCENARIO [--set path=value ...] [--policy-path DIR ...] [--out DIR] [--force]
+              [--exact-steps]
     kvsim validate SCENARIO [--set ...] [--policy-path DIR ...]
     kvsim sweep SWEEP.yaml [--out DIR] [--executor local|ray] [--workers N] [--ray-address A]
                 [--policy-path DIR ...] [--force] [--no-progress]
@@ -11,11 +13,12 @@
 
 LIMITS: [--max-mape F] [--max-error F] [--accept-error] (held-out error limits of a profile).
 
-A user mistake prints one line (``kvsim: error: …``) and exits with status 2, without a traceback
-and without an output folder. SIGTERM is handled as SIGINT is: the run stops, nothing is written,
-and the staging folder is removed (exit status 130, or 143 for SIGTERM). A scenario is data: a
-dotted policy path is imported from the installed packages or a ``--policy-path`` folder, never
-from the current folder.
+A run never overwrites another: an output folder that holds results is kept and the run goes to
+<out>-2, <out>-3, … unless --force. A user mistake prints one line (``kvsim: error: …``) and exits
+with status 2, without a traceback and without an output folder. SIGTERM is handled as SIGINT is:
+the run stops, nothing is written, and the staging folder is removed (exit status 130, or 143 for
+SIGTERM). A scenario is data: a dotted policy path is imported from the installed packages or a
+``--policy-path`` folder, never from the current folder.
 """
 
 from __future__ import annotations
@@ -93,11 +96,22 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", parents=[overrides], help="run a scenario, print its summary")
     run.add_argument("scenario", help="scenario YAML file")
-    run.add_argument("--out", metavar="DIR", help="results folder (default: runs/<scenario name>)")
+    run.add_argument(
+        "--out",
+        metavar="DIR",
+        help="results folder (default: runs/<scenario name>); one that holds results is kept "
+        "and the run goes to DIR-2, DIR-3, … unless --force",
+    )
     run.add_argument(
         "--exact-steps",
         action="store_true",
         help="price every decode iteration alone instead of fast-forwarding (same results, slower)",
+    )
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the results the output folder holds (by default a run never overwrites "
+        "one: it writes to <out>-2, <out>-3, …)",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--json", action="store_true", help="print summary.json instead of the table")
@@ -356,7 +370,7 @@ def _run(args) -> int:
         scenario.simulation.exact_steps = True
     out = Path(args.out) if args.out else Path("runs") / scenario.name
     # The destination is checked (and its staging folder made) before anything is simulated.
-    with ResultsFolder(out) as folder:
+    with ResultsFolder(out, force=args.force) as folder:
         enabled = not args.no_progress and sys.stderr.isatty()
         bar = ProgressBar(expected_requests(scenario) if enabled else None, enabled=enabled)
         try:
@@ -366,8 +380,12 @@ def _run(args) -> int:
         except OSError as e:  # the trace's own read errors are TraceErrors
             raise _temp_files_failed(e) from None
         wall = bar.close()
-        folder.commit(scenario, results)
+        out = folder.commit(scenario, results)
+    note = ""
+    if folder.relocated:
+        note = f"; {folder.requested}/ held an earlier run (kept; --force replaces it)"
     if args.json:
+        print(f"results: {out}/{note}", file=sys.stderr)
         sys.stdout.write(summary_json(results))
         return 0
     n = results.summary["requests"]
@@ -384,7 +402,7 @@ def _run(args) -> int:
         print(f"warning: latency profile used outside its measured ranges: {extrapolated}")
     print(
         f"results: {out}/ (summary.json, requests.csv, timeseries.csv, report.html, "
-        "scenario.resolved.yaml)"
+        f"scenario.resolved.yaml){note}"
     )
     return 0
 
