@@ -4,6 +4,7 @@
     kvsim run SCENARIO [--set path=value ...] [--policy-path DIR ...] [--out DIR] [--force]
               [--exact-steps]
     kvsim validate SCENARIO [--set ...] [--policy-path DIR ...]
+    kvsim compare RUN_A RUN_B [RUN ...] [--out DIR] [--force]
     kvsim sweep SWEEP.yaml [--out DIR] [--executor local|ray] [--workers N] [--ray-address A]
                 [--policy-path DIR ...] [--force] [--no-progress]
     kvsim schema
@@ -43,6 +44,7 @@ EXAMPLES = """examples:
   kvsim run scenarios/quickstart.yaml --set cache.eviction=lfu --set workload.rate=20
   kvsim sweep scenarios/sweeps/quickstart_replicas.yaml
   kvsim sweep scenarios/sweeps/quickstart_replicas.yaml --executor ray --out runs/qs-ray
+  kvsim compare runs/quickstart runs/quickstart-2
   kvsim validate scenarios/mooncake_conversation.yaml
   kvsim trace stats ../shared/traces/mooncake_conversation.jsonl
 """
@@ -157,6 +159,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="a folder to import dotted policy paths from, as for kvsim run (repeatable)",
     )
+
+    cmp_ = sub.add_parser(
+        "compare",
+        help="runs side by side: metrics and their differences, overlaid CDFs",
+        description="Compare run folders (as kvsim run writes them): the scenario fields that "
+        "differ, every headline metric of each run and its difference from the first run "
+        "(absolute and relative), written as compare.csv with an overlay report.html (latency "
+        "CDFs, queues and KV use over time).",
+    )
+    cmp_.add_argument(
+        "runs", nargs="+", metavar="RUN", help="run folders; the first is the reference"
+    )
+    cmp_.add_argument("--out", metavar="DIR", help="default: runs/compare (never overwritten: "
+                      "DIR-2, DIR-3, … unless --force)")  # fmt: skip
+    cmp_.add_argument("--force", action="store_true", help="replace a comparison DIR holds")
 
     val = sub.add_parser("validate", parents=[overrides], help="check a scenario and exit")
     val.add_argument("scenario")
@@ -446,6 +463,20 @@ def _sweep(args) -> int:
     return 0
 
 
+def _compare(args) -> int:
+    from .compare import FILES, csv_text, load_run, report_html, terminal_text
+    from .output import ResultsFolder
+
+    if len(args.runs) < 2:
+        raise KvsimError("compare: give at least two run folders (the first is the reference)")
+    runs = [load_run(folder, i) for i, folder in enumerate(args.runs)]
+    files = {"compare.csv": csv_text(runs).encode(), "report.html": report_html(runs).encode()}
+    with ResultsFolder(args.out or Path("runs") / "compare", args.force, FILES) as folder:
+        out = folder.commit_files(files)
+    print(terminal_text(runs, out))
+    return 0
+
+
 def _validate(args) -> int:
     """The checks ``run`` makes before it simulates: the scenario, the cluster built (policies
     instantiated, KV capacity, latency profile) and the workload's first requests read and
@@ -512,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {
         "run": _run,
         "sweep": _sweep,
+        "compare": _compare,
         "validate": _validate,
         "schema": _schema,
         "trace": _trace_stats,

@@ -39,7 +39,8 @@ def edges_s() -> np.ndarray:
     return LOW_S * 10.0 ** ((np.arange(LOG_BINS) + 1) / BINS_PER_DECADE)
 
 
-def _log_bin(seconds: np.ndarray) -> np.ndarray:
+def log_bin(seconds: np.ndarray) -> np.ndarray:
+    """The log bin of each value (seconds): values below the first edge in bin 0."""
     with np.errstate(divide="ignore"):
         b = np.ceil(np.log10(np.maximum(seconds, LOW_S) / LOW_S) * BINS_PER_DECADE) - 1
     return np.clip(b, 0, LOG_BINS - 1).astype(np.int64)
@@ -88,8 +89,8 @@ class Digest:
             "job_latency_s": jobs,
         }
         for m, v in values.items():
-            self.hist[m] += np.bincount(_log_bin(v), minlength=LOG_BINS)
-        flat = arr_bin[done] * LOG_BINS + _log_bin(ttft)
+            self.hist[m] += np.bincount(log_bin(v), minlength=LOG_BINS)
+        flat = arr_bin[done] * LOG_BINS + log_bin(ttft)
         self.ttft_by_time += np.bincount(flat, minlength=TIME_BINS * LOG_BINS).reshape(
             TIME_BINS, LOG_BINS
         )

@@ -122,7 +122,9 @@ class ResultsFolder:
     leaving without a commit (an error, an interrupt) removes whatever was created for the run.
     """
 
-    def __init__(self, out_dir: str | Path, force: bool = False):
+    def __init__(self, out_dir: str | Path, force: bool = False, names: tuple[str, ...] = FILES):
+        self.names = names
+        """The files a result is (a run's :data:`FILES`, or a comparison's, a plan's)."""
         self.requested = Path(out_dir)
         """The destination asked for."""
         self.out = self.requested
@@ -162,7 +164,7 @@ class ResultsFolder:
         try:
             if out.exists() and not out.is_dir():
                 raise KvsimError(f"--out {clip(str(out), 120)}: exists and is not a folder")
-            if not self.force and out.is_dir() and holds_results(out):
+            if not self.force and out.is_dir() and holds_results(out, self.names):
                 out = self._free_sibling()
             self.out = out
             self._new = not out.exists()
@@ -188,9 +190,23 @@ class ResultsFolder:
 
     def commit(self, scenario: Scenario, results: Results, plotlyjs: bool | str = True) -> Path:
         """Write the results and move them into place, all together."""
+        return self._commit(lambda folder: write_files(folder, scenario, results, plotlyjs))
+
+    def commit_files(self, files: dict[str, bytes]) -> Path:
+        """Write ``files`` (name → bytes; the names are :attr:`names`) and move them into place,
+        all together."""
+        assert set(files) == set(self.names), (sorted(files), self.names)
+
+        def write(folder: Path) -> None:
+            for name, data in files.items():
+                (folder / name).write_bytes(data)
+
+        return self._commit(write)
+
+    def _commit(self, write) -> Path:
         assert self._staging is not None, "commit() outside the with block"
         try:
-            write_files(self._staging, scenario, results, plotlyjs)
+            write(self._staging)
         except OSError as e:
             raise self._fail("cannot write the results; nothing was written", e) from None
         try:
@@ -199,7 +215,7 @@ class ResultsFolder:
                     if self._new:
                         self._rename_into_place()
                     else:
-                        for name in FILES:
+                        for name in self.names:
                             os.replace(self._staging / name, self.out / name)
                 except OSError as e:
                     raise self._fail("cannot move the results into place", e) from None
@@ -238,9 +254,9 @@ class ResultsFolder:
         self._created = []
 
 
-def holds_results(folder: Path) -> bool:
-    """Whether ``folder`` holds any file a run writes."""
-    return any(os.path.lexists(folder / name) for name in FILES)
+def holds_results(folder: Path, names: tuple[str, ...] = FILES) -> bool:
+    """Whether ``folder`` holds any of ``names`` (by default, any file a run writes)."""
+    return any(os.path.lexists(folder / name) for name in names)
 
 
 def write_results(

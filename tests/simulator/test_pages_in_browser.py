@@ -66,3 +66,18 @@ def test_a_sweep_report_and_a_point_s_report_with_the_shared_plotly(browser, tmp
     seen = browser.open(point / "report.html")
     assert len(seen.charts) == 10
     _drawn(seen, [c["id"] for c in seen.charts])
+
+
+def test_a_comparison_report(browser, tmp_path, capsys):
+    s = _small(tmp_path)
+    for name, sets in (("a", []), ("b", ["--set", "cluster.replicas=3"])):
+        argv = ["run", str(s), "--out", str(tmp_path / name), "--no-progress", *sets]
+        assert main(argv) == 0
+    out = tmp_path / "cmp"
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    seen = browser.open(out / "report.html")
+    _drawn(seen, [
+        "kvsim-compare-ttft", "kvsim-compare-tpot", "kvsim-compare-e2e", "kvsim-compare-queue",
+        "kvsim-compare-waiting", "kvsim-compare-kv-use",
+    ])  # fmt: skip
+    assert seen.headings == ["Runs", "Scenario differences", "Metrics", "Overlays"]
