@@ -5,6 +5,8 @@
               [--exact-steps]
     kvsim validate SCENARIO [--set ...] [--policy-path DIR ...]
     kvsim compare RUN_A RUN_B [RUN ...] [--out DIR] [--force]
+    kvsim plan SCENARIO [--slo SPEC] [--rate R | --replicas N] [--set ...] [--workers N]
+               [--max-replicas N] [--tolerance F] [--out DIR] [--force]
     kvsim sweep SWEEP.yaml [--out DIR] [--executor local|ray] [--workers N] [--ray-address A]
                 [--policy-path DIR ...] [--force] [--no-progress]
     kvsim schema
@@ -44,6 +46,8 @@ EXAMPLES = """examples:
   kvsim run scenarios/quickstart.yaml --set cache.eviction=lfu --set workload.rate=20
   kvsim sweep scenarios/sweeps/quickstart_replicas.yaml
   kvsim sweep scenarios/sweeps/quickstart_replicas.yaml --executor ray --out runs/qs-ray
+  kvsim plan scenarios/quickstart.yaml --slo ttft_p99=2s,tpot_p99=100ms --rate 30
+  kvsim plan scenarios/quickstart.yaml --replicas 2
   kvsim compare runs/quickstart runs/quickstart-2
   kvsim validate scenarios/mooncake_conversation.yaml
   kvsim trace stats ../shared/traces/mooncake_conversation.jsonl
@@ -160,6 +164,63 @@ def _parser() -> argparse.ArgumentParser:
         help="a folder to import dotted policy paths from, as for kvsim run (repeatable)",
     )
 
+    pl = sub.add_parser(
+        "plan",
+        parents=[overrides],
+        help="fewest replicas meeting an SLO at a rate, or the highest rate a cluster serves",
+        description="Search over simulations of a scenario: with --rate R (default: the "
+        "scenario's rate), the fewest replicas (GPUs = replicas × tensor parallel) whose run "
+        "meets the SLO at R requests per second; with --replicas N, the highest rate N replicas "
+        "serve within it. Prints the answer and every point tried; writes plan.csv, plan.json "
+        "and report.html (each SLO metric against replicas or rate) into runs/<name>-plan.",
+    )
+    pl.add_argument("scenario", help="scenario YAML file")
+    pl.add_argument(
+        "--slo",
+        metavar="SPEC",
+        help="objectives, e.g. ttft_p99=2s,tpot_p99=100ms (metrics ttft, tpot, e2e, queue, job; "
+        "statistics p50, p90, p99, mean; default: the scenario's slo as p99)",
+    )
+    pl.add_argument(
+        "--rate",
+        type=_positive_float,
+        metavar="R",
+        help="requests per second (a trace's rate_scale is set to reach it)",
+    )
+    pl.add_argument(
+        "--replicas",
+        type=_positive,
+        metavar="N",
+        help="search the highest rate N replicas serve within the SLO",
+    )
+    pl.add_argument(
+        "--max-replicas",
+        type=_positive,
+        default=256,
+        metavar="N",
+        help="the fewest-replicas search gives up above this (default 256)",
+    )
+    pl.add_argument(
+        "--tolerance",
+        type=_fraction,
+        default=0.02,
+        metavar="F",
+        help="the rate search stops when its bracket is within this relative width (default 0.02)",
+    )
+    pl.add_argument(
+        "--workers",
+        type=_positive,
+        metavar="N",
+        help="simulations run at once (default: all cores, at most 3: a round's points)",
+    )
+    pl.add_argument(
+        "--out",
+        metavar="DIR",
+        help="default: runs/<scenario name>-plan (never overwritten: DIR-2, … unless --force)",
+    )
+    pl.add_argument("--force", action="store_true", help="replace a plan DIR holds")
+    pl.add_argument("--no-progress", action="store_true", help="no round-by-round progress")
+
     cmp_ = sub.add_parser(
         "compare",
         help="runs side by side: metrics and their differences, overlaid CDFs",
@@ -224,6 +285,16 @@ def _positive(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: allowed: a positive integer, e.g. 4")
     return n
+
+
+def _positive_float(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        x = -1.0
+    if not (0 < x < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r}: allowed: a positive number, e.g. 30")
+    return x
 
 
 def _fraction(text: str) -> float:
@@ -463,6 +534,36 @@ def _sweep(args) -> int:
     return 0
 
 
+def _plan(args) -> int:
+    import os
+
+    from .output import ResultsFolder
+    from .plan import Question, parse_slo, run_plan
+    from .plan.report import FILES, csv_text, json_text, report_html, terminal_text
+    from .plan.search import PROBES
+    from .plan.slo import default_slo
+
+    scenario = _load(args)
+    slo = parse_slo(args.slo) if args.slo else default_slo(scenario)
+    question = Question(
+        Path(args.scenario), slo, args.rate, args.replicas, tuple(args.overrides),
+        _policy_dirs(args), args.max_replicas, args.tolerance,
+    )  # fmt: skip
+    workers = min(args.workers or os.cpu_count() or 1, PROBES)
+    out = Path(args.out) if args.out else Path("runs") / f"{scenario.name}-plan"
+    # The destination is checked before anything is simulated.
+    with ResultsFolder(out, args.force, FILES) as folder:
+        progress = not args.no_progress and sys.stderr.isatty()
+        plan = run_plan(question, workers, progress)
+        files = {"plan.csv": csv_text(plan).encode(), "plan.json": json_text(plan).encode(),
+                 "report.html": report_html(plan).encode()}  # fmt: skip
+        out = folder.commit_files(files)
+    print(f"kvsim: plan {scenario.name}")
+    print(terminal_text(plan))
+    print(f"results: {out}/ (plan.csv, plan.json, report.html)")
+    return 0
+
+
 def _compare(args) -> int:
     from .compare import FILES, csv_text, load_run, report_html, terminal_text
     from .output import ResultsFolder
@@ -544,6 +645,7 @@ def main(argv: list[str] | None = None) -> int:
         "run": _run,
         "sweep": _sweep,
         "compare": _compare,
+        "plan": _plan,
         "validate": _validate,
         "schema": _schema,
         "trace": _trace_stats,

@@ -176,15 +176,17 @@ def _commit(out: Path, point: Point, files: dict[str, bytes]) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _worker_init() -> None:
-    # The driver handles Ctrl-C and stops the pool; a worker must not die half-way on its own.
+def worker_init() -> None:
+    """A pool worker's signals: the driver handles Ctrl-C and stops the pool; a worker must not
+    die half-way on its own."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _pool_context():
-    """forkserver (children fork from a clean, single-threaded process that has kvsim
-    imported), or spawn where there is none."""
+def pool_context():
+    """A multiprocessing context for worker pools (the sweep's, the planner's): forkserver
+    (children fork from a clean, single-threaded process that has kvsim imported), or spawn
+    where there is none."""
     try:
         ctx = multiprocessing.get_context("forkserver")
     except ValueError:
@@ -196,7 +198,7 @@ def _pool_context():
 def run_local(tasks: list[Task], workers: int, address, on_result, task=run_point) -> None:
     """Run the tasks on a pool of ``workers`` processes; ``on_result`` as each finishes (in the
     driver, while the others run). ``task``: the worker function (tests replace it)."""
-    with _pool_context().Pool(min(workers, len(tasks)), initializer=_worker_init) as pool:
+    with pool_context().Pool(min(workers, len(tasks)), initializer=worker_init) as pool:
         for result in pool.imap_unordered(task, tasks, chunksize=1):
             on_result(*result)
     # Leaving the with block terminates the pool: on an error or Ctrl-C too.

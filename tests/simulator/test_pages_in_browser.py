@@ -81,3 +81,13 @@ def test_a_comparison_report(browser, tmp_path, capsys):
         "kvsim-compare-waiting", "kvsim-compare-kv-use",
     ])  # fmt: skip
     assert seen.headings == ["Runs", "Scenario differences", "Metrics", "Overlays"]
+
+
+def test_a_plan_report(browser, tmp_path, capsys):
+    out = tmp_path / "plan"
+    argv = ["plan", str(_small(tmp_path)), "--slo", "ttft_p99=300ms,tpot_p99=40ms", "--rate",
+            "25", "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    seen = browser.open(out / "report.html")
+    _drawn(seen, [f"kvsim-plan-{i}" for i in range(4)])
+    assert seen.headings == ["Answer", "Why", "Points tried"]
