@@ -246,7 +246,9 @@ def _parser() -> argparse.ArgumentParser:
     tsub.required = True
     stats = tsub.add_parser("stats", help="requests, rate, lengths, prefix-hit ratio of a trace")
     stats.add_argument("file")
-    stats.add_argument("--format", choices=["mooncake", "azure", "burstgpt", "kvsim"])
+    from kvsim.traces import FORMATS
+
+    stats.add_argument("--format", choices=list(FORMATS))
     cal = sub.add_parser(
         "calibrate",
         help="time the real kernels on a GPU, fit latency models, write a profile",

@@ -204,9 +204,13 @@ def expected_requests(scenario: Scenario) -> int | None:
         return min(w.requests, w.max_requests or w.requests)
     if w.max_requests is not None:
         return w.max_requests
+    if w.format in ("sharegpt", "splitwise"):
+        return None  # conversations hold several requests; a Splitwise row, batch_size of them
+    from kvsim.traces.readers import CSV_FORMATS
+
     with open(scenario.trace_path(), "rb") as f:
         lines = sum(1 for line in f if line.strip())
-    return lines - (1 if w.format in ("azure", "burstgpt") else 0)
+    return lines - (1 if w.format in CSV_FORMATS else 0)
 
 
 def _at(env: simpy.Environment, t_ns: int, callback: Callable) -> None:

@@ -83,12 +83,15 @@ class Recorder:
         self.job_ns_sum = 0
         self.per_replica: dict[int, int] = {}
         """Requests finished on each replica (by index)."""
+        self.estimated = 0
+        """Requests whose token counts were estimated from text."""
 
     def __len__(self) -> int:
         return self.count
 
-    def _arrived(self, arrival_ns: int) -> None:
+    def _arrived(self, arrival_ns: int, req) -> None:
         self.count += 1
+        self.estimated += req.lengths_estimated
         self.last_event_ns = max(self.last_event_ns, arrival_ns)
         if self.first_arrival_ns is None or arrival_ns < self.first_arrival_ns:
             self.first_arrival_ns = arrival_ns
@@ -98,7 +101,7 @@ class Recorder:
         if r.id < self.warmup:
             return
         arr, first = seq.arrival_ns, seq.first_ns
-        self._arrived(arr)
+        self._arrived(arr, r)
         ttft_ns = first - arr
         self.ttft_ns_sum += ttft_ns
         self.e2e_ns_sum += now_ns - arr
@@ -156,7 +159,7 @@ class Recorder:
     def drop(self, req, arrival_ns: int, reason: str, job_ns: int = -1) -> None:
         if req.id < self.warmup:
             return
-        self._arrived(arrival_ns)
+        self._arrived(arrival_ns, req)
         self.units += len(req.blocks)
         self.drop_reasons[reason] = self.drop_reasons.get(reason, 0) + 1
         if reason not in self.reason_list:
@@ -346,6 +349,13 @@ def _dropped(s: dict, before: str, after: str) -> str:
     return f"{before}{s['dropped']} dropped: " + ", ".join(f"{n} {r}" for r, n in reasons) + after
 
 
+def _estimated_note(s: dict) -> list[str]:
+    n = s.get("lengths_estimated_requests")
+    if not n:
+        return []
+    return [f"note: token counts of {n} requests are estimated from text (characters / 4)", ""]
+
+
 def _utilisation(s: dict, lead: bool = True) -> str:
     """What utilisation is, with the saturated and busy shares (see ``usage``)."""
     head = f"{s['utilisation']:.1%} " if lead else ""
@@ -379,6 +389,7 @@ class Results:
         self.summary = {
             "scenario": info.get("scenario", ""),
             **({"warmup_requests": rec.warmup} if rec.warmup else {}),
+            **({"lengths_estimated_requests": rec.estimated} if rec.estimated else {}),
             "requests": n,
             "finished": done,
             "dropped": n - done,
@@ -500,7 +511,16 @@ class Results:
 
         tp = s["throughput"]
         rows = [
-            ("requests", f"{s['finished']} finished of {s['requests']}{_dropped(s, ' (', ')')}"),
+            (
+                "requests",
+                f"{s['finished']} finished of {s['requests']}{_dropped(s, ' (', ')')}"
+                + (
+                    f"; token counts of {s['lengths_estimated_requests']} estimated from text "
+                    "(characters / 4)"
+                    if s.get("lengths_estimated_requests")
+                    else ""
+                ),
+            ),
             ("TTFT p50 / p90 / p99", pct(s["ttft_s"])),
             ("TPOT p50 / p90 / p99", pct(s["tpot_s"])),
             ("E2E p50 / p90 / p99", pct(s["e2e_s"])),
@@ -581,6 +601,7 @@ class Results:
 
         tp = s["throughput"]
         lines = [
+            *_estimated_note(s),
             f"{'':26}{'p50':>9} {'p90':>9} {'p99':>9}",
             f"{'TTFT (ms)':26}{ms(s['ttft_s'])}",
             f"{'TPOT (ms)':26}{ms(s['tpot_s'])}",

@@ -294,7 +294,7 @@ class _WorkloadBase(_Strict):
 class TraceWorkload(_WorkloadBase):
     type: Literal["trace"]
     path: PathText = Field(description="trace file, relative to the scenario file")
-    format: Literal["mooncake", "azure", "burstgpt", "kvsim"]
+    format: Literal["mooncake", "azure", "burstgpt", "kvsim", "vidur", "splitwise", "sharegpt"]
 
 
 class SyntheticWorkload(_WorkloadBase):

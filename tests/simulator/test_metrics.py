@@ -17,8 +17,8 @@ from kvsim.simulator.metrics import NS, Recorder, Results
 def _record(
     rec: Recorder, rid: int, arrival: int, first: int, finish: int, out: int, job: int = -1
 ) -> None:
-    req = SimpleNamespace(id=rid, output_tokens=out, prompt_tokens=10, blocks=(),
-                          session=None if job < 0 else rid, turn=0)  # fmt: skip
+    req = SimpleNamespace(id=rid, output_tokens=out, prompt_tokens=10, lengths_estimated=False,
+                          blocks=(), session=None if job < 0 else rid, turn=0)  # fmt: skip
     seq = SimpleNamespace(
         req=req, arrival_ns=arrival, first_ns=first, hit_tokens=0, hit_units=0,
         preemptions=0, recomputed=0, admitted_ns=arrival + (first - arrival) // 3,

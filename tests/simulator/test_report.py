@@ -96,8 +96,8 @@ def test_queue_and_kv_charts_are_the_sampled_series_thinned(run):
 
 
 def _record(rec, rid, arrival, first, finish, out):
-    req = SimpleNamespace(id=rid, output_tokens=out, prompt_tokens=10, blocks=(1, 2),
-                          session=None, turn=0)  # fmt: skip
+    req = SimpleNamespace(id=rid, output_tokens=out, prompt_tokens=10, lengths_estimated=False,
+                          blocks=(1, 2), session=None, turn=0)  # fmt: skip
     seq = SimpleNamespace(req=req, arrival_ns=arrival, first_ns=first, hit_tokens=0,
                           hit_units=rid % 3 == 0, preemptions=rid % 2, recomputed=0,
                           admitted_ns=arrival + (first - arrival) // 2)  # fmt: skip
