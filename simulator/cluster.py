@@ -17,7 +17,7 @@ from simpy.events import URGENT
 from kvsim.traces import TraceError
 
 from .cache import KVCache
-from .catalog import GpuSpec, ModelSpec, get_gpu, get_model
+from .catalog import GpuSpec, ModelSpec, get_gpu, get_model, with_kv_cache_dtype
 from .chunking import AdaptiveChunking
 from .errors import KvsimError
 from .latency import IterationPricer, RooflineModel
@@ -98,7 +98,8 @@ def kv_capacity_blocks(scenario: Scenario, model: ModelSpec, gpu: GpuSpec) -> in
     """KV blocks per replica: explicit, or what vLLM v0.11.0 (V1 engine) would allocate.
 
     vLLM's rule (``Worker.determine_available_memory`` in v1/worker/gpu_worker.py,
-    ``memory_profiling`` in vllm/utils, ``get_kv_cache_configs`` in v1/core/kv_cache_utils.py):
+    ``memory_profiling`` in vllm/utils, ``get_kv_cache_configs`` in v1/core/kv_cache_utils.py);
+    the page's bytes follow ``cache.kv_cache_dtype`` (fp8: one byte an element):
     available = total GPU memory × gpu_memory_utilization − weights − peak activation of the
     profile run − non-torch memory gained (cuBLAS workspaces; NCCL and all-reduce buffers at
     TP > 1); blocks = ⌊⌊available / page⌋ / attention layers⌋ with page = 2 × block_size ×
@@ -118,7 +119,7 @@ def kv_capacity_blocks(scenario: Scenario, model: ModelSpec, gpu: GpuSpec) -> in
     if model.attention is None:  # no KV: the pool holds recurrent states only
         blocks = available // state_bytes_rank(model, tp)
     else:
-        page = cache.block_size * model.kv_dim(tp) * model.dtype_bytes
+        page = cache.block_size * model.kv_dim(tp) * model.kv_element_bytes
         blocks = (available // page) // model.attention_layers - 1
     if blocks < 1:
         raise KvsimError(
@@ -127,6 +128,21 @@ def kv_capacity_blocks(scenario: Scenario, model: ModelSpec, gpu: GpuSpec) -> in
             "raise cluster.tensor_parallel or gpu_memory_utilization"
         )
     return blocks
+
+
+def check_max_model_len(scenario: Scenario, model: ModelSpec, capacity: int) -> None:
+    """vLLM refuses to start when one sequence of ``max_model_len`` tokens would not fit in a
+    replica's KV cache; so does kvsim, when ``scheduler.max_model_len`` is given."""
+    limit = scenario.scheduler.max_model_len
+    if limit is None or model.attention is None:
+        return
+    need = -(-limit // scenario.cache.block_size) + 2 * state_blocks(scenario, model)
+    if need > capacity:
+        raise KvsimError(
+            f"scheduler.max_model_len: {limit} tokens need {need} KV blocks, more than a "
+            f"replica's {capacity} (vLLM refuses to start too); lower max_model_len or give the "
+            "KV cache more memory"
+        )
 
 
 def _length(spec):
@@ -229,13 +245,16 @@ class Cluster:
 
     def __init__(self, scenario: Scenario, on_done: Callable[[int], None] | None = None):
         self.scenario = scenario
-        self.model = get_model(scenario.model, scenario.base_dir)
+        self.model = with_kv_cache_dtype(
+            get_model(scenario.model, scenario.base_dir), scenario.cache.kv_cache_dtype
+        )
         self.gpu = get_gpu(scenario.hardware)
         self.env = simpy.Environment()
         self.recorder = Recorder(
             scenario.slo.ttft_s, scenario.slo.tpot_s, scenario.simulation.warmup_requests
         )
         self.capacity = kv_capacity_blocks(scenario, self.model, self.gpu)
+        check_max_model_len(scenario, self.model, self.capacity)
         self._on_done = on_done or (lambda n: None)
         tp = scenario.cluster.tensor_parallel
         latency = RooflineModel(self.gpu)
@@ -328,6 +347,9 @@ class Cluster:
 
     def _drop_reason(self, req) -> str | None:
         total = req.prompt_tokens + req.output_tokens
+        limit = self.scenario.scheduler.max_model_len
+        if limit is not None and total > limit:
+            return f"longer than max_model_len ({limit} tokens)"
         if total > self.model.max_position:
             return f"longer than the model's context ({self.model.max_position} tokens)"
         bt = self.scenario.cache.block_size

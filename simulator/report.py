@@ -46,6 +46,12 @@ def _policy(ref) -> str:
     return f"{ref.type} ({', '.join(f'{k}={v}' for k, v in params.items())})"
 
 
+def _kv_dtype(name: str, model) -> str:
+    if name == "auto":
+        return f"{8 * model.dtype_bytes}-bit (the model's)"
+    return name
+
+
 def _on(flag: bool) -> str:
     return "on" if flag else "off"
 
@@ -94,8 +100,8 @@ def scenario_rows(scenario, summary: dict) -> list[tuple[str, str]]:
                       f"per iteration, chunked prefill {_on(sched.enable_chunked_prefill)}, "
                       f"chunking {chunking}, watermark {sched.watermark:g}"
                       + (f", at most {sched.max_waiting} waiting" if sched.max_waiting else "")),
-        ("KV cache", f"layout {cache.layout}, prefix caching "
-                     f"{_on(cache.enable_prefix_caching)}, eviction "
+        ("KV cache", f"{_kv_dtype(cache.kv_cache_dtype, model)} elements, layout "
+                     f"{cache.layout}, prefix caching {_on(cache.enable_prefix_caching)}, eviction "
                      f"{_policy(cache.eviction)}"
                      + (f", checkpoints {_policy(cache.checkpoint)}"
                         if model.recurrent is not None else "")),

@@ -121,6 +121,11 @@ class CacheConfig(_Strict):
     isolation: int | None = Field(
         None, ge=1, description="keep the checkpoints of the last N sequences only (FIFO)"
     )
+    kv_cache_dtype: Literal["auto", "fp8"] = Field(
+        "auto",
+        description="the KV cache's element type (vLLM): auto, the model's (bf16); fp8, one byte "
+        "(half the KV bytes: capacity, transfers and attention's reads follow)",
+    )
 
     @field_validator("num_gpu_blocks")
     @classmethod
@@ -180,6 +185,13 @@ Chunking = Annotated[
 class SchedulerConfig(_Strict):
     max_num_batched_tokens: int = Field(8192, ge=1, le=MAX_TOKENS)
     max_num_seqs: int = Field(256, ge=1, le=MAX_COUNT)
+    max_model_len: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_TOKENS,
+        description="the longest sequence (prompt + output) served, as vLLM's: longer requests "
+        "are dropped; a replica's KV cache must hold one (default: the model's context)",
+    )
     enable_chunked_prefill: bool = True
     chunk_tokens: int | None = Field(
         None,
@@ -731,6 +743,12 @@ def _check_semantics(s: Scenario, source: str) -> None:
         raise KvsimError(
             f"{source}: cache.layout: {model.name} has recurrent layers, which resume from one "
             "checkpoint with the KV before it: use contiguous"
+        )
+    limit = s.scheduler.max_model_len
+    if limit is not None and limit > model.max_position:
+        raise KvsimError(
+            f"{source}: scheduler.max_model_len: {limit} exceeds {model.name}'s context of "
+            f"{model.max_position} tokens"
         )
     if model.attention is not None and model.heads % s.cluster.tensor_parallel:
         raise KvsimError(

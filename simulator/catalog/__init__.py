@@ -143,6 +143,8 @@ class ModelSpec:
     moe: MoeSpec | None = None
     recurrent: RecurrentSpec | None = None
     dtype_bytes: int = 2
+    kv_dtype_bytes: int | None = None
+    """Bytes of a cached KV element; None: the model's dtype (1: an fp8 KV cache)."""
     tie_embeddings: bool = False
     source: str = ""
     sources: dict = field(default_factory=dict, compare=False)
@@ -173,13 +175,18 @@ class ModelSpec:
         return self.attention.kv_dim(tp) if self.attention else 0
 
     @property
+    def kv_element_bytes(self) -> int:
+        """Bytes of one cached KV element (the KV cache's dtype)."""
+        return self.dtype_bytes if self.kv_dtype_bytes is None else self.kv_dtype_bytes
+
+    @property
     def kv_bytes_per_token(self) -> int:
         """KV-cache bytes of one token over all attention layers (one rank, TP 1)."""
-        return self.attention_layers * self.kv_dim(1) * self.dtype_bytes
+        return self.attention_layers * self.kv_dim(1) * self.kv_element_bytes
 
     def kv_bytes_per_token_rank(self, tp: int) -> int:
         """KV-cache bytes of one token over all attention layers on one tensor-parallel rank."""
-        return self.attention_layers * self.kv_dim(tp) * self.dtype_bytes
+        return self.attention_layers * self.kv_dim(tp) * self.kv_element_bytes
 
     @property
     def state_bytes(self) -> int:
@@ -517,6 +524,15 @@ def get_model(name: str, base_dir: Path | None = None) -> ModelSpec:
     raise KvsimError(
         f"model {name!r} is not in the catalog ({', '.join(catalog)}) nor a config.json path"
     )
+
+
+KV_CACHE_DTYPES = {"auto": None, "fp8": 1}
+"""``cache.kv_cache_dtype`` (vLLM's names): auto keeps the model's dtype, fp8 stores a byte."""
+
+
+def with_kv_cache_dtype(model: ModelSpec, kv_cache_dtype: str) -> ModelSpec:
+    """The model with its KV cache stored as ``kv_cache_dtype``."""
+    return replace(model, kv_dtype_bytes=KV_CACHE_DTYPES[kv_cache_dtype])
 
 
 def get_gpu(name: str) -> GpuSpec:

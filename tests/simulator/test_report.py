@@ -44,7 +44,8 @@ def test_the_scenario_is_at_the_top(run):
     assert rows["model"].startswith("llama-3.1-8b: 8.03 B parameters, 32 attention layers")
     assert rows["GPU"] == "h100-sxm (79.19 GiB, 989 bf16 TFLOP/s, 3.35 TB/s)"
     assert rows["KV cache"] == (
-        "layout contiguous, prefix caching on, eviction max_score (window_s=30)"
+        "16-bit (the model's) elements, layout contiguous, prefix caching on, eviction max_score "
+        "(window_s=30)"
     )
     assert rows["routing"] == "least_loaded"
     assert rows["scheduler"] == (
