@@ -3,7 +3,7 @@
     kvsim --version
     kvsim run SCENARIO [--set path=value ...] [--policy-path DIR ...] [--out DIR] [--force]
               [--exact-steps]
-    kvsim validate SCENARIO [--set ...] [--policy-path DIR ...]
+    kvsim validate SCENARIO [--set ...] [--policy-path DIR ...] [--hardware-file FILE ...]
     kvsim compare RUN_A RUN_B [RUN ...] [--out DIR] [--force]
     kvsim plan SCENARIO [--slo SPEC] [--rate R | --replicas N] [--set ...] [--workers N]
                [--max-replicas N] [--tolerance F] [--out DIR] [--force]
@@ -99,6 +99,14 @@ def _parser() -> argparse.ArgumentParser:
         help="a folder to import dotted policy paths from, besides the installed packages "
         "(repeatable; the current folder is never searched unless named: --policy-path .)",
     )
+    overrides.add_argument(
+        "--hardware-file",
+        dest="hardware_files",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a YAML file of GPUs to add to the catalog, checked as the catalog is (repeatable)",
+    )
 
     run = sub.add_parser("run", parents=[overrides], help="run a scenario, print its summary")
     run.add_argument("scenario", help="scenario YAML file")
@@ -162,6 +170,14 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="DIR",
         help="a folder to import dotted policy paths from, as for kvsim run (repeatable)",
+    )
+    sw.add_argument(
+        "--hardware-file",
+        dest="hardware_files",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a YAML file of GPUs to add to the catalog, as for kvsim run (repeatable)",
     )
 
     pl = sub.add_parser(
@@ -422,7 +438,14 @@ def _policy_dirs(args) -> tuple[str, ...]:
 def _load(args):
     from .scenario import load_scenario
 
-    return load_scenario(args.scenario, args.overrides, policy_path=_policy_dirs(args))
+    return load_scenario(
+        args.scenario, args.overrides, _policy_dirs(args), hardware_files=_hardware(args)
+    )
+
+
+def _hardware(args) -> tuple[str, ...]:
+    """The --hardware-file paths, absolute (workers may run in other folders)."""
+    return tuple(str(Path(f).absolute()) for f in args.hardware_files)
 
 
 def _cluster(scenario, on_done=None):
@@ -516,6 +539,7 @@ def _sweep(args) -> int:
             force=args.force,
             progress=not args.no_progress and sys.stderr.isatty(),
             policy_path=policy_path,
+            hardware_files=_hardware(args),
         )
     except KeyboardInterrupt as e:
         what = "terminated" if isinstance(e, _Terminated) else "interrupted"
@@ -549,7 +573,7 @@ def _plan(args) -> int:
     slo = parse_slo(args.slo) if args.slo else default_slo(scenario)
     question = Question(
         Path(args.scenario), slo, args.rate, args.replicas, tuple(args.overrides),
-        _policy_dirs(args), args.max_replicas, args.tolerance,
+        _policy_dirs(args), args.max_replicas, args.tolerance, hardware_files=_hardware(args),
     )  # fmt: skip
     workers = min(args.workers or os.cpu_count() or 1, PROBES)
     out = Path(args.out) if args.out else Path("runs") / f"{scenario.name}-plan"

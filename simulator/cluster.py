@@ -17,7 +17,7 @@ from simpy.events import URGENT
 from kvsim.traces import TraceError
 
 from .cache import KVCache
-from .catalog import GpuSpec, ModelSpec, get_gpu, get_model, with_kv_cache_dtype
+from .catalog import GpuSpec, ModelSpec, get_model, with_kv_cache_dtype
 from .chunking import AdaptiveChunking
 from .errors import KvsimError
 from .latency import IterationPricer, RooflineModel
@@ -248,7 +248,7 @@ class Cluster:
         self.model = with_kv_cache_dtype(
             get_model(scenario.model, scenario.base_dir), scenario.cache.kv_cache_dtype
         )
-        self.gpu = get_gpu(scenario.hardware)
+        self.gpu = scenario.gpu()
         self.env = simpy.Environment()
         self.recorder = Recorder(
             scenario.slo.ttft_s, scenario.slo.tpot_s, scenario.simulation.warmup_requests
@@ -457,6 +457,7 @@ class Cluster:
                 "busy_fraction": sum(r.busy_ns for r in self.replicas)
                 / max(1, len(self.replicas) * end),
                 "latency_model": self.latency.describe(),
+                **({"hardware_file": self.scenario.gpu_file()} if self.scenario.gpu_file() else {}),
                 **self._latency_notes(),
                 **self._checkpoint_notes(end),
                 **usage_summary(self.replicas, end, self.recorder.per_replica, series.kv_use()),

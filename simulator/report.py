@@ -64,10 +64,10 @@ def scenario_rows(scenario, summary: dict) -> list[tuple[str, str]]:
     """The resolved scenario as (label, value) rows: what was simulated."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from .catalog import get_gpu, get_model
+    from .catalog import get_model
 
     model = get_model(scenario.model, scenario.base_dir)
-    gpu = get_gpu(scenario.hardware)
+    gpu = scenario.gpu()
     c, cache, sched = scenario.cluster, scenario.cache, scenario.scheduler
     layers = []
     if model.attention is not None:
@@ -92,7 +92,8 @@ def scenario_rows(scenario, summary: dict) -> list[tuple[str, str]]:
         ("model", f"{model.name}: {model.params / 1e9:.2f} B parameters, {', '.join(layers)} "
                   f"layers, {model.max_position} tokens of context"),
         ("GPU", f"{gpu.name} ({gpu.memory_gib:g} GiB, {gpu.bf16_tflops:g} bf16 TFLOP/s, "
-                f"{gpu.hbm_tbyte_per_s:g} TB/s)"),
+                f"{gpu.hbm_tbyte_per_s:g} TB/s"
+                + (f"; from {scenario.gpu_file()}" if scenario.gpu_file() else "") + ")"),
         ("cluster", f"{c.replicas} replica{'s' * (c.replicas > 1)} × TP{c.tensor_parallel} = "
                     f"{c.replicas * c.tensor_parallel} GPUs; {blocks} KV blocks of "
                     f"{cache.block_size} tokens per replica"),

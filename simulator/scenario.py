@@ -37,7 +37,7 @@ from pydantic import (
 
 from kvsim.traces.request import MAX_TOKENS
 
-from .catalog import get_gpu, get_model, gpu_catalog
+from .catalog import GpuSpec, get_gpu, get_model, gpu_catalog, read_hardware_file
 from .errors import KvsimError, clip, echo, parse_yaml, read_yaml_mapping, yaml_error_line
 from .policies import CHECKPOINT, EVICTION, ROUTING
 
@@ -459,6 +459,8 @@ class Scenario(_Strict):
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _source: str = PrivateAttr(default="<scenario>")
+    _gpus: dict = PrivateAttr(default_factory=dict)
+    _gpu_files: dict = PrivateAttr(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -479,15 +481,25 @@ class Scenario(_Strict):
 
     @field_validator("hardware")
     @classmethod
-    def _known_gpu(cls, v: str):
-        if v.lower() not in gpu_catalog():
-            raise ValueError(f"not in the GPU catalog; allowed: {', '.join(gpu_catalog())}")
-        get_gpu(v)
+    def _known_gpu(cls, v: str, info: ValidationInfo):
+        user = (info.context or {}).get("gpus", {})
+        if v.lower() not in gpu_catalog() and v.lower() not in user:
+            allowed = ", ".join([*gpu_catalog(), *user])
+            raise ValueError(f"not in the GPU catalog or a --hardware-file; allowed: {allowed}")
+        get_gpu(v, user)
         return v.lower()
 
     @property
     def base_dir(self) -> Path:
         return self._base_dir
+
+    def gpu(self, name: str | None = None) -> GpuSpec:
+        """A GPU by name (default: ``hardware``), from the catalog or a hardware file."""
+        return get_gpu(name or self.hardware, self._gpus)
+
+    def gpu_file(self, name: str | None = None) -> str | None:
+        """The hardware file a GPU was read from (None: the catalog's)."""
+        return self._gpu_files.get((name or self.hardware).lower())
 
     @property
     def source(self) -> str:
@@ -676,12 +688,13 @@ def load_scenario(
     overrides: list[str] | None = None,
     policy_path: tuple[str | Path, ...] = (),
     override_dir: str | Path | None = None,
+    hardware_files: tuple[str | Path, ...] = (),
 ) -> Scenario:
     """Read, override and validate a scenario file; raises :class:`KvsimError` on bad input.
     ``policy_path``: folders a dotted policy path may be imported from, besides the installed
     packages. File paths in the scenario are relative to its folder; file paths in
     ``overrides`` are relative to ``override_dir`` (default: the current folder, as for any path
-    typed on a command line)."""
+    typed on a command line). ``hardware_files``: YAML files of GPUs added to the catalog's."""
     path = Path(path)
     doc = read_yaml_mapping(path, "scenario file", " (model:, hardware:, workload: …)")
     return scenario_from_dict(
@@ -691,7 +704,21 @@ def load_scenario(
         overrides=overrides,
         policy_path=policy_path,
         override_dir=override_dir,
+        hardware_files=hardware_files,
     )
+
+
+def user_gpus(hardware_files: tuple[str | Path, ...]) -> tuple[dict, dict]:
+    """The GPUs of hardware files by name, and the file each came from; a name given twice is
+    an error."""
+    gpus: dict = {}
+    files: dict = {}
+    for f in hardware_files:
+        for name, spec in read_hardware_file(f).items():
+            if name in gpus:
+                raise KvsimError(f"{f}: {name!r}: also in {files[name]}; GPU names must differ")
+            gpus[name], files[name] = spec, str(f)
+    return gpus, files
 
 
 def scenario_from_dict(
@@ -701,19 +728,24 @@ def scenario_from_dict(
     overrides: list[str] | None = None,
     policy_path: tuple[str | Path, ...] = (),
     override_dir: str | Path | None = None,
+    hardware_files: tuple[str | Path, ...] = (),
 ) -> Scenario:
     """Validate a scenario given as a dict (as parsed from YAML); file paths in ``overrides``
-    are relative to ``override_dir`` (default: the current folder)."""
+    are relative to ``override_dir`` (default: the current folder); ``hardware_files`` add GPUs
+    to the catalog's."""
     anchor = Path(override_dir) if override_dir is not None else Path.cwd()
     doc = apply_overrides(doc, overrides or [], source, path_dir=anchor.absolute())
+    gpus, gpu_files = user_gpus(tuple(hardware_files))
     try:
-        s = Scenario.model_validate(doc, context={"policy_path": tuple(policy_path)})
+        context = {"policy_path": tuple(policy_path), "gpus": gpus}
+        s = Scenario.model_validate(doc, context=context)
     except ValidationError as e:
         raise KvsimError(_one_line(e, source)) from None
     except KvsimError as e:
         raise KvsimError(f"{source}: {e}") from None
     s._base_dir = (base_dir or Path.cwd()).resolve()
     s._source = source
+    s._gpus, s._gpu_files = gpus, gpu_files
     _check_semantics(s, source)
     return s
 

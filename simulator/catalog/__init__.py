@@ -535,20 +535,25 @@ def with_kv_cache_dtype(model: ModelSpec, kv_cache_dtype: str) -> ModelSpec:
     return replace(model, kv_dtype_bytes=KV_CACHE_DTYPES[kv_cache_dtype])
 
 
-def get_gpu(name: str) -> GpuSpec:
+def get_gpu(name: str, user: dict | None = None) -> GpuSpec:
+    """A GPU of the catalog, or of ``user`` (GPUs read from a hardware file), by name."""
     key = name.lower()
+    if user and key in user:
+        return user[key]
     catalog = gpu_catalog()
     if key not in catalog:
-        raise KvsimError(f"hardware {name!r} is not in the catalog; allowed: {', '.join(catalog)}")
-    entry = {}
-    for k, v in catalog[key].items():
-        if k == "source":
-            entry[k] = str(v)
-        elif isinstance(v, list):
-            entry[k] = tuple(float(x) for x in v)
-        else:
-            entry[k] = int(v) if k == "sms" else float(v)
-    return GpuSpec(name=key, **entry)
+        allowed = ", ".join([*catalog, *(user or {})])
+        raise KvsimError(f"hardware {name!r} is not in the catalog; allowed: {allowed}")
+    from .hardware import gpu_from_entry
+
+    return gpu_from_entry(key, catalog[key], f"hardware catalog entry {key!r}", GpuSpec)
+
+
+def read_hardware_file(path: str | Path) -> dict[str, GpuSpec]:
+    """The GPUs of a user's hardware file (``--hardware-file``), checked as the catalog's are."""
+    from .hardware import read_hardware_file as read
+
+    return read(path, _load("hardware.yaml"), GpuSpec)
 
 
 def expected_active_experts(experts: int, top_k: int, tokens: int) -> float:

@@ -44,6 +44,7 @@ class Question:
     max_replicas: int = 256
     tolerance: float = 0.02
     probes: int = search.PROBES
+    hardware_files: tuple[str, ...] = ()
 
     @property
     def knob(self) -> str:
@@ -107,9 +108,10 @@ def summary_point(task: tuple) -> tuple[int, dict | None, str | None]:
 
     from ..cluster import simulate
 
-    index, base, overrides, policy_path = task
+    index, base, overrides, policy_path, hardware_files = task
     try:
-        summary = simulate(load_scenario(base, list(overrides), policy_path)).summary
+        scenario = load_scenario(base, list(overrides), policy_path, None, hardware_files)
+        summary = simulate(scenario).summary
     except (KvsimError, TraceError) as e:
         return index, None, str(e)
     return index, summary, None
@@ -138,7 +140,8 @@ class Evaluator:
     def summaries(self, points: list[tuple[str, ...]]) -> list[dict]:
         base = str(self.q.scenario.resolve())
         paths = tuple(str(Path(d).resolve()) for d in self.q.policy_path)
-        tasks = [(i, base, overrides, paths) for i, overrides in enumerate(points)]
+        hw = self.q.hardware_files
+        tasks = [(i, base, overrides, paths, hw) for i, overrides in enumerate(points)]
         if self._pool is None:
             results = [summary_point(t) for t in tasks]
         else:
@@ -155,7 +158,8 @@ class Evaluator:
 def run_plan(question: Question, workers: int = 1, progress: bool = False) -> Plan:
     """Answer the question (see the module docstring)."""
     q = question
-    scenario = load_scenario(q.scenario, list(q.overrides), q.policy_path)
+    scenario = load_scenario(q.scenario, list(q.overrides), q.policy_path, None,
+                             q.hardware_files)  # fmt: skip
     is_trace = isinstance(scenario.workload, TraceWorkload)
     trace_rate = trace_mean_rate(scenario) if is_trace else None
     rate = q.rate if q.rate is not None else _scenario_rate(scenario, trace_rate)

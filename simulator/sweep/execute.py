@@ -46,7 +46,7 @@ POINT_FILE = "point.json"
 EXECUTORS = ("local", "ray")
 _POINT_DIR = re.compile(r"\d+-[0-9a-f]{8}")
 
-Task = tuple[int, str, list[str], tuple[str, ...], str]
+Task = tuple[int, str, list[str], tuple[str, ...], str, tuple[str, ...]]
 Result = tuple[int, "dict[str, bytes] | None", "str | None"]
 
 
@@ -57,9 +57,9 @@ def run_point(task: Task) -> Result:
 
     from ..cluster import simulate
 
-    index, base, overrides, policy_path, override_dir = task
+    index, base, overrides, policy_path, override_dir, hardware_files = task
     try:
-        scenario = load_scenario(base, overrides, policy_path, override_dir=override_dir)
+        scenario = load_scenario(base, overrides, policy_path, override_dir, hardware_files)
         results = simulate(scenario)
         with tempfile.TemporaryDirectory(prefix="kvsim-point-") as tmp:
             # A point's report uses the sweep's one copy of plotly.js, two folders up.
@@ -250,14 +250,16 @@ def run_sweep(
     force: bool = False,
     progress: bool = False,
     policy_path: tuple[str, ...] = (),
+    hardware_files: tuple[str, ...] = (),
 ) -> SweepRun:
     """Validate every point, run those not done yet, write the table and the report.
 
     Ctrl-C (or SIGTERM, where the caller turns it into a KeyboardInterrupt) stops the run; the
     points finished by then stay complete, and running the sweep again reuses them (the
     KeyboardInterrupt carries ``points_done`` and ``points_total``). ``policy_path``: folders
-    dotted policy paths may be imported from, as ``kvsim run --policy-path``."""
-    resolved = resolve_points(sweep, policy_path)
+    dotted policy paths may be imported from, as ``kvsim run --policy-path``; ``hardware_files``
+    add GPUs to the catalog (absolute paths: workers may run elsewhere)."""
+    resolved = resolve_points(sweep, policy_path, hardware_files)
     _prepare(out, _definition(sweep, resolved), force)
     todo: list[Point] = []
     reused: list[int] = []
@@ -294,7 +296,8 @@ def run_sweep(
             paths = tuple(str(Path(d).resolve()) for d in policy_path)
             # File paths in the sweep file's values are relative to the sweep file.
             here = str(sweep.path.parent.resolve())
-            tasks = [(p.index, base, list(p.overrides), paths, here) for p in todo]
+            tasks = [(p.index, base, list(p.overrides), paths, here, hardware_files)
+                     for p in todo]  # fmt: skip
             _RUNNERS[executor](tasks, workers or os.cpu_count() or 1, ray_address, on_result)
     except KeyboardInterrupt as e:
         e.points_done, e.points_total = done, total

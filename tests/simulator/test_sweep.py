@@ -516,7 +516,7 @@ def test_policies_from_a_policy_path(tmp_path, capsys):
     # A worker in a fresh interpreter (a Ray node's) imports the policy from the task's folders.
     code = (
         "import sys; from kvsim.simulator.sweep.execute import run_point; "
-        "i, files, error = run_point((1, sys.argv[1], sys.argv[3:], (sys.argv[2],), '.')); "
+        "i, files, error = run_point((1, sys.argv[1], sys.argv[3:], (sys.argv[2],), '.', ())); "
         "print(error or files['summary.json'].decode())"
     )
     overrides = load_sweep(path).points[1].overrides
