@@ -147,3 +147,11 @@ def grid(model: ModelSpec, tp: int = 1, full: bool = True) -> dict[str, list[dic
         "kv_dequant": q,
         "copy": copy_points(full),
     }
+
+
+def estimate_seconds(points: dict[str, list[dict]]) -> float:
+    """Rough duration: ~0.4 s a point (inputs, warm-up, repeats) plus kernel compilations.
+
+    NOTE: here and not beside the timing code, so that ``kvsim calibrate --dry-run`` needs no
+    torch (the kernels extra)."""
+    return sum(0.4 * len(v) for v in points.values()) + 5.0 * sum(1 for v in points.values() if v)

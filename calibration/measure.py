@@ -303,11 +303,6 @@ def device_meta() -> dict:
     return meta
 
 
-def estimate_seconds(points: dict[str, list[dict]]) -> float:
-    """Rough duration: ~0.4 s a point (inputs, warm-up, repeats) plus kernel compilations."""
-    return sum(0.4 * len(v) for v in points.values()) + 5.0 * sum(1 for v in points.values() if v)
-
-
 def require_device() -> None:
     """Raise a one-line error unless a GPU (or Triton's interpreter) can run the kernels."""
     if not interpreting() and not torch.cuda.is_available():

@@ -28,7 +28,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from kvsim.simulator.errors import KvsimError
-from kvsim.simulator.latency.ops import OP_KINDS
+from kvsim.simulator.latency.ops import OP_KINDS, STORAGE_FIELDS
 from kvsim.simulator.latency.profile import NOT_MEASURABLE_ON_ONE_GPU
 
 RUN_COLUMNS = ("model", "tensor_parallel", "grid", "timer", "device", "driver", "cuda", "torch",
@@ -58,11 +58,11 @@ class Measurement:
 def op_feature_kinds(op: str) -> dict[str, type]:
     """The features an op's measurement records, with their types (int or str).
 
-    They are the op dataclass's fields but ``dtype_bytes`` (the measured dtype is the device's:
-    bf16 on a GPU)."""
+    They are the op dataclass's fields but its storage fields (the measured dtype is the
+    device's: bf16 on a GPU)."""
     default = OP_KINDS[op]()
     return {f.name: type(getattr(default, f.name)) for f in fields(default)
-            if f.name != "dtype_bytes"}  # fmt: skip
+            if f.name not in STORAGE_FIELDS}  # fmt: skip
 
 
 def _check_features(op: str, text: str, where: str) -> dict:

@@ -1,7 +1,12 @@
 """The ``kvsim`` command line.
 
-    kvsim run SCENARIO [--set path=value ...] [--policy-path DIR ...] [--out DIR] [--exact-steps]
-    kvsim validate SCENARIO [--set ...] [--policy-path DIR ...]
+    kvsim --version
+    kvsim run SCENARIO [--set path=value ...] [--policy-path DIR ...] [--out DIR] [--force]
+              [--exact-steps]
+    kvsim validate SCENARIO [--set ...] [--policy-path DIR ...] [--hardware-file FILE ...]
+    kvsim compare RUN_A RUN_B [RUN ...] [--out DIR] [--force]
+    kvsim plan SCENARIO [--slo SPEC] [--rate R | --replicas N] [--set ...] [--workers N]
+               [--max-replicas N] [--tolerance F] [--out DIR] [--force]
     kvsim sweep SWEEP.yaml [--out DIR] [--executor local|ray] [--workers N] [--ray-address A]
                 [--policy-path DIR ...] [--force] [--no-progress]
     kvsim schema
@@ -11,11 +16,12 @@
 
 LIMITS: [--max-mape F] [--max-error F] [--accept-error] (held-out error limits of a profile).
 
-A user mistake prints one line (``kvsim: error: …``) and exits with status 2, without a traceback
-and without an output folder. SIGTERM is handled as SIGINT is: the run stops, nothing is written,
-and the staging folder is removed (exit status 130, or 143 for SIGTERM). A scenario is data: a
-dotted policy path is imported from the installed packages or a ``--policy-path`` folder, never
-from the current folder.
+A run never overwrites another: an output folder that holds results is kept and the run goes to
+<out>-2, <out>-3, … unless --force. A user mistake prints one line (``kvsim: error: …``) and exits
+with status 2, without a traceback and without an output folder. SIGTERM is handled as SIGINT is:
+the run stops, nothing is written, and the staging folder is removed (exit status 130, or 143 for
+SIGTERM). A scenario is data: a dotted policy path is imported from the installed packages or a
+``--policy-path`` folder, never from the current folder.
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ EXAMPLES = """examples:
   kvsim run scenarios/quickstart.yaml --set cache.eviction=lfu --set workload.rate=20
   kvsim sweep scenarios/sweeps/quickstart_replicas.yaml
   kvsim sweep scenarios/sweeps/quickstart_replicas.yaml --executor ray --out runs/qs-ray
+  kvsim plan scenarios/quickstart.yaml --slo ttft_p99=2s,tpot_p99=100ms --rate 30
+  kvsim plan scenarios/quickstart.yaml --replicas 2
+  kvsim compare runs/quickstart runs/quickstart-2
   kvsim validate scenarios/mooncake_conversation.yaml
   kvsim trace stats ../shared/traces/mooncake_conversation.jsonl
 """
@@ -52,6 +61,16 @@ class _Parser(argparse.ArgumentParser):
         raise KvsimError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml's)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kvsim")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed: pip install -e .)"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="kvsim",
@@ -59,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"kvsim {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     overrides = _Parser(add_help=False)
@@ -79,14 +99,33 @@ def _parser() -> argparse.ArgumentParser:
         help="a folder to import dotted policy paths from, besides the installed packages "
         "(repeatable; the current folder is never searched unless named: --policy-path .)",
     )
+    overrides.add_argument(
+        "--hardware-file",
+        dest="hardware_files",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a YAML file of GPUs to add to the catalog, checked as the catalog is (repeatable)",
+    )
 
     run = sub.add_parser("run", parents=[overrides], help="run a scenario, print its summary")
     run.add_argument("scenario", help="scenario YAML file")
-    run.add_argument("--out", metavar="DIR", help="results folder (default: runs/<scenario name>)")
+    run.add_argument(
+        "--out",
+        metavar="DIR",
+        help="results folder (default: runs/<scenario name>); one that holds results is kept "
+        "and the run goes to DIR-2, DIR-3, … unless --force",
+    )
     run.add_argument(
         "--exact-steps",
         action="store_true",
         help="price every decode iteration alone instead of fast-forwarding (same results, slower)",
+    )
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the results the output folder holds (by default a run never overwrites "
+        "one: it writes to <out>-2, <out>-3, …)",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--json", action="store_true", help="print summary.json instead of the table")
@@ -132,6 +171,86 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="a folder to import dotted policy paths from, as for kvsim run (repeatable)",
     )
+    sw.add_argument(
+        "--hardware-file",
+        dest="hardware_files",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a YAML file of GPUs to add to the catalog, as for kvsim run (repeatable)",
+    )
+
+    pl = sub.add_parser(
+        "plan",
+        parents=[overrides],
+        help="fewest replicas meeting an SLO at a rate, or the highest rate a cluster serves",
+        description="Search over simulations of a scenario: with --rate R (default: the "
+        "scenario's rate), the fewest replicas (GPUs = replicas × tensor parallel) whose run "
+        "meets the SLO at R requests per second; with --replicas N, the highest rate N replicas "
+        "serve within it. Prints the answer and every point tried; writes plan.csv, plan.json "
+        "and report.html (each SLO metric against replicas or rate) into runs/<name>-plan.",
+    )
+    pl.add_argument("scenario", help="scenario YAML file")
+    pl.add_argument(
+        "--slo",
+        metavar="SPEC",
+        help="objectives, e.g. ttft_p99=2s,tpot_p99=100ms (metrics ttft, tpot, e2e, queue, job; "
+        "statistics p50, p90, p99, mean; default: the scenario's slo as p99)",
+    )
+    pl.add_argument(
+        "--rate",
+        type=_positive_float,
+        metavar="R",
+        help="requests per second (a trace's rate_scale is set to reach it)",
+    )
+    pl.add_argument(
+        "--replicas",
+        type=_positive,
+        metavar="N",
+        help="search the highest rate N replicas serve within the SLO",
+    )
+    pl.add_argument(
+        "--max-replicas",
+        type=_positive,
+        default=256,
+        metavar="N",
+        help="the fewest-replicas search gives up above this (default 256)",
+    )
+    pl.add_argument(
+        "--tolerance",
+        type=_fraction,
+        default=0.02,
+        metavar="F",
+        help="the rate search stops when its bracket is within this relative width (default 0.02)",
+    )
+    pl.add_argument(
+        "--workers",
+        type=_positive,
+        metavar="N",
+        help="simulations run at once (default: all cores, at most 3: a round's points)",
+    )
+    pl.add_argument(
+        "--out",
+        metavar="DIR",
+        help="default: runs/<scenario name>-plan (never overwritten: DIR-2, … unless --force)",
+    )
+    pl.add_argument("--force", action="store_true", help="replace a plan DIR holds")
+    pl.add_argument("--no-progress", action="store_true", help="no round-by-round progress")
+
+    cmp_ = sub.add_parser(
+        "compare",
+        help="runs side by side: metrics and their differences, overlaid CDFs",
+        description="Compare run folders (as kvsim run writes them): the scenario fields that "
+        "differ, every headline metric of each run and its difference from the first run "
+        "(absolute and relative), written as compare.csv with an overlay report.html (latency "
+        "CDFs, queues and KV use over time).",
+    )
+    cmp_.add_argument(
+        "runs", nargs="+", metavar="RUN", help="run folders; the first is the reference"
+    )
+    cmp_.add_argument("--out", metavar="DIR", help="default: runs/compare (never overwritten: "
+                      "DIR-2, DIR-3, … unless --force)")  # fmt: skip
+    cmp_.add_argument("--force", action="store_true", help="replace a comparison DIR holds")
 
     val = sub.add_parser("validate", parents=[overrides], help="check a scenario and exit")
     val.add_argument("scenario")
@@ -143,7 +262,9 @@ def _parser() -> argparse.ArgumentParser:
     tsub.required = True
     stats = tsub.add_parser("stats", help="requests, rate, lengths, prefix-hit ratio of a trace")
     stats.add_argument("file")
-    stats.add_argument("--format", choices=["mooncake", "azure", "burstgpt", "kvsim"])
+    from kvsim.traces import FORMATS
+
+    stats.add_argument("--format", choices=list(FORMATS))
     cal = sub.add_parser(
         "calibrate",
         help="time the real kernels on a GPU, fit latency models, write a profile",
@@ -182,6 +303,16 @@ def _positive(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: allowed: a positive integer, e.g. 4")
     return n
+
+
+def _positive_float(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        x = -1.0
+    if not (0 < x < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r}: allowed: a positive number, e.g. 30")
+    return x
 
 
 def _fraction(text: str) -> float:
@@ -250,7 +381,7 @@ def _calibrate(args) -> int:
                 f"{k} {min(p[k] for p in pts)}–{max(p[k] for p in pts)}" for k in keys
             )
             print(f"  {op:12} {len(pts):4} points  {spans}")
-        from kvsim.calibration.measure import estimate_seconds
+        from kvsim.calibration.grids import estimate_seconds
 
         print(f"{total} points; expected about {estimate_seconds(points) / 60:.0f} min on a GPU")
         return 0
@@ -307,7 +438,14 @@ def _policy_dirs(args) -> tuple[str, ...]:
 def _load(args):
     from .scenario import load_scenario
 
-    return load_scenario(args.scenario, args.overrides, policy_path=_policy_dirs(args))
+    return load_scenario(
+        args.scenario, args.overrides, _policy_dirs(args), hardware_files=_hardware(args)
+    )
+
+
+def _hardware(args) -> tuple[str, ...]:
+    """The --hardware-file paths, absolute (workers may run in other folders)."""
+    return tuple(str(Path(f).absolute()) for f in args.hardware_files)
 
 
 def _cluster(scenario, on_done=None):
@@ -345,7 +483,7 @@ def _run(args) -> int:
         scenario.simulation.exact_steps = True
     out = Path(args.out) if args.out else Path("runs") / scenario.name
     # The destination is checked (and its staging folder made) before anything is simulated.
-    with ResultsFolder(out) as folder:
+    with ResultsFolder(out, force=args.force) as folder:
         enabled = not args.no_progress and sys.stderr.isatty()
         bar = ProgressBar(expected_requests(scenario) if enabled else None, enabled=enabled)
         try:
@@ -355,8 +493,12 @@ def _run(args) -> int:
         except OSError as e:  # the trace's own read errors are TraceErrors
             raise _temp_files_failed(e) from None
         wall = bar.close()
-        folder.commit(scenario, results)
+        out = folder.commit(scenario, results)
+    note = ""
+    if folder.relocated:
+        note = f"; {folder.requested}/ held an earlier run (kept; --force replaces it)"
     if args.json:
+        print(f"results: {out}/{note}", file=sys.stderr)
         sys.stdout.write(summary_json(results))
         return 0
     n = results.summary["requests"]
@@ -373,7 +515,7 @@ def _run(args) -> int:
         print(f"warning: latency profile used outside its measured ranges: {extrapolated}")
     print(
         f"results: {out}/ (summary.json, requests.csv, timeseries.csv, report.html, "
-        "scenario.resolved.yaml)"
+        f"scenario.resolved.yaml){note}"
     )
     return 0
 
@@ -397,6 +539,7 @@ def _sweep(args) -> int:
             force=args.force,
             progress=not args.no_progress and sys.stderr.isatty(),
             policy_path=policy_path,
+            hardware_files=_hardware(args),
         )
     except KeyboardInterrupt as e:
         what = "terminated" if isinstance(e, _Terminated) else "interrupted"
@@ -414,6 +557,50 @@ def _sweep(args) -> int:
     )
     print(terminal_table(run.table, marks))
     print(f"results: {out}/ (results.csv, results.parquet, report.html, points/)")
+    return 0
+
+
+def _plan(args) -> int:
+    import os
+
+    from .output import ResultsFolder
+    from .plan import Question, parse_slo, run_plan
+    from .plan.report import FILES, csv_text, json_text, report_html, terminal_text
+    from .plan.search import PROBES
+    from .plan.slo import default_slo
+
+    scenario = _load(args)
+    slo = parse_slo(args.slo) if args.slo else default_slo(scenario)
+    question = Question(
+        Path(args.scenario), slo, args.rate, args.replicas, tuple(args.overrides),
+        _policy_dirs(args), args.max_replicas, args.tolerance, hardware_files=_hardware(args),
+    )  # fmt: skip
+    workers = min(args.workers or os.cpu_count() or 1, PROBES)
+    out = Path(args.out) if args.out else Path("runs") / f"{scenario.name}-plan"
+    # The destination is checked before anything is simulated.
+    with ResultsFolder(out, args.force, FILES) as folder:
+        progress = not args.no_progress and sys.stderr.isatty()
+        plan = run_plan(question, workers, progress)
+        files = {"plan.csv": csv_text(plan).encode(), "plan.json": json_text(plan).encode(),
+                 "report.html": report_html(plan).encode()}  # fmt: skip
+        out = folder.commit_files(files)
+    print(f"kvsim: plan {scenario.name}")
+    print(terminal_text(plan))
+    print(f"results: {out}/ (plan.csv, plan.json, report.html)")
+    return 0
+
+
+def _compare(args) -> int:
+    from .compare import FILES, csv_text, load_run, report_html, terminal_text
+    from .output import ResultsFolder
+
+    if len(args.runs) < 2:
+        raise KvsimError("compare: give at least two run folders (the first is the reference)")
+    runs = [load_run(folder, i) for i, folder in enumerate(args.runs)]
+    files = {"compare.csv": csv_text(runs).encode(), "report.html": report_html(runs).encode()}
+    with ResultsFolder(args.out or Path("runs") / "compare", args.force, FILES) as folder:
+        out = folder.commit_files(files)
+    print(terminal_text(runs, out))
     return 0
 
 
@@ -485,6 +672,8 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {
         "run": _run,
         "sweep": _sweep,
+        "compare": _compare,
+        "plan": _plan,
         "validate": _validate,
         "schema": _schema,
         "trace": _trace_stats,

@@ -16,7 +16,7 @@ from simpy.events import URGENT
 
 from kvsim.traces import TraceError
 
-from .catalog import GpuSpec, ModelSpec, get_model
+from .catalog import GpuSpec, ModelSpec, get_model, with_kv_cache_dtype
 from .errors import KvsimError
 from .handoff import Handoff, make_codec
 from .metrics import Recorder, RequestRecord, Results
@@ -34,6 +34,7 @@ from .scenario import (
 )
 from .scheduler import Seq
 from .timeseries import MAX_TIME_NS, QueueSeries
+from .usage import usage_summary
 from .workload import Workload
 
 GIB = 1 << 30
@@ -104,7 +105,8 @@ def kv_capacity_blocks(spec: PoolSpec | Scenario, model: ModelSpec, gpu: GpuSpec
     allocate.
 
     vLLM's rule (``Worker.determine_available_memory`` in v1/worker/gpu_worker.py,
-    ``memory_profiling`` in vllm/utils, ``get_kv_cache_configs`` in v1/core/kv_cache_utils.py):
+    ``memory_profiling`` in vllm/utils, ``get_kv_cache_configs`` in v1/core/kv_cache_utils.py);
+    the page's bytes follow ``cache.kv_cache_dtype`` (fp8: one byte an element):
     available = total GPU memory × gpu_memory_utilization − weights − peak activation of the
     profile run − non-torch memory gained (cuBLAS workspaces; NCCL and all-reduce buffers at
     TP > 1); blocks = ⌊⌊available / page⌋ / attention layers⌋ with page = 2 × block_size ×
@@ -125,7 +127,7 @@ def kv_capacity_blocks(spec: PoolSpec | Scenario, model: ModelSpec, gpu: GpuSpec
     if model.attention is None:  # no KV: the pool holds recurrent states only
         blocks = available // state_bytes_rank(model, tp)
     else:
-        page = cache.block_size * model.kv_dim(tp) * model.dtype_bytes
+        page = cache.block_size * model.kv_dim(tp) * model.kv_element_bytes
         blocks = (available // page) // model.attention_layers - 1
     if blocks < 1:
         raise KvsimError(
@@ -135,6 +137,28 @@ def kv_capacity_blocks(spec: PoolSpec | Scenario, model: ModelSpec, gpu: GpuSpec
             "raise cluster.tensor_parallel or gpu_memory_utilization"
         )
     return blocks
+
+
+def pool_model(scenario: Scenario, spec: PoolSpec) -> ModelSpec:
+    """The model a pool runs, its KV cache stored as the pool's ``cache.kv_cache_dtype``."""
+    return with_kv_cache_dtype(get_model(spec.model, scenario.base_dir), spec.cache.kv_cache_dtype)
+
+
+def check_max_model_len(spec: PoolSpec | Scenario, model: ModelSpec, capacity: int) -> None:
+    """vLLM refuses to start when one sequence of ``max_model_len`` tokens would not fit in a
+    replica's KV cache; so does kvsim, when ``scheduler.max_model_len`` is given."""
+    spec = _pool(spec)
+    limit = spec.scheduler.max_model_len
+    if limit is None or model.attention is None:
+        return
+    need = -(-limit // spec.cache.block_size) + 2 * state_blocks(spec, model)
+    if need > capacity:
+        at = "" if spec.role == "unified" else f"pools.{spec.name}."
+        raise KvsimError(
+            f"{at}scheduler.max_model_len: {limit} tokens need {need} KV blocks, more than a "
+            f"replica's {capacity} (vLLM refuses to start too); lower max_model_len or give the "
+            "KV cache more memory"
+        )
 
 
 def _length(spec):
@@ -212,9 +236,13 @@ def expected_requests(scenario: Scenario) -> int | None:
         return min(w.requests, w.max_requests or w.requests)
     if w.max_requests is not None:
         return w.max_requests
+    if w.format in ("sharegpt", "splitwise"):
+        return None  # conversations hold several requests; a Splitwise row, batch_size of them
+    from kvsim.traces.readers import CSV_FORMATS
+
     with open(scenario.trace_path(), "rb") as f:
         lines = sum(1 for line in f if line.strip())
-    return lines - (1 if w.format in ("azure", "burstgpt") else 0)
+    return lines - (1 if w.format in CSV_FORMATS else 0)
 
 
 def _at(env: simpy.Environment, t_ns: int, callback: Callable) -> None:
@@ -245,8 +273,7 @@ class Cluster:
         codec, kinds = None, {}
         if disaggregated:
             by_role = {spec.role: spec for spec in specs}
-            pair = [(by_role[r], get_model(by_role[r].model, scenario.base_dir))
-                    for r in ("prefill", "decode")]  # fmt: skip
+            pair = [(by_role[r], pool_model(scenario, by_role[r])) for r in ("prefill", "decode")]
             codec = make_codec(scenario, *pair)
             probe = codec.plan(1)  # which op kinds each side runs (a profile must price them)
             kinds = {"prefill": [op.kind for _, op in probe.producer_ops],
@@ -269,8 +296,11 @@ class Cluster:
         self._scale = 1e9 / scenario.workload.rate_scale
         self._session_start: dict = {}  # open sessions' first arrivals (ns)
         self._fits = self._fit_checks()
+        self._limits = sorted({lim for p in self.pools
+                               if (lim := p.spec.scheduler.max_model_len) is not None})  # fmt: skip
         cap = e.spec.scheduler.max_waiting  # arrivals only: a hand-off is not rejected
         self._max_waiting = cap if cap is not None else float("inf")
+        self._last_arrival_ns = 0
 
     def _finisher(self, pool: Pool, index: int):
         def done(seq, now_ns) -> bool:
@@ -314,6 +344,9 @@ class Cluster:
         must be able to hold it: a unified or decode replica its prompt and every generated token
         but the last, a prefill replica its prompt."""
         total = req.prompt_tokens + req.output_tokens
+        for limit in self._limits:
+            if total > limit:
+                return f"longer than max_model_len ({limit} tokens)"
         for max_position, *_ in self._fits:
             if total > max_position:
                 return f"longer than the model's context ({max_position} tokens)"
@@ -364,6 +397,7 @@ class Cluster:
         """``req`` reaches the cluster now; ``chained``: it is the open-loop stream's, whose next
         arrival is scheduled now (a session's later turn is released by a finish instead)."""
         now = self.env.now
+        self._last_arrival_ns = now
         if req.session is not None and req.turn == 0:
             self._session_start[req.session] = now
         reason = self._drop_reason(req)
@@ -414,19 +448,33 @@ class Cluster:
         unfinished = sum(r.scheduler.has_work() for r in self.replicas)
         if unfinished:
             raise RuntimeError("simulation ended with requests still in flight")
-        span = self.env.now
+        # NOTE: not env.now: a fast-forwarded run cut by an arrival leaves its first timeout
+        # pending, a no-op that fires after the run's true end and moves SimPy's clock.
+        span = max([self._last_arrival_ns] + [r.last_boundary_ns for r in self.replicas])
         gpus = sum(p.spec.replicas * p.spec.tensor_parallel for p in self.pools)
+        files = sorted({f for p in self.pools if (f := self.scenario.gpu_file(p.spec.hardware))})
         extra = {
             "gpus": gpus,
             "kv_blocks_per_replica": self.capacity,
             "evictions": sum(r.scheduler.cache.evictions for r in self.replicas),
             "iterations": sum(r.iterations for r in self.replicas),
-            # Share of the simulated span the replicas spent running iterations.
+            # Share of the simulated span the replicas spent running iterations (any batch,
+            # however small: not headroom; utilisation below is).
             "busy_fraction": sum(r.busy_ns for r in self.replicas)
             / max(1, len(self.replicas) * span),
             "latency_model": self.latency.describe(),
+            **({"hardware_file": ", ".join(files)} if files else {}),
             **self._latency_notes(),
-            **self._checkpoint_notes(),
+            **self._checkpoint_notes(span),
+            **usage_summary(
+                self.replicas,
+                span,
+                self.recorder.per_replica,
+                series.kv_use(),
+                [(p.name, p.role) for p in self.pools for _ in p.replicas]
+                if self.handoff
+                else None,
+            ),  # fmt: skip
         }
         info = {"scenario": self.scenario.name, "extra": extra}
         tiers = [p for p in self.pools if p.cpu_blocks]
@@ -443,14 +491,13 @@ class Cluster:
         results.link_series = self._link_series(span)
         return results
 
-    def _checkpoint_notes(self) -> dict:
+    def _checkpoint_notes(self, now: int) -> dict:
         """Recurrent models: the checkpoints stored and the memory they held (decimal GB, all
         replicas; a checkpoint is one sequence's state over all its tensor-parallel ranks)."""
         if not self.entry.state_blocks:
             return {}
         trees = [r.scheduler.cache.tree for r in self.replicas]
         gb = self.model.state_bytes / 1e9
-        now = self.env.now
         return {
             "checkpoints": {
                 "stored": sum(t.states_stored for t in trees),

@@ -1,7 +1,8 @@
 """Per-request records and the run summary (DESIGN §4 definitions).
 
 TTFT = first token − arrival; TPOT = (finish − first token) / (output tokens − 1), undefined for
-one-token answers; E2E = finish − arrival.
+one-token answers; E2E = finish − arrival; queueing delay = first admission − arrival (the time a
+request waits before any of it runs); goodput = requests that met both SLOs per second.
 
 A request's record (:class:`RequestRecord`) is created at arrival and follows it across replicas
 (DESIGN §9, S4): with a prefill and a decode pool, the prefill replica's hits, the hand-off's
@@ -26,18 +27,18 @@ import numpy as np
 
 NS = 1e9
 # One finished or dropped request, as packed int64s. Times in ns; status -1 = done, else the index
-# of the drop reason; session -1: none; job latency, hand-off fields and replicas -1 where they do
-# not apply.
+# of the drop reason; session -1: none; job latency, queueing delay, hand-off fields and replicas
+# -1 where they do not apply.
 FIELDS = (
     "id", "arrival_ns", "first_ns", "finish_ns", "prompt_tokens", "output_tokens", "hit_tokens",
     "hit_units", "units", "recomputed", "preemptions", "replica", "status", "session", "turn",
-    "job_ns", "prefill_replica", "decode_replica", "payload_bytes", "wait_ns", "transfer_ns",
-    "producer_codec_ns", "consumer_codec_ns", "handoff_ns", "cpu_hit_units",
+    "job_ns", "queue_ns", "prefill_replica", "decode_replica", "payload_bytes", "wait_ns",
+    "transfer_ns", "producer_codec_ns", "consumer_codec_ns", "handoff_ns", "cpu_hit_units",
 )  # fmt: skip
 F = {name: i for i, name in enumerate(FIELDS)}
 """Column of each field in a record array."""
-BASE_FIELDS = 16
-"""A unified cluster without a CPU tier writes only the first 16 fields (the hand-off's and the
+BASE_FIELDS = 17
+"""A unified cluster without a CPU tier writes only the first 17 fields (the hand-off's and the
 CPU tier's do not apply)."""
 _RECORD = struct.Struct(f"<{len(FIELDS)}q")
 _BASE_RECORD = struct.Struct(f"<{BASE_FIELDS}q")
@@ -63,6 +64,7 @@ COLUMNS = (
     "session",
     "turn",
     "job_latency_s",
+    "queue_s",
 )
 HANDOFF_COLUMNS = (
     "prefill_replica",
@@ -94,6 +96,7 @@ class RequestRecord:
         "preemptions",
         "recomputed",
         "prefill_done_ns",
+        "admitted_ns",
         "payload_bytes",
         "wait_ns",
         "transfer_ns",
@@ -121,6 +124,8 @@ class RequestRecord:
         """Tokens recomputed on the replicas it left."""
         self.prefill_done_ns = -1
         """When its prefill replica finished the prompt."""
+        self.admitted_ns = -1
+        """When its prefill replica first admitted it (the end of its queueing delay)."""
         self.payload_bytes = -1
         """Bytes its hand-off put on the link."""
         self.wait_ns = -1
@@ -139,8 +144,19 @@ class RequestRecord:
         self.handed_off = True
         self.hit_tokens, self.hit_units = seq.hit_tokens, seq.hit_units
         self.cpu_hit_units = seq.cpu_hit_units
+        self.admitted_ns = seq.admitted_ns
         self.preemptions += seq.preemptions
         self.recomputed += seq.recomputed
+
+
+INT_COLUMNS = frozenset(
+    ("id", "prompt_tokens", "output_tokens", "hit_tokens", "hit_units", "units",
+     "recomputed_tokens", "preemptions", "replica", "session", "turn", "prefill_replica",
+     "decode_replica", "payload_bytes", "cpu_hit_units")
+)  # fmt: skip
+"""Columns of whole numbers (the others but ``status`` are seconds)."""
+_FIELD_OF = {"recomputed_tokens": "recomputed"}
+"""A column's record field where the names differ."""
 
 
 class Recorder:
@@ -174,11 +190,13 @@ class Recorder:
         self.count = 0
         self.finished_count = 0
         self.meets_slo = 0
-        self.ttft_ns_sum = self.e2e_ns_sum = 0  # exact integer sums
+        self.ttft_ns_sum = self.e2e_ns_sum = self.queue_ns_sum = 0  # exact integer sums
         self.tpot_sum = 0.0
         self.tpot_count = 0  # finished requests with more than one output token
         self.first_arrival_ns: int | None = None
         self.last_finish_ns: int | None = None
+        self.last_event_ns = 0
+        """The last finish or drop recorded (the end of the report's time axis)."""
         self.prompt_done = self.output_done = self.hit_tokens_done = 0
         self.units = self.hit_units = self.preemptions = self.recomputed = 0
         self.hit_requests = 0  # finished requests that found any unit resident
@@ -186,12 +204,18 @@ class Recorder:
         self.reason_list: list[str] = []
         self.jobs = 0  # sessions (conversations, agent jobs) that ended
         self.job_ns_sum = 0
+        self.per_replica: dict[int, int] = {}
+        """Requests finished on each replica (by index)."""
+        self.estimated = 0
+        """Requests whose token counts were estimated from text."""
 
     def __len__(self) -> int:
         return self.count
 
-    def _arrived(self, arrival_ns: int) -> None:
+    def _arrived(self, arrival_ns: int, req) -> None:
         self.count += 1
+        self.estimated += req.lengths_estimated
+        self.last_event_ns = max(self.last_event_ns, arrival_ns)
         if self.first_arrival_ns is None or arrival_ns < self.first_arrival_ns:
             self.first_arrival_ns = arrival_ns
 
@@ -202,10 +226,13 @@ class Recorder:
         rec = seq.rec  # None: one unified pool, the sequence is the whole record
         handed = rec is not None and rec.handed_off
         arr, first = seq.arrival_ns if rec is None else rec.arrival_ns, seq.first_ns
-        self._arrived(arr)
+        self._arrived(arr, r)
         ttft_ns = first - arr
         self.ttft_ns_sum += ttft_ns
         self.e2e_ns_sum += now_ns - arr
+        queue_ns = (rec.admitted_ns if handed else seq.admitted_ns) - arr
+        self.queue_ns_sum += queue_ns
+        self.per_replica[replica] = self.per_replica.get(replica, 0) + 1
         out = r.output_tokens
         self.finished_count += 1
         if out > 1:
@@ -219,6 +246,7 @@ class Recorder:
             self.meets_slo += 1
         if self.last_finish_ns is None or now_ns > self.last_finish_ns:
             self.last_finish_ns = now_ns
+        self.last_event_ns = max(self.last_event_ns, now_ns)
         units = len(r.blocks)
         src = rec if handed else seq  # hits: the replica that prefilled it
         hit_tokens, hit_units, cpu_units = src.hit_tokens, src.hit_units, src.cpu_hit_units
@@ -246,7 +274,7 @@ class Recorder:
         fields = (
             r.id, arr, first, now_ns, r.prompt_tokens, out, hit_tokens, hit_units, units,
             recomputed, preemptions, replica, -1, -1 if r.session is None else r.session, r.turn,
-            job_ns,
+            job_ns, queue_ns,
         )  # fmt: skip
         if self.full:
             if handed:
@@ -265,7 +293,7 @@ class Recorder:
     def drop(self, req, arrival_ns: int, reason: str, job_ns: int = -1) -> None:
         if req.id < self.warmup:
             return
-        self._arrived(arrival_ns)
+        self._arrived(arrival_ns, req)
         self.units += len(req.blocks)
         self.drop_reasons[reason] = self.drop_reasons.get(reason, 0) + 1
         if reason not in self.reason_list:
@@ -273,7 +301,7 @@ class Recorder:
         fields = (
             req.id, arrival_ns, -1, -1, req.prompt_tokens, req.output_tokens, 0, 0,
             len(req.blocks), 0, 0, -1, self.reason_list.index(reason),
-            -1 if req.session is None else req.session, req.turn, job_ns,
+            -1 if req.session is None else req.session, req.turn, job_ns, -1,
         )  # fmt: skip
         if self.full:
             fields += _NO_HANDOFF + (0,)
@@ -314,6 +342,7 @@ def _latency_keys(raw: np.ndarray) -> dict[str, np.ndarray]:
         "tpot_s": tpot.view(np.int64),
         "e2e_s": fin - arr,
         "job_latency_s": jobs[jobs >= 0],
+        "queue_s": done[:, F["queue_ns"]],
     }
     if raw.shape[1] > F["handoff_ns"]:
         handoff = done[:, F["handoff_ns"]]
@@ -407,6 +436,7 @@ def _latency_summaries(rec: Recorder) -> dict[str, dict[str, float]]:
         "tpot_s": rec.tpot_count,
         "e2e_s": rec.finished_count,
         "job_latency_s": rec.jobs,
+        "queue_s": rec.finished_count,
     }
     if rec.handoff:
         counts["handoff_s"] = rec.handoffs
@@ -427,6 +457,7 @@ def _latency_summaries(rec: Recorder) -> dict[str, dict[str, float]]:
         "tpot_s": rec.tpot_sum,
         "e2e_s": rec.e2e_ns_sum / NS,
         "job_latency_s": rec.job_ns_sum / NS,
+        "queue_s": rec.queue_ns_sum / NS,
         "handoff_s": rec.handoff_ns_sum / NS,
     }
     for m, n in counts.items():
@@ -441,6 +472,36 @@ def _latency_summaries(rec: Recorder) -> dict[str, dict[str, float]]:
     return out
 
 
+def _dropped(s: dict, before: str, after: str) -> str:
+    """``(3 dropped: 2 rejected: queue full, 1 needs more KV blocks …)``, or nothing."""
+    if not s["dropped"]:
+        return ""
+    reasons = sorted(s["drop_reasons"].items(), key=lambda kv: (-kv[1], kv[0]))
+    return f"{before}{s['dropped']} dropped: " + ", ".join(f"{n} {r}" for r, n in reasons) + after
+
+
+def _estimated_note(s: dict) -> list[str]:
+    n = s.get("lengths_estimated_requests")
+    if not n:
+        return []
+    return [f"note: token counts of {n} requests are estimated from text (characters / 4)", ""]
+
+
+def _utilisation(s: dict, lead: bool = True) -> str:
+    """What utilisation is, with the saturated and busy shares (see ``usage``)."""
+    head = f"{s['utilisation']:.1%} " if lead else ""
+    return (
+        f"{head}of batch capacity (saturated {s['saturated_fraction']:.1%} of the time; an "
+        f"iteration running {s['busy_fraction']:.0%} of the time)"
+    )
+
+
+def _kv_use(s: dict, lead: bool = True) -> str:
+    k = s["kv_use"]
+    head = f"{k['mean']:.1%} " if lead else ""
+    return f"{head}of blocks held on average, {k['peak']:.1%} at the peak (sampled)"
+
+
 class Results:
     """What a run produced: ``summary`` (a dict), ``requests`` (rows), CSV text."""
 
@@ -450,6 +511,8 @@ class Results:
         self._sink = rec.sink
         self._record = rec.record
         self._reasons = rec.reason_list
+        self.end_s = rec.last_event_ns / NS
+        """The last finish or drop recorded, in seconds from the start."""
         n, done = rec.count, rec.finished_count
         t0 = rec.first_arrival_ns or 0
         t1 = rec.last_finish_ns if rec.last_finish_ns is not None else t0
@@ -458,6 +521,7 @@ class Results:
         self.summary = {
             "scenario": info.get("scenario", ""),
             **({"warmup_requests": rec.warmup} if rec.warmup else {}),
+            **({"lengths_estimated_requests": rec.estimated} if rec.estimated else {}),
             "requests": n,
             "finished": done,
             "dropped": n - done,
@@ -466,6 +530,7 @@ class Results:
             "ttft_s": lat["ttft_s"],
             "tpot_s": lat["tpot_s"],
             "e2e_s": lat["e2e_s"],
+            "queue_s": lat["queue_s"],
             "jobs": rec.jobs,
             "job_latency_s": lat["job_latency_s"],
             "throughput": {
@@ -482,6 +547,7 @@ class Results:
                 "ttft_s": rec.slo_ttft_s,
                 "tpot_s": rec.slo_tpot_s,
                 "attainment": rec.meets_slo / n if n else math.nan,
+                "goodput_requests_per_s": rec.meets_slo / span if span > 0 else math.nan,
             },
             "preemptions": rec.preemptions,
             "recomputed_tokens": rec.recomputed,
@@ -536,19 +602,19 @@ class Results:
         while chunk := sink.read(size * 4096):
             lines = []
             for rec in record.iter_unpack(chunk):
-                rid, arr, first, fin, p, o, ht, hu, u, rc, pre, rep, status, ses, turn, job = rec[
-                    :16
-                ]
+                (rid, arr, first, fin, p, o, ht, hu, u, rc, pre, rep, status, ses, turn, job,
+                 q) = rec[:BASE_FIELDS]  # fmt: skip
                 extra = ""
                 if handoff:
                     extra += "," + ",".join(
                         ("" if v < 0 else str(v)) if i < 3 else ("" if v < 0 else f"{v / NS:.9f}")
-                        for i, v in enumerate(rec[16:24])
+                        for i, v in enumerate(rec[BASE_FIELDS : BASE_FIELDS + 8])
                     )
                 if cpu:
-                    extra += f",{rec[24]}"
+                    extra += f",{rec[F['cpu_hit_units']]}"
                 tail = (f"{'' if ses < 0 else ses},{turn},"
-                        f"{'' if job < 0 else f'{job / NS:.9f}'}{extra}\n")  # fmt: skip
+                        f"{'' if job < 0 else f'{job / NS:.9f}'},"
+                        f"{'' if q < 0 else f'{q / NS:.9f}'}{extra}\n")  # fmt: skip
                 if status >= 0:
                     lines.append(
                         f"{rid},{arr / NS:.9f},,,,,,{p},{o},0,0,{u},0,0,,"
@@ -564,33 +630,62 @@ class Results:
             out.write("".join(lines))
         sink.seek(0, io.SEEK_END)
 
-    def columns(self) -> dict[str, np.ndarray]:
-        """Per-request columns (completion order) as arrays, seconds as floats, NaN if dropped."""
+    def records(self):
+        """The per-request records as int64 arrays of shape (rows, fields), a chunk of at most
+        4,096 rows at a time, in completion order (bounded memory: what reports stream)."""
+        return _records(self._sink, self._record.size // 8)
+
+    def columns(self, names=None) -> dict[str, np.ndarray]:
+        """requests.csv as numpy arrays, one per column, rows ordered by request id (as
+        :attr:`requests`); no pandas needed.
+
+        Whole-number columns (:data:`INT_COLUMNS`) are int64, with -1 where requests.csv is empty
+        (``replica`` of a dropped request, ``session`` outside one); times are float64 seconds,
+        NaN where empty (a dropped request's, TPOT of a one-token answer); ``status`` is an array
+        of str. Times are the exact nanosecond counts in seconds (requests.csv rounds TPOT to the
+        nanosecond). ``names``: the columns wanted (default: every column); memory is about 8
+        bytes per request per column."""
+        all_columns = self.column_names
+        wanted = list(all_columns) if names is None else list(names)
+        unknown = [c for c in wanted if c not in all_columns]
+        if unknown:
+            raise KeyError(f"no column {unknown[0]!r}; columns: {', '.join(all_columns)}")
         self._sink.flush()
         self._sink.seek(0)
         raw = np.frombuffer(self._sink.read(), dtype="<i8").reshape(-1, self._record.size // 8)
         self._sink.seek(0, io.SEEK_END)
+        raw = raw[np.argsort(raw[:, 0], kind="stable")]
         done = raw[:, F["status"]] < 0
-        arr, first = raw[:, F["arrival_ns"]] / NS, raw[:, F["first_ns"]] / NS
-        fin, out = raw[:, F["finish_ns"]] / NS, raw[:, F["output_tokens"]]
-        nan = np.full(len(raw), np.nan)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            tpot = np.where(done & (out > 1), (fin - first) / np.maximum(out - 1, 1), np.nan)
-        return {
-            "arrival_s": arr,
-            "finish_s": np.where(done, fin, nan),
-            "ttft_s": np.where(done, first - arr, nan),
-            "tpot_s": tpot,
-            "e2e_s": np.where(done, fin - arr, nan),
-            "output_tokens": out.astype(np.float64),
-            "units": raw[:, F["units"]].astype(np.float64),
-            "hit_units": raw[:, F["hit_units"]].astype(np.float64),
-            "cpu_hit_units": raw[:, F["cpu_hit_units"]].astype(np.float64)
-            if raw.shape[1] > F["cpu_hit_units"]
-            else np.zeros(len(raw)),
-            "preemptions": raw[:, F["preemptions"]].astype(np.float64),
-            "job_latency_s": np.where(raw[:, F["job_ns"]] >= 0, raw[:, F["job_ns"]] / NS, nan),
-        }
+        arr, first = raw[:, F["arrival_ns"]], raw[:, F["first_ns"]]
+        fin, out = raw[:, F["finish_ns"]], raw[:, F["output_tokens"]]
+
+        times = {"arrival_s": (arr, True), "first_token_s": (first, done),
+                 "finish_s": (fin, done), "ttft_s": (first - arr, done),
+                 "e2e_s": (fin - arr, done),
+                 "job_latency_s": (raw[:, F["job_ns"]], raw[:, F["job_ns"]] >= 0),
+                 "queue_s": (raw[:, F["queue_ns"]], raw[:, F["queue_ns"]] >= 0)}  # fmt: skip
+
+        def seconds(ns, where):
+            return np.where(where, ns / NS, np.nan)
+
+        def column(name: str) -> np.ndarray:
+            if name == "tpot_s":
+                multi = done & (out > 1)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    return np.where(multi, (fin - first) / NS / np.maximum(out - 1, 1), np.nan)
+            if name == "status":
+                reasons = np.array(["done"] + [f"dropped: {r}" for r in self._reasons])
+                return reasons[raw[:, F["status"]] + 1]
+            if name in INT_COLUMNS:
+                return raw[:, F[_FIELD_OF.get(name, name)]].copy()
+            if name in times:
+                ns, where = times[name]
+            else:  # a hand-off's time: -1 where it does not apply
+                ns = raw[:, F[name[:-2] + "_ns"]]
+                where = ns >= 0
+            return seconds(ns, where)
+
+        return {name: column(name) for name in wanted}
 
     def table_rows(self) -> list[tuple[str, str]]:
         """The summary as (label, value) pairs, for reports."""
@@ -601,10 +696,20 @@ class Results:
 
         tp = s["throughput"]
         rows = [
-            ("requests", f"{s['finished']} finished of {s['requests']} ({s['dropped']} dropped)"),
+            (
+                "requests",
+                f"{s['finished']} finished of {s['requests']}{_dropped(s, ' (', ')')}"
+                + (
+                    f"; token counts of {s['lengths_estimated_requests']} estimated from text "
+                    "(characters / 4)"
+                    if s.get("lengths_estimated_requests")
+                    else ""
+                ),
+            ),
             ("TTFT p50 / p90 / p99", pct(s["ttft_s"])),
             ("TPOT p50 / p90 / p99", pct(s["tpot_s"])),
             ("E2E p50 / p90 / p99", pct(s["e2e_s"])),
+            ("queueing delay p50 / p90 / p99", pct(s["queue_s"])),
             *(
                 [
                     (
@@ -623,15 +728,17 @@ class Results:
             (
                 "SLO attainment",
                 f"{s['slo']['attainment']:.1%} (TTFT ≤ {s['slo']['ttft_s']} s, "
-                f"TPOT ≤ {s['slo']['tpot_s'] * 1e3:.0f} ms)",
+                f"TPOT ≤ {s['slo']['tpot_s'] * 1e3:.0f} ms): goodput "
+                f"{s['slo']['goodput_requests_per_s']:.2f} req/s",
             ),
             ("preemptions", f"{s['preemptions']} ({s['recomputed_tokens']} tokens recomputed)"),
         ]
         if "gpus" in s:
-            blocks = "" if "pools" in s else f"{s['kv_blocks_per_replica']} KV blocks/replica, "
-            rows.append(
-                ("GPUs", f"{s['gpus']} ({blocks}busy {s['busy_fraction']:.0%} of the time)")
-            )
+            blocks = "" if "pools" in s else f" ({s['kv_blocks_per_replica']} KV blocks/replica)"
+            rows.append(("GPUs", f"{s['gpus']}{blocks}"))
+        if "utilisation" in s:
+            rows.append(("utilisation", _utilisation(s)))
+            rows.append(("KV cache use", _kv_use(s)))
         rows += self._feature_rows()
         if "checkpoints" in s:
             c = s["checkpoints"]
@@ -699,9 +806,20 @@ class Results:
 
     @property
     def requests(self) -> list[dict]:
-        """One dict per request, ordered by request id."""
-        rows = list(csv.DictReader(io.StringIO(self.requests_csv())))
-        return sorted(rows, key=lambda r: int(r["id"]))
+        """One dict per request, ordered by request id: requests.csv's values as numbers (int
+        for whole-number columns, float for seconds), None where requests.csv is empty, and
+        ``status`` as text."""
+        reader = csv.reader(io.StringIO(self.requests_csv()))
+        header = next(reader)
+        kinds = [int if c in INT_COLUMNS else str if c == "status" else float for c in header]
+        rows = [
+            {
+                c: (k(v) if v != "" or k is str else None)
+                for c, k, v in zip(header, kinds, row, strict=True)
+            }
+            for row in reader
+        ]
+        return sorted(rows, key=lambda r: r["id"])
 
     def table(self) -> str:
         """The summary as a fixed-width table for the terminal."""
@@ -715,10 +833,12 @@ class Results:
 
         tp = s["throughput"]
         lines = [
+            *_estimated_note(s),
             f"{'':26}{'p50':>9} {'p90':>9} {'p99':>9}",
             f"{'TTFT (ms)':26}{ms(s['ttft_s'])}",
             f"{'TPOT (ms)':26}{ms(s['tpot_s'])}",
             f"{'E2E latency (ms)':26}{ms(s['e2e_s'])}",
+            f"{'queueing delay (ms)':26}{ms(s['queue_s'])}",
             *(
                 [f"{'job latency (ms)':26}{ms(s['job_latency_s'])}  ({s['jobs']} sessions)"]
                 if s["jobs"]
@@ -726,7 +846,7 @@ class Results:
             ),
             "",
             f"{'requests finished':26}{s['finished']:>9} of {s['requests']}"
-            + (f"  ({s['dropped']} dropped)" if s["dropped"] else ""),
+            + _dropped(s, "  (", ")"),
             f"{'simulated span':26}{s['duration_s']:>9.1f} s",
             f"{'throughput':26}{tp['requests_per_s']:>9.2f} req/s  "
             f"{tp['output_tokens_per_s']:.0f} output tok/s",
@@ -735,15 +855,17 @@ class Results:
             f"{s['request_hit_ratio']:.1%} of requests hit)",
             f"{'SLO attainment':26}{s['slo']['attainment']:>9.1%}  "
             f"(TTFT <= {s['slo']['ttft_s']} s, TPOT <= {s['slo']['tpot_s'] * 1e3:.0f} ms)",
+            f"{'goodput':26}{s['slo']['goodput_requests_per_s']:>9.2f} req/s  "
+            "(requests meeting both SLOs)",
             f"{'preemptions':26}{s['preemptions']:>9}  "
             f"({s['recomputed_tokens']} tokens recomputed)",
         ]
         if "gpus" in s:
             blocks = "" if "pools" in s else f"{s['kv_blocks_per_replica']} KV blocks per replica, "
-            lines.append(
-                f"{'GPUs':26}{s['gpus']:>9}  ({blocks}{s['evictions']} evictions, "
-                f"busy {s['busy_fraction']:.0%})"
-            )
+            lines.append(f"{'GPUs':26}{s['gpus']:>9}  ({blocks}{s['evictions']} evictions)")
+        if "utilisation" in s:
+            lines.append(f"{'utilisation':26}{s['utilisation']:>9.1%}  {_utilisation(s, False)}")
+            lines.append(f"{'KV cache use':26}{s['kv_use']['mean']:>9.1%}  {_kv_use(s, False)}")
         lines += [f"{label:26}{text}" for label, text in self._feature_rows()]
         if "checkpoints" in s:
             c = s["checkpoints"]

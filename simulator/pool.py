@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from .cache import KVCache
 from .cache.cpu_tier import CpuTier
-from .catalog import get_gpu, get_model
 from .chunking import AdaptiveChunking
 from .latency import IterationPricer, RooflineModel
 from .latency.profile import load_profile
@@ -33,14 +32,21 @@ class Pool:
         """``on_finish(pool, replica index)`` makes each scheduler's finish callback;
         ``extra_ops``: op kinds this pool's iterations may carry besides the forward pass (a
         calibration profile must price them)."""
-        from .cluster import kv_capacity_blocks, state_blocks, state_bytes_rank
+        from .cluster import (
+            check_max_model_len,
+            kv_capacity_blocks,
+            pool_model,
+            state_blocks,
+            state_bytes_rank,
+        )
 
         self.spec = spec
         self.name = spec.name
         self.role = spec.role
-        self.model = get_model(spec.model, scenario.base_dir)
-        self.gpu = get_gpu(spec.hardware)
+        self.model = pool_model(scenario, spec)
+        self.gpu = scenario.gpu(spec.hardware)
         self.capacity = kv_capacity_blocks(spec, self.model, self.gpu)
+        check_max_model_len(spec, self.model, self.capacity)
         tp = spec.tensor_parallel
         latency = RooflineModel(self.gpu)
         if scenario.latency.type == "profile":

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from .latency.pricer import IterationRun
 from .scheduler import Batch, Scheduler, Seq
+from .usage import UsageMeter
 
 
 class Replica:
@@ -46,6 +47,11 @@ class Replica:
         """Hand-offs waiting for this decode replica to reserve their blocks."""
         self.iterations = 0
         self.busy_ns = 0
+        self.last_boundary_ns = 0
+        """When its last iteration (or run) ended: a superseded timeout that fires later is no
+        event of the simulation (it moves SimPy's clock, not the run's end)."""
+        self.usage = UsageMeter(scheduler.max_tokens, scheduler.max_seqs)
+        """Batch fill, saturated time and iterations at the token budget (``usage``)."""
         self._version = 0
         self._busy = False
         # The run in flight: batch, first iteration index, its iterations (None when idle).
@@ -73,6 +79,20 @@ class Replica:
 
     def cached_prefix_tokens(self, request) -> int:
         return self.scheduler.cache.cached_tokens(request)
+
+    def kv_used_blocks(self, at_ns: int) -> int:
+        """KV blocks held by sequences after every event at or before ``at_ns`` (vLLM's KV cache
+        usage: cached blocks no sequence holds are free to take). Read-only: the decode blocks of
+        a fast-forwarded run's iterations started by then count as exact stepping would have
+        allocated them."""
+        s = self.scheduler
+        used = s.cache.capacity - s.cache.available()
+        run = self._run
+        if run is not None and run.k > 1:
+            target = self._it0 + min(run.count_before(at_ns + 1) + 1, run.k)
+            if s.alloc_it < target:
+                used += s.decode_blocks_between(s.alloc_it, target)
+        return used
 
     # ---- arrivals ------------------------------------------------------------------------------
     def submit(self, seq: Seq) -> None:
@@ -158,12 +178,14 @@ class Replica:
         if version != self._version:
             return  # superseded by a truncated run
         now = self.env.now
+        self.last_boundary_ns = now
         if self._batch is not None:
             k = self._run.k
             self.scheduler_allocate(k)
             self.scheduler.complete(self._batch, k, now)
             self.iterations += k
             self.busy_ns += now - self._run.start
+            self.usage.end(k, now - self._run.start)
         if self.before_schedule is not None:
             self.before_schedule()
         self._start(now)
@@ -179,6 +201,7 @@ class Replica:
             return
         self._batch = batch
         self._it0 = s.it
+        self.usage.start(batch.tokens, batch.seqs, bool(s.waiting))
         if batch.prefills or batch.extra_ops:
             ns = self.pricer.iteration_ns(
                 batch.tokens,

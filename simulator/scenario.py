@@ -38,7 +38,7 @@ from pydantic import (
 
 from kvsim.traces.request import MAX_TOKENS
 
-from .catalog import get_gpu, get_model, gpu_catalog
+from .catalog import GpuSpec, get_gpu, get_model, gpu_catalog, read_hardware_file
 from .errors import KvsimError, clip, echo, parse_yaml, read_yaml_mapping, yaml_error_line
 from .policies import CHECKPOINT, EVICTION, ROUTING, TRANSFER
 
@@ -149,6 +149,11 @@ class CacheConfig(_Strict):
         None, ge=1, description="keep the checkpoints of the last N sequences only (FIFO)"
     )
     cpu_tier: CpuTierConfig | None = Field(None, description="a CPU KV pool over PCIe")
+    kv_cache_dtype: Literal["auto", "fp8"] = Field(
+        "auto",
+        description="the KV cache's element type (vLLM): auto, the model's (bf16); fp8, one byte "
+        "(half the KV bytes: capacity, transfers and attention's reads follow)",
+    )
 
     @field_validator("num_gpu_blocks")
     @classmethod
@@ -208,6 +213,13 @@ Chunking = Annotated[
 class SchedulerConfig(_Strict):
     max_num_batched_tokens: int = Field(8192, ge=1, le=MAX_TOKENS)
     max_num_seqs: int = Field(256, ge=1, le=MAX_COUNT)
+    max_model_len: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_TOKENS,
+        description="the longest sequence (prompt + output) served, as vLLM's: longer requests "
+        "are dropped; a replica's KV cache must hold one (default: the model's context)",
+    )
     enable_chunked_prefill: bool = True
     chunk_tokens: int | None = Field(
         None,
@@ -296,12 +308,8 @@ class PoolConfig(_Strict):
 
     @field_validator("hardware")
     @classmethod
-    def _known_gpu(cls, v: str | None):
-        if v is not None:
-            if v.lower() not in gpu_catalog():
-                raise ValueError(f"not in the GPU catalog; allowed: {', '.join(gpu_catalog())}")
-            return v.lower()
-        return v
+    def _known_gpu(cls, v: str | None, info: ValidationInfo):
+        return None if v is None else Scenario._known_gpu(v, info)
 
     @field_validator("routing")
     @classmethod
@@ -435,7 +443,7 @@ class _WorkloadBase(_Strict):
 class TraceWorkload(_WorkloadBase):
     type: Literal["trace"]
     path: PathText = Field(description="trace file, relative to the scenario file")
-    format: Literal["mooncake", "azure", "burstgpt", "kvsim"]
+    format: Literal["mooncake", "azure", "burstgpt", "kvsim", "vidur", "splitwise", "sharegpt"]
 
 
 class SyntheticWorkload(_WorkloadBase):
@@ -596,6 +604,8 @@ class Scenario(_Strict):
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _source: str = PrivateAttr(default="<scenario>")
+    _gpus: dict = PrivateAttr(default_factory=dict)
+    _gpu_files: dict = PrivateAttr(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -616,15 +626,25 @@ class Scenario(_Strict):
 
     @field_validator("hardware")
     @classmethod
-    def _known_gpu(cls, v: str):
-        if v.lower() not in gpu_catalog():
-            raise ValueError(f"not in the GPU catalog; allowed: {', '.join(gpu_catalog())}")
-        get_gpu(v)
+    def _known_gpu(cls, v: str, info: ValidationInfo):
+        user = (info.context or {}).get("gpus", {})
+        if v.lower() not in gpu_catalog() and v.lower() not in user:
+            allowed = ", ".join([*gpu_catalog(), *user])
+            raise ValueError(f"not in the GPU catalog or a --hardware-file; allowed: {allowed}")
+        get_gpu(v, user)
         return v.lower()
 
     @property
     def base_dir(self) -> Path:
         return self._base_dir
+
+    def gpu(self, name: str | None = None) -> GpuSpec:
+        """A GPU by name (default: ``hardware``), from the catalog or a hardware file."""
+        return get_gpu(name or self.hardware, self._gpus)
+
+    def gpu_file(self, name: str | None = None) -> str | None:
+        """The hardware file a GPU was read from (None: the catalog's)."""
+        return self._gpu_files.get((name or self.hardware).lower())
 
     @property
     def source(self) -> str:
@@ -707,6 +727,36 @@ def _models_in(annotation) -> list[type[BaseModel]]:
     return out
 
 
+def _keys_at(loc: tuple) -> list[str]:
+    """The keys allowed beside the last element of a validation error's location: the fields of
+    the model that holds it (a discriminated union's member is chosen by its tag in the path,
+    as in ``workload.trace.rate``); empty if the path cannot be followed."""
+    models: list[type[BaseModel]] = [Scenario]
+    for part in loc[:-1]:
+        if isinstance(part, int):  # an item of a list: same models
+            continue
+        fields = [m.model_fields[part] for m in models if part in m.model_fields]
+        if fields:
+            models = [x for f in fields for x in _models_in(f.annotation)]
+            continue
+        tagged = [m for m in models if "type" in m.model_fields
+                  and part in get_args(m.model_fields["type"].annotation)]  # fmt: skip
+        if not tagged:
+            return []
+        models = tagged
+    return sorted({name for m in models for name in m.model_fields})
+
+
+def _closest(key: str, allowed: list[str]) -> str | None:
+    """The allowed key a mistyped ``key`` most likely meant: the one key it begins (``rate`` →
+    ``rate_scale``, before the closer spelling ``format``), else a close spelling."""
+    longer = [a for a in allowed if len(key) >= 3 and a.startswith(key)]
+    if len(longer) == 1:
+        return longer[0]
+    hint = difflib.get_close_matches(key, allowed, n=1)
+    return hint[0] if hint else None
+
+
 def _one_line(e: ValidationError, source: str) -> str:
     errors = e.errors()
     err = errors[0]
@@ -716,8 +766,13 @@ def _one_line(e: ValidationError, source: str) -> str:
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         key = str(err["loc"][-1])
-        hint = difflib.get_close_matches(key, _all_field_names(), n=1)
-        msg = f"unknown key {echo(key, 80)}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+        allowed = _keys_at(err["loc"])
+        hint = _closest(key, allowed or sorted(_all_field_names()))
+        msg = f"unknown key {echo(key, 80)}"
+        if hint:
+            msg += f"; did you mean {hint!r}?"
+        elif allowed:
+            msg += f"; allowed here: {', '.join(allowed)}"
         line = f"{source}: {loc}: {msg}"
     elif err["type"] == "missing":
         line = f"{source}: {loc}: required field is missing"
@@ -739,9 +794,51 @@ def _override_value(path: str, raw: str):
         return raw
 
 
-def apply_overrides(doc: dict, overrides: list[str], source: str) -> dict:
+def _path_fields() -> set[str]:
+    """Names of the scenario's fields that hold a file path (typed :data:`PathText`)."""
+    names: set[str] = set()
+    stack: list[type[BaseModel]] = [Scenario]
+    seen = set()
+    while stack:
+        m = stack.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        for name, f in m.model_fields.items():
+            if any(getattr(x, "func", None) is _path_text for x in f.metadata):
+                names.add(name)
+            stack.extend(_models_in(f.annotation))
+    return names
+
+
+_PATH_FIELDS = _path_fields()
+
+
+def _is_path_value(key: str, value: Any) -> bool:
+    """Whether ``value`` under ``key`` names a file: any path field, except a ``model`` that is
+    a catalog name (a model file is a Hugging Face ``config.json``, as ``get_model`` reads it)."""
+    if not isinstance(value, str) or not value or key not in _PATH_FIELDS:
+        return False
+    return key != "model" or value.endswith(".json")
+
+
+def _anchor_paths(key: str, value: Any, folder: Path) -> Any:
+    """``value`` with every relative file path in it made absolute against ``folder``."""
+    if isinstance(value, dict):
+        return {k: _anchor_paths(str(k), v, folder) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_anchor_paths(key, v, folder) for v in value]
+    if _is_path_value(key, value) and not Path(value).is_absolute():
+        return str(folder / value)
+    return value
+
+
+def apply_overrides(
+    doc: dict, overrides: list[str], source: str, path_dir: Path | None = None
+) -> dict:
     """Apply ``path=value`` overrides (value parsed as YAML) to a raw scenario document (a copy:
-    the caller's dict is left as it was)."""
+    the caller's dict is left as it was). ``path_dir``: where a relative file path given in an
+    override is (made absolute against it); None leaves it relative, to the scenario's folder."""
     doc = copy.deepcopy(doc)
     for item in overrides:
         if "=" not in item:
@@ -749,6 +846,8 @@ def apply_overrides(doc: dict, overrides: list[str], source: str) -> dict:
         path, _, raw = item.partition("=")
         value = _override_value(path, raw)
         keys = path.strip().split(".")
+        if path_dir is not None:
+            value = _anchor_paths(keys[-1], value, path_dir)
         node = doc
         for i, k in enumerate(keys[:-1]):
             if isinstance(node, list):
@@ -796,10 +895,14 @@ def load_scenario(
     path: str | Path,
     overrides: list[str] | None = None,
     policy_path: tuple[str | Path, ...] = (),
+    override_dir: str | Path | None = None,
+    hardware_files: tuple[str | Path, ...] = (),
 ) -> Scenario:
     """Read, override and validate a scenario file; raises :class:`KvsimError` on bad input.
     ``policy_path``: folders a dotted policy path may be imported from, besides the installed
-    packages."""
+    packages. File paths in the scenario are relative to its folder; file paths in
+    ``overrides`` are relative to ``override_dir`` (default: the current folder, as for any path
+    typed on a command line). ``hardware_files``: YAML files of GPUs added to the catalog's."""
     path = Path(path)
     doc = read_yaml_mapping(path, "scenario file", " (model:, hardware:, workload: …)")
     return scenario_from_dict(
@@ -808,7 +911,22 @@ def load_scenario(
         base_dir=path.parent,
         overrides=overrides,
         policy_path=policy_path,
+        override_dir=override_dir,
+        hardware_files=hardware_files,
     )
+
+
+def user_gpus(hardware_files: tuple[str | Path, ...]) -> tuple[dict, dict]:
+    """The GPUs of hardware files by name, and the file each came from; a name given twice is
+    an error."""
+    gpus: dict = {}
+    files: dict = {}
+    for f in hardware_files:
+        for name, spec in read_hardware_file(f).items():
+            if name in gpus:
+                raise KvsimError(f"{f}: {name!r}: also in {files[name]}; GPU names must differ")
+            gpus[name], files[name] = spec, str(f)
+    return gpus, files
 
 
 def scenario_from_dict(
@@ -817,17 +935,25 @@ def scenario_from_dict(
     base_dir: Path | None = None,
     overrides: list[str] | None = None,
     policy_path: tuple[str | Path, ...] = (),
+    override_dir: str | Path | None = None,
+    hardware_files: tuple[str | Path, ...] = (),
 ) -> Scenario:
-    """Validate a scenario given as a dict (as parsed from YAML)."""
-    doc = apply_overrides(doc, overrides or [], source)
+    """Validate a scenario given as a dict (as parsed from YAML); file paths in ``overrides``
+    are relative to ``override_dir`` (default: the current folder); ``hardware_files`` add GPUs
+    to the catalog's."""
+    anchor = Path(override_dir) if override_dir is not None else Path.cwd()
+    doc = apply_overrides(doc, overrides or [], source, path_dir=anchor.absolute())
+    gpus, gpu_files = user_gpus(tuple(hardware_files))
     try:
-        s = Scenario.model_validate(doc, context={"policy_path": tuple(policy_path)})
+        context = {"policy_path": tuple(policy_path), "gpus": gpus}
+        s = Scenario.model_validate(doc, context=context)
     except ValidationError as e:
         raise KvsimError(_one_line(e, source)) from None
     except KvsimError as e:
         raise KvsimError(f"{source}: {e}") from None
     s._base_dir = (base_dir or Path.cwd()).resolve()
     s._source = source
+    s._gpus, s._gpu_files = gpus, gpu_files
     _check_semantics(s, source)
     return s
 
@@ -925,6 +1051,12 @@ def _check_pool(s: Scenario, spec: PoolSpec, model, source: str, where: str | No
         raise KvsimError(
             f"{source}: {at}cache.layout: {model.name} has recurrent layers, which resume from "
             "one checkpoint with the KV before it: use contiguous"
+        )
+    limit = spec.scheduler.max_model_len
+    if limit is not None and limit > model.max_position:
+        raise KvsimError(
+            f"{source}: {at}scheduler.max_model_len: {limit} exceeds {model.name}'s context of "
+            f"{model.max_position} tokens"
         )
     if model.attention is not None and model.heads % tp:
         raise KvsimError(

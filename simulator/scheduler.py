@@ -83,6 +83,7 @@ class Seq:
         "hit_tokens",
         "hit_units",
         "admitted",
+        "admitted_ns",
         "preemptions",
         "recomputed",
         "done_before",
@@ -152,6 +153,8 @@ class Seq:
         """Units found resident at its first admission (the prefix-hit ratio counts these)."""
         self.admitted = False
         """Admitted at least once."""
+        self.admitted_ns = -1
+        """When it was first admitted (arrival to then: its queueing delay); -1 until then."""
         self.preemptions = 0
         """Times it was preempted."""
         self.recomputed = 0
@@ -596,6 +599,7 @@ class Scheduler:
         extra += [self.state_copy] * (stores + (hit.resume is not None))
         if not s.admitted:
             s.admitted = True
+            s.admitted_ns = now
             s.hit_tokens, s.hit_units = hit.tokens, hit.units
             s.cpu_hit_units = hit.cpu_units
             if self.seen is not None:

@@ -1,13 +1,16 @@
-"""Queue lengths over simulated time: waiting and running requests per replica (DESIGN §4,
-"sampled time series"), written as ``timeseries.csv`` and drawn in the report.
+"""Queues and KV use over simulated time: waiting and running requests and the KV blocks held by
+sequences, per replica (DESIGN §4, "sampled time series"), written as ``timeseries.csv`` and drawn
+in the report.
 
 The sampler steps the SimPy environment itself, one event at a time, and before an event at time
 t records every sample time s < t. No event happens strictly between, so a sample at s is the
 state after every event at a time ≤ s. Sampling adds no event: the run's results and its end
 time are exactly what ``env.run()`` gives. A fast-forwarded decode run changes neither queue
-before its boundary, so fast-forward and exact stepping give the same series.
+before its boundary, and its KV blocks are counted for the iterations started by the sample's
+time (``Replica.kv_used_blocks``, read-only), so fast-forward and exact stepping give the same
+series.
 
-NOTE (memory): at most :data:`MAX_VALUES` integers are kept (two per replica per sample) and at
+NOTE (memory): at most :data:`MAX_VALUES` integers are kept (three per replica per sample) and at
 most :data:`MAX_SAMPLES` samples. When full, every other sample is dropped and the interval
 doubles; samples stay at whole multiples of the interval, so the series is deterministic and
 spans the whole run with at least half the samples the bound allows.
@@ -31,19 +34,26 @@ MAX_VALUES = 1 << 20
 """Integers kept at most (8 MiB): with many replicas, fewer samples."""
 
 
+WIDTH = 3
+"""Values per replica per sample: waiting, running, KV blocks held."""
+
+
 class QueueSeries:
-    """Waiting and running requests per replica at times 0, Δ, 2Δ, … (Δ = ``interval_ns``)."""
+    """Waiting and running requests and KV blocks held, per replica, at times 0, Δ, 2Δ, …
+    (Δ = ``interval_ns``)."""
 
     def __init__(self, replicas: list):
         self.replicas = replicas
         self.interval_ns = FIRST_INTERVAL_NS
         """Time between samples (a power-of-two multiple of :data:`FIRST_INTERVAL_NS`)."""
-        width = 2 * max(1, len(replicas))
+        width = WIDTH * max(1, len(replicas))
         cap = min(MAX_SAMPLES, max(16, MAX_VALUES // width))
         self.max_samples = cap - cap % 2
         """Samples kept at most (even, so that halving keeps every other one exactly)."""
         self.values = array("q")
-        """Row-major: per sample, per replica, waiting then running."""
+        """Row-major: per sample, per replica, waiting, running, KV blocks held."""
+        self.capacity = [r.scheduler.cache.capacity for r in replicas]
+        """Each replica's KV blocks."""
         self.samples = 0
         self._next_ns = 0
 
@@ -62,10 +72,10 @@ class QueueSeries:
                         f"{t / NS:.3g} s): are the latency model's prices absurdly slow?"
                     )
                 while self._next_ns < t:
-                    self._record()
+                    self._record(self._next_ns)
             step()
 
-    def _record(self) -> None:
+    def _record(self, at_ns: int) -> None:
         if self.samples == self.max_samples:
             # NOTE: max_samples is even, so the pending time max·Δ is a multiple of 2Δ.
             self._halve()
@@ -73,33 +83,56 @@ class QueueSeries:
         for r in self.replicas:
             row.append(len(r.scheduler.waiting))
             row.append(r.scheduler.num_running)
+            row.append(r.kv_used_blocks(at_ns))
         self.samples += 1
         self._next_ns += self.interval_ns
 
     def _halve(self) -> None:
-        width = 2 * len(self.replicas)
+        width = WIDTH * len(self.replicas)
         kept = np.frombuffer(self.values, dtype=np.int64).reshape(-1, width)[::2]
         self.values = array("q", kept.tobytes())
         self.samples = len(kept)
         self.interval_ns *= 2
 
+    def per_replica(self) -> np.ndarray:
+        """The samples as an int64 array of shape (samples, replicas, 3): waiting, running, KV
+        blocks held."""
+        v = np.frombuffer(self.values, dtype=np.int64)
+        return v.reshape(self.samples, len(self.replicas), WIDTH)
+
     def columns(self) -> dict[str, np.ndarray]:
-        """``time_s`` and, summed over replicas, ``waiting`` and ``running``."""
-        v = np.frombuffer(self.values, dtype=np.int64).reshape(self.samples, -1, 2)
+        """``time_s`` and, summed over replicas, ``waiting``, ``running`` and ``kv_blocks_used``
+        (with ``kv_use``, their share of all replicas' blocks)."""
+        v = self.per_replica()
+        kv = v[:, :, 2].sum(axis=1)
         return {
             "time_s": np.arange(self.samples) * (self.interval_ns / NS),
             "waiting": v[:, :, 0].sum(axis=1),
             "running": v[:, :, 1].sum(axis=1),
+            "kv_blocks_used": kv,
+            "kv_use": kv / max(1, sum(self.capacity)),
         }
 
+    def kv_use(self) -> list[tuple[float, float]]:
+        """Per replica, the mean and the peak over the samples of the share of its KV blocks
+        held by sequences (0 without samples)."""
+        v = self.per_replica()
+        if not self.samples:
+            return [(0.0, 0.0)] * len(self.replicas)
+        return [
+            (float(v[:, i, 2].mean()) / cap, float(v[:, i, 2].max()) / cap)
+            for i, cap in enumerate(self.capacity)
+        ]
+
     def csv(self) -> str:
-        """One row per sample and replica: ``time_s,replica,waiting,running``."""
-        lines = ["time_s,replica,waiting,running\n"]
+        """One row per sample and replica: ``time_s,replica,waiting,running,kv_blocks_used``."""
+        lines = ["time_s,replica,waiting,running,kv_blocks_used\n"]
         n = len(self.replicas)
         v = self.values
         for k in range(self.samples):
             t = f"{k * self.interval_ns / NS:.9f}"
-            base = 2 * n * k
+            base = WIDTH * n * k
             for i in range(n):
-                lines.append(f"{t},{i},{v[base + 2 * i]},{v[base + 2 * i + 1]}\n")
+                j = base + WIDTH * i
+                lines.append(f"{t},{i},{v[j]},{v[j + 1]},{v[j + 2]}\n")
         return "".join(lines)

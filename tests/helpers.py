@@ -119,3 +119,31 @@ def wait_for_file(task: tuple[int, str, list]) -> tuple[int, dict, None]:
     while not Path(path).exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     return index, {"saw": b"yes" if Path(path).exists() else b"no"}, None
+
+
+def plotly_figures(page: str) -> dict[str, tuple[list[dict], dict]]:
+    """The charts of an HTML page, read from its ``Plotly.newPlot(id, data, layout)`` calls: by
+    div id, the traces (typed arrays — plotly's ``{"dtype", "bdata"}`` — decoded to lists) and
+    the layout."""
+    import base64
+    import re
+
+    import numpy as np
+
+    def decode(value):
+        if isinstance(value, dict):
+            if set(value) >= {"dtype", "bdata"}:
+                raw = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+                return raw.reshape(value["shape"]).tolist() if "shape" in value else raw.tolist()
+            return {k: decode(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [decode(v) for v in value]
+        return value
+
+    decoder = json.JSONDecoder()
+    out = {}
+    for m in re.finditer(r'Plotly\.newPlot\(\s*"([\w-]+)",\s*', page):
+        data, end = decoder.raw_decode(page, m.end())
+        layout = decoder.raw_decode(page, page.index("{", end))[0]
+        out[m.group(1)] = (decode(data), decode(layout))
+    return out

@@ -20,6 +20,13 @@ Formats:
   response tokens are failed requests in BurstGPT and are skipped.
 - ``kvsim``: JSONL, kvsim's own superset: ``arrival_s``, ``prompt_tokens``, ``output_tokens`` and
   optional ``blocks``, ``unit_tokens``, ``output_blocks``, ``session``, ``job``, ``turn``.
+- ``vidur``: Vidur's processed traces (``data/processed_traces/*.csv``): ``arrived_at`` (s),
+  ``num_prefill_tokens``, ``num_decode_tokens`` (Vidur replays them as they are). Vidur's
+  lengths-only files (no ``arrived_at``) have no arrival times and are refused.
+- ``splitwise``: splitwise-sim's request traces (``traces/*.csv``): ``arrival_timestamp`` (s),
+  ``prompt_size``, ``token_size``, ``batch_size`` (a row of batch_size b is b identical requests
+  arriving together); ``request_id``, ``request_type`` and ``application_id`` are not used.
+- ``sharegpt``: ShareGPT-style conversation JSON (``sharegpt.py``).
 """
 
 from __future__ import annotations
@@ -64,7 +71,7 @@ def _zstd_reader(raw):
     return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
 
 
-def _decompression_errors() -> tuple[type[BaseException], ...]:
+def decompression_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [OSError, EOFError, zlib.error]
     try:
         import zstandard
@@ -75,22 +82,35 @@ def _decompression_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def decompressed(raw) -> tuple[io.BufferedIOBase, str | None]:
+    """A trace file opened in binary, decompressed on the way (gzip, bzip2, Zstandard: told by
+    their magic bytes), and the compression's name (None: plain)."""
+    kind = _compression(raw.peek(4)[:4])
+    if kind == "gzip":
+        return gzip.GzipFile(fileobj=raw), kind
+    if kind == "bzip2":
+        return bz2.BZ2File(raw), kind
+    if kind == "zstd":
+        return io.BufferedReader(_zstd_reader(raw)), kind
+    return raw, kind
+
+
+def read_error(path: Path, lineno: int, kind: str | None, e: BaseException) -> TraceError:
+    """An unreadable file or corrupt compressed data, as one line."""
+    what = f"{kind} data" if kind else "file"
+    why = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    return TraceError(f"{path}:{lineno + 1}: cannot read the {what} ({why})")
+
+
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, text) of every line of a trace file, decompressed and decoded; one-line
     :class:`TraceError` on anything unreadable."""
-    errors = _decompression_errors()
+    errors = decompression_errors()
     lineno = 0
+    kind = None
     try:
         with open(path, "rb") as raw:
-            kind = _compression(raw.peek(4)[:4])
-            if kind == "gzip":
-                f = gzip.GzipFile(fileobj=raw)
-            elif kind == "bzip2":
-                f = bz2.BZ2File(raw)
-            elif kind == "zstd":
-                f = io.BufferedReader(_zstd_reader(raw))
-            else:
-                f = raw
+            f, kind = decompressed(raw)
             with f:
                 while line := f.readline(MAX_LINE_BYTES + 1):
                     lineno += 1
@@ -112,9 +132,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     except TraceError:
         raise
     except errors as e:  # unreadable, or corrupt compressed data
-        what = f"{kind} data" if kind else "file"
-        why = getattr(e, "strerror", None) or str(e) or type(e).__name__
-        raise TraceError(f"{path}:{lineno + 1}: cannot read the {what} ({why})") from None
+        raise read_error(path, lineno, kind, e) from None
 
 
 def _check_text_start(path: Path, line: bytes) -> None:
@@ -321,6 +339,52 @@ def read_burstgpt(path: Path) -> Iterator[Request]:
     return _ordered(path, rows())
 
 
+def read_vidur(path: Path) -> Iterator[Request]:
+    """Vidur's processed trace CSV (arrived_at in seconds)."""
+    required = ("arrived_at", "num_prefill_tokens", "num_decode_tokens")
+
+    def rows():
+        try:
+            for where, row in _csv_rows(path, required):
+                t = _float_field(row, "arrived_at", where)
+                prompt = _int_field(row, "num_prefill_tokens", where, minimum=1)
+                output = _int_field(row, "num_decode_tokens", where, minimum=1)
+
+                def make(i, t, prompt=prompt, output=output):
+                    return Request(i, t, prompt, output)
+
+                yield where, t, make
+        except TraceError as e:
+            if "missing column 'arrived_at'" in str(e):
+                raise TraceError(
+                    f"{path}:1: no arrived_at column: a lengths-only Vidur trace has no arrival "
+                    "times to replay (give it times, or use a synthetic workload)"
+                ) from None
+            raise
+
+    return _ordered(path, rows())
+
+
+def read_splitwise(path: Path) -> Iterator[Request]:
+    """splitwise-sim's trace CSV; a row of batch_size b is b requests arriving together."""
+    required = ("arrival_timestamp", "prompt_size", "token_size", "batch_size")
+
+    def rows():
+        for where, row in _csv_rows(path, required):
+            t = _float_field(row, "arrival_timestamp", where)
+            prompt = _int_field(row, "prompt_size", where, minimum=1)
+            output = _int_field(row, "token_size", where, minimum=1)
+            batch = _int_field(row, "batch_size", where, minimum=1, maximum=4096)
+
+            def make(i, t, prompt=prompt, output=output):
+                return Request(i, t, prompt, output)
+
+            for _ in range(batch):
+                yield where, t, make
+
+    return _ordered(path, rows())
+
+
 def _optional_id(row: dict, key: str, where: str) -> int | None:
     value = row.get(key)
     if value is not None and (type(value) is not int or not -MAX_ID <= value < MAX_ID):
@@ -387,12 +451,23 @@ def read_kvsim(path: Path) -> Iterator[Request]:
         raise TraceError(f"{path}: no requests in the trace")
 
 
+def _read_sharegpt(path: Path) -> Iterator[Request]:
+    from .sharegpt import read_sharegpt
+
+    return read_sharegpt(path)
+
+
 FORMATS: dict[str, Callable[[Path], Iterator[Request]]] = {
     "mooncake": read_mooncake,
     "azure": read_azure,
     "burstgpt": read_burstgpt,
     "kvsim": read_kvsim,
+    "vidur": read_vidur,
+    "splitwise": read_splitwise,
+    "sharegpt": _read_sharegpt,
 }
+CSV_FORMATS = ("azure", "burstgpt", "vidur", "splitwise")
+"""Formats with a header row."""
 
 
 def read_trace(path: str | Path, fmt: str) -> Iterator[Request]:
@@ -417,12 +492,21 @@ def guess_format(path: str | Path) -> str:
         first = next((line for _, line in lines), "").removeprefix("\ufeff")
     finally:
         lines.close()
-    if first.lstrip().startswith("{"):
-        return "mooncake" if "hash_ids" in first or "input_length" in first else "kvsim"
+    head = first.lstrip()
+    if head.startswith("["):
+        return "sharegpt"
+    if head.startswith("{"):
+        if "hash_ids" in first or "input_length" in first:
+            return "mooncake"
+        return "sharegpt" if '"conversations"' in first else "kvsim"
     if "ContextTokens" in first:
         return "azure"
     if "Request tokens" in first:
         return "burstgpt"
+    if "num_prefill_tokens" in first:
+        return "vidur"
+    if "prompt_size" in first and "arrival_timestamp" in first:
+        return "splitwise"
     raise TraceError(
         f"{path}:1: cannot tell the trace format; pass --format ({', '.join(FORMATS)})"
     )

@@ -44,3 +44,5 @@ class Request:
     think_s: float = 0.0
     """Closed loop: seconds between the previous turn's finish and this turn's arrival (a user's
     think time, an agent's tool call). ``arrival_s`` then only orders a session's first turn."""
+    lengths_estimated: bool = False
+    """Its token counts are estimated from text (a conversation file without counts)."""

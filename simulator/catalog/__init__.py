@@ -143,6 +143,8 @@ class ModelSpec:
     moe: MoeSpec | None = None
     recurrent: RecurrentSpec | None = None
     dtype_bytes: int = 2
+    kv_dtype_bytes: int | None = None
+    """Bytes of a cached KV element; None: the model's dtype (1: an fp8 KV cache)."""
     tie_embeddings: bool = False
     source: str = ""
     sources: dict = field(default_factory=dict, compare=False)
@@ -173,13 +175,18 @@ class ModelSpec:
         return self.attention.kv_dim(tp) if self.attention else 0
 
     @property
+    def kv_element_bytes(self) -> int:
+        """Bytes of one cached KV element (the KV cache's dtype)."""
+        return self.dtype_bytes if self.kv_dtype_bytes is None else self.kv_dtype_bytes
+
+    @property
     def kv_bytes_per_token(self) -> int:
         """KV-cache bytes of one token over all attention layers (one rank, TP 1)."""
-        return self.attention_layers * self.kv_dim(1) * self.dtype_bytes
+        return self.attention_layers * self.kv_dim(1) * self.kv_element_bytes
 
     def kv_bytes_per_token_rank(self, tp: int) -> int:
         """KV-cache bytes of one token over all attention layers on one tensor-parallel rank."""
-        return self.attention_layers * self.kv_dim(tp) * self.dtype_bytes
+        return self.attention_layers * self.kv_dim(tp) * self.kv_element_bytes
 
     @property
     def state_bytes(self) -> int:
@@ -519,20 +526,34 @@ def get_model(name: str, base_dir: Path | None = None) -> ModelSpec:
     )
 
 
-def get_gpu(name: str) -> GpuSpec:
+KV_CACHE_DTYPES = {"auto": None, "fp8": 1}
+"""``cache.kv_cache_dtype`` (vLLM's names): auto keeps the model's dtype, fp8 stores a byte."""
+
+
+def with_kv_cache_dtype(model: ModelSpec, kv_cache_dtype: str) -> ModelSpec:
+    """The model with its KV cache stored as ``kv_cache_dtype``."""
+    return replace(model, kv_dtype_bytes=KV_CACHE_DTYPES[kv_cache_dtype])
+
+
+def get_gpu(name: str, user: dict | None = None) -> GpuSpec:
+    """A GPU of the catalog, or of ``user`` (GPUs read from a hardware file), by name."""
     key = name.lower()
+    if user and key in user:
+        return user[key]
     catalog = gpu_catalog()
     if key not in catalog:
-        raise KvsimError(f"hardware {name!r} is not in the catalog; allowed: {', '.join(catalog)}")
-    entry = {}
-    for k, v in catalog[key].items():
-        if k == "source":
-            entry[k] = str(v)
-        elif isinstance(v, list):
-            entry[k] = tuple(float(x) for x in v)
-        else:
-            entry[k] = int(v) if k == "sms" else float(v)
-    return GpuSpec(name=key, **entry)
+        allowed = ", ".join([*catalog, *(user or {})])
+        raise KvsimError(f"hardware {name!r} is not in the catalog; allowed: {allowed}")
+    from .hardware import gpu_from_entry
+
+    return gpu_from_entry(key, catalog[key], f"hardware catalog entry {key!r}", GpuSpec)
+
+
+def read_hardware_file(path: str | Path) -> dict[str, GpuSpec]:
+    """The GPUs of a user's hardware file (``--hardware-file``), checked as the catalog's are."""
+    from .hardware import read_hardware_file as read
+
+    return read(path, _load("hardware.yaml"), GpuSpec)
 
 
 def expected_active_experts(experts: int, top_k: int, tokens: int) -> float:

@@ -13,6 +13,10 @@ from dataclasses import dataclass, fields, replace
 
 from ..catalog import ModelSpec, expected_active_experts
 
+STORAGE_FIELDS = frozenset({"dtype_bytes", "kv_dtype_bytes"})
+"""Fields that say how values are stored, not how much work an op is: not features (a
+calibration measures the device's own dtype)."""
+
 
 @dataclass(slots=True)
 class Op:
@@ -29,7 +33,7 @@ class Op:
         return 0.0
 
     def features(self) -> dict[str, float]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "dtype_bytes"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in STORAGE_FIELDS}
 
 
 @dataclass(slots=True)
@@ -56,7 +60,9 @@ class Attention(Op):
     ``qk_pairs`` is Σ over sequences of attended (query, key) pairs (causal part counted once),
     ``kv_tokens`` Σ of KV tokens read, ``segments`` Σ of contiguous KV segments read.
     ``kv_dim`` is the cached elements per token (2·kv_heads·head_dim; the latent's width for
-    multi-head latent attention), ``head_dim`` the per-head width the matmuls run over.
+    multi-head latent attention), ``head_dim`` the per-head width the matmuls run over;
+    ``kv_dtype_bytes`` the bytes of a cached element (1 for an fp8 KV cache), queries and outputs
+    being ``dtype_bytes``.
     """
 
     q_tokens: int = 0
@@ -68,6 +74,7 @@ class Attention(Op):
     kv_heads: int = 0
     head_dim: int = 0
     kv_dim: int = 0
+    kv_dtype_bytes: int = 2
     kind = "attention"
 
     def flops(self) -> float:
@@ -75,9 +82,9 @@ class Attention(Op):
         return 4.0 * self.heads * self.head_dim * self.qk_pairs
 
     def bytes(self) -> float:
-        kv = float(self.kv_tokens * self.kv_dim)
+        kv = float(self.kv_tokens * self.kv_dim) * self.kv_dtype_bytes
         qo = 2.0 * self.q_tokens * self.heads * self.head_dim
-        return (kv + qo) * self.dtype_bytes
+        return kv + qo * self.dtype_bytes
 
 
 @dataclass(slots=True)
@@ -380,6 +387,7 @@ def attention_op(
         kv_heads,
         head_dim,
         a.kv_dim(tp),
+        model.kv_element_bytes,
     )
 
 
@@ -391,7 +399,7 @@ def attention_kv_linear(op: Attention) -> tuple[float, float, float]:
     exact integer in floating point, so a·kv and b·kv + c equal ``op.flops()`` and ``op.bytes()``
     bit for bit; decode runs use this to price an iteration without building an op."""
     a = 4.0 * op.heads * op.head_dim
-    b = float(op.kv_dim * op.dtype_bytes)
+    b = float(op.kv_dim * op.kv_dtype_bytes)
     c = 2.0 * op.q_tokens * op.heads * op.head_dim * op.dtype_bytes
     return a, b, c
 

@@ -26,7 +26,6 @@ from typing import Protocol
 
 import numpy as np
 
-from ..errors import KvsimError
 from .registry import Registry
 
 CHECKPOINT = Registry("checkpoint", interfaces=({"positions": 1},), field="cache.checkpoint")
@@ -36,11 +35,10 @@ class CheckpointPolicy(Protocol):
     def positions(self, prompt_tokens: int) -> tuple[int, ...]: ...
 
 
-def _check_int(policy: str, param: str, value, minimum: int) -> int:
+def _check_int(param: str, value, minimum: int) -> int:
+    # A ValueError: the registry turns it into one line naming the field and the policy.
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise KvsimError(
-            f"checkpoint policy {policy!r}: {param} = {value!r}; allowed: an integer ≥ {minimum}"
-        )
+        raise ValueError(f"{param} = {value!r}; allowed: an integer ≥ {minimum}")
     return value
 
 
@@ -202,7 +200,7 @@ class Every:
     """Block caching: a state every ``k`` tokens, at k, 2k, … ≤ T (vLLM's per-block states)."""
 
     def __init__(self, k: int):
-        self.k = _check_int("every", "k", k, 1)
+        self.k = _check_int("k", k, 1)
         """Spacing in tokens."""
 
     def positions(self, prompt_tokens: int) -> tuple[int, ...]:
@@ -220,7 +218,7 @@ class Balanced:
     (the authors' ``balanced_fix_nblocks``)."""
 
     def __init__(self, n: int):
-        self.n = _check_int("balanced", "n", n, 0)
+        self.n = _check_int("n", n, 0)
         """Checkpoints per prompt."""
 
     def positions(self, prompt_tokens: int) -> tuple[int, ...]:
@@ -248,7 +246,7 @@ class Log2:
     """
 
     def __init__(self, start_tokens: int = 64):
-        self.start_tokens = _check_int("log2", "start_tokens", start_tokens, 1)
+        self.start_tokens = _check_int("start_tokens", start_tokens, 1)
         """The shallowest position considered (tokens)."""
 
     def positions(self, prompt_tokens: int) -> tuple[int, ...]:
@@ -274,17 +272,15 @@ class DistributionAware:
     """
 
     def __init__(self, n: int, gamma: float = 0.99, resolve_every: int = 10, bin_tokens: int = 64):
-        self.n = _check_int("dp", "n", n, 0)
+        self.n = _check_int("n", n, 0)
         """Checkpoint budget per prompt."""
         if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 < gamma <= 1:
-            raise KvsimError(
-                f"checkpoint policy 'dp': gamma = {gamma!r}; allowed: a number in (0, 1]"
-            )
+            raise ValueError(f"gamma = {gamma!r}; allowed: a number in (0, 1]")
         self.gamma = float(gamma)
         """Decay applied to the histogram per observation (1: no decay)."""
-        self.resolve_every = _check_int("dp", "resolve_every", resolve_every, 1)
+        self.resolve_every = _check_int("resolve_every", resolve_every, 1)
         """Observations between solves."""
-        self.bin_tokens = _check_int("dp", "bin_tokens", bin_tokens, 1)
+        self.bin_tokens = _check_int("bin_tokens", bin_tokens, 1)
         """Histogram bin width, and the granularity of positions (tokens)."""
         self.observations = 0
         """Depths observed so far."""

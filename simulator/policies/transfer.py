@@ -144,10 +144,12 @@ class _Codec:
         self.layers = m.attention_layers
         self.kv_dim = m.kv_dim(1)
         self.b = m.dtype_bytes
+        self.kv_b = m.kv_element_bytes
+        """Bytes of a KV element as the producer stores it (1: an fp8 KV cache)."""
         self.hidden = m.hidden
 
     def _raw_bytes(self, tokens: int, layers: int) -> int:
-        return tokens * layers * self.kv_dim * self.b
+        return tokens * layers * self.kv_dim * self.kv_b
 
 
 EXACT = Quality(1.0, 0.0, 1.0, "exact", "the consumer's own KV, by construction (DESIGN §5.2)")

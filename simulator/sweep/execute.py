@@ -4,6 +4,7 @@ Layout of a sweep's folder (``runs/<name>/`` or ``--out``)::
 
     sweep.json                   what the points are (overrides, resolved scenario hashes)
     points/<index>-<hash>/       one run's files, as `kvsim run` writes them, and point.json
+    plotly.min.js                the points' reports use this one copy (not one each)
     results.csv, results.parquet the table (see table.py)
     report.html                  curves and Pareto fronts (see report.py)
 
@@ -33,6 +34,7 @@ from pathlib import Path
 
 from ..errors import KvsimError
 from ..output import FILES, SignalsHeld, write_results
+from ..pages import PLOTLY_FILE, plotly_js
 from ..progress import ProgressBar
 from ..scenario import load_scenario
 from .report import report_html
@@ -44,7 +46,7 @@ POINT_FILE = "point.json"
 EXECUTORS = ("local", "ray")
 _POINT_DIR = re.compile(r"\d+-[0-9a-f]{8}")
 
-Task = tuple[int, str, list[str], tuple[str, ...]]
+Task = tuple[int, str, list[str], tuple[str, ...], str, tuple[str, ...]]
 Result = tuple[int, "dict[str, bytes] | None", "str | None"]
 
 
@@ -55,12 +57,13 @@ def run_point(task: Task) -> Result:
 
     from ..cluster import simulate
 
-    index, base, overrides, policy_path = task
+    index, base, overrides, policy_path, override_dir, hardware_files = task
     try:
-        scenario = load_scenario(base, overrides, policy_path=policy_path)
+        scenario = load_scenario(base, overrides, policy_path, override_dir, hardware_files)
         results = simulate(scenario)
         with tempfile.TemporaryDirectory(prefix="kvsim-point-") as tmp:
-            out = write_results(Path(tmp) / "run", scenario, results)
+            # A point's report uses the sweep's one copy of plotly.js, two folders up.
+            out = write_results(Path(tmp) / "run", scenario, results, f"../../{PLOTLY_FILE}")
             files = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
     except (KvsimError, TraceError) as e:
         return index, None, str(e)
@@ -124,6 +127,9 @@ def _prepare(out: Path, definition: dict, force: bool) -> None:
             shutil.rmtree(entry, ignore_errors=True)
     data = json.dumps(definition, indent=2) + "\n"
     write_atomic(out / DEFINITION, data.encode())
+    js = plotly_js().encode()
+    if not (out / PLOTLY_FILE).is_file() or (out / PLOTLY_FILE).read_bytes() != js:
+        write_atomic(out / PLOTLY_FILE, js)
 
 
 def _state(folder: Path, point: Point, resolved: str) -> str:
@@ -170,15 +176,17 @@ def _commit(out: Path, point: Point, files: dict[str, bytes]) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _worker_init() -> None:
-    # The driver handles Ctrl-C and stops the pool; a worker must not die half-way on its own.
+def worker_init() -> None:
+    """A pool worker's signals: the driver handles Ctrl-C and stops the pool; a worker must not
+    die half-way on its own."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _pool_context():
-    """forkserver (children fork from a clean, single-threaded process that has kvsim
-    imported), or spawn where there is none."""
+def pool_context():
+    """A multiprocessing context for worker pools (the sweep's, the planner's): forkserver
+    (children fork from a clean, single-threaded process that has kvsim imported), or spawn
+    where there is none."""
     try:
         ctx = multiprocessing.get_context("forkserver")
     except ValueError:
@@ -190,7 +198,7 @@ def _pool_context():
 def run_local(tasks: list[Task], workers: int, address, on_result, task=run_point) -> None:
     """Run the tasks on a pool of ``workers`` processes; ``on_result`` as each finishes (in the
     driver, while the others run). ``task``: the worker function (tests replace it)."""
-    with _pool_context().Pool(min(workers, len(tasks)), initializer=_worker_init) as pool:
+    with pool_context().Pool(min(workers, len(tasks)), initializer=worker_init) as pool:
         for result in pool.imap_unordered(task, tasks, chunksize=1):
             on_result(*result)
     # Leaving the with block terminates the pool: on an error or Ctrl-C too.
@@ -242,14 +250,16 @@ def run_sweep(
     force: bool = False,
     progress: bool = False,
     policy_path: tuple[str, ...] = (),
+    hardware_files: tuple[str, ...] = (),
 ) -> SweepRun:
     """Validate every point, run those not done yet, write the table and the report.
 
     Ctrl-C (or SIGTERM, where the caller turns it into a KeyboardInterrupt) stops the run; the
     points finished by then stay complete, and running the sweep again reuses them (the
     KeyboardInterrupt carries ``points_done`` and ``points_total``). ``policy_path``: folders
-    dotted policy paths may be imported from, as ``kvsim run --policy-path``."""
-    resolved = resolve_points(sweep, policy_path)
+    dotted policy paths may be imported from, as ``kvsim run --policy-path``; ``hardware_files``
+    add GPUs to the catalog (absolute paths: workers may run elsewhere)."""
+    resolved = resolve_points(sweep, policy_path, hardware_files)
     _prepare(out, _definition(sweep, resolved), force)
     todo: list[Point] = []
     reused: list[int] = []
@@ -284,7 +294,10 @@ def run_sweep(
         if todo:
             base = str(sweep.base.resolve())  # workers may run elsewhere (a Ray node)
             paths = tuple(str(Path(d).resolve()) for d in policy_path)
-            tasks = [(p.index, base, list(p.overrides), paths) for p in todo]
+            # File paths in the sweep file's values are relative to the sweep file.
+            here = str(sweep.path.parent.resolve())
+            tasks = [(p.index, base, list(p.overrides), paths, here, hardware_files)
+                     for p in todo]  # fmt: skip
             _RUNNERS[executor](tasks, workers or os.cpu_count() or 1, ray_address, on_result)
     except KeyboardInterrupt as e:
         e.points_done, e.points_total = done, total

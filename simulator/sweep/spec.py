@@ -278,7 +278,9 @@ def load_sweep(path: str | Path) -> Sweep:
     return Sweep(path, name, base, tuple(points), plots)
 
 
-def resolve_points(sweep: Sweep, policy_path: tuple[str, ...] = ()) -> list[str]:
+def resolve_points(
+    sweep: Sweep, policy_path: tuple[str, ...] = (), hardware_files: tuple[str, ...] = ()
+) -> list[str]:
     """Every point's scenario, validated before anything runs, as its resolved YAML text.
 
     A bad point is a one-line error naming the sweep file and the point's overrides; two points
@@ -287,7 +289,9 @@ def resolve_points(sweep: Sweep, policy_path: tuple[str, ...] = ()) -> list[str]
     seen: dict[str, int] = {}
     for point in sweep.points:
         try:
-            scenario = load_scenario(sweep.base, list(point.overrides), policy_path=policy_path)
+            scenario = load_scenario(
+                sweep.base, list(point.overrides), policy_path, sweep.path.parent, hardware_files
+            )
             text = scenario.resolved_yaml()
         except KvsimError as e:
             raise KvsimError(f"{sweep.path}: point {point.index} ({_shown(point)}): {e}") from None

@@ -4,7 +4,8 @@ Columns, in this order: ``point`` (the index), ``folder`` (relative to the sweep
 override columns, then the output columns (each point's ``summary.json`` flattened with ``.``:
 ``ttft_s.p99``, ``throughput.requests_per_s``). An override whose value is a mapping gives a
 column with the mapping as one line of YAML (``{type: every, k: 256}``) and a column per sub-key
-(``cache.checkpoint.type``, ``cache.checkpoint.k``); a list is one line of YAML. Columns appear in
+(``cache.checkpoint.type``, ``cache.checkpoint.k``); a list is one line of YAML. A summary's list
+of records (``replicas``) is left out: each point's summary.json has it. Columns appear in
 first-appearance order over the points, so the table depends only on the sweep and its results;
 a value a point lacks is empty. An output column whose name is also an override column (the
 summary repeats ``slo.ttft_s``) is named ``summary.<name>``.
@@ -51,10 +52,17 @@ def input_columns(point: Point) -> dict[str, Any]:
 
 
 def output_columns(summary: dict) -> dict[str, Any]:
-    """A summary.json flattened with '.' (``{"ttft_s": {"p99": x}}`` → ``ttft_s.p99``)."""
+    """A summary.json flattened with '.' (``{"ttft_s": {"p99": x}}`` → ``ttft_s.p99``), without
+    its lists of records (``replicas``: one entry per replica, read in the point's own
+    summary.json)."""
     out: dict[str, Any] = {}
-    _flatten("", summary, out, mapping_text=False)
+    kept = {k: v for k, v in summary.items() if not _records_list(v)}
+    _flatten("", kept, out, mapping_text=False)
     return out
+
+
+def _records_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
 
 
 @dataclass

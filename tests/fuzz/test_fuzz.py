@@ -348,6 +348,17 @@ json_values = st.recursive(
 KVSIM_FIELDS = ["arrival_s", "prompt_tokens", "output_tokens", "blocks", "unit_tokens",
                 "output_blocks", "session", "job", "turn", "extra"]  # fmt: skip
 MOONCAKE_FIELDS = ["timestamp", "input_length", "output_length", "hash_ids"]
+SHAREGPT_FIELDS = ["from", "value", "tokens", "role", "content", "num_tokens"]
+CSV_SHAPES = {  # header and a good row of each CSV format
+    "azure": (["TIMESTAMP", "ContextTokens", "GeneratedTokens"],
+              ["2023-11-16 18:17:0{i}.0", "120", "7"]),
+    "burstgpt": (["Timestamp", "Model", "Request tokens", "Response tokens"],
+                 ["{i}", "ChatGPT", "120", "7"]),
+    "vidur": (["arrived_at", "num_prefill_tokens", "num_decode_tokens"], ["{i}", "120", "7"]),
+    "splitwise": (["request_id", "request_type", "application_id", "arrival_timestamp",
+                   "batch_size", "prompt_size", "token_size"],
+                  ["{i}", "2", "0", "{i}", "1", "120", "7"]),
+}  # fmt: skip
 
 
 def _json_row_text(row) -> str:
@@ -359,7 +370,7 @@ def _json_row_text(row) -> str:
 
 @st.composite
 def trace_files(draw):
-    fmt = draw(st.sampled_from(["kvsim", "mooncake", "azure", "burstgpt"]))
+    fmt = draw(st.sampled_from(["kvsim", "mooncake", "sharegpt", *CSV_SHAPES]))
     n = draw(st.integers(0, 6))
     if draw(st.integers(0, 9)) == 0:
         body = draw(st.binary(max_size=200))
@@ -378,13 +389,21 @@ def trace_files(draw):
                 row[key] = value
             rows.append(_json_row_text(row) if draw(st.integers(0, 9)) else draw(st.text()))
         body = "".join(r + "\n" for r in rows).encode("utf-8", "surrogatepass")
+    elif fmt == "sharegpt":
+        convs = []
+        for _ in range(n):
+            turns = [{"from": "human", "value": "q" * 40}, {"from": "gpt", "value": "a" * 20}]
+            for key, value in draw(st.lists(st.tuples(st.sampled_from(SHAREGPT_FIELDS),
+                                                      json_values), max_size=2)):  # fmt: skip
+                turns[draw(st.integers(0, 1))][key] = value
+            convs.append(_json_row_text({"conversations": turns}))
+        if draw(st.booleans()):  # a JSON array, sometimes never closed
+            text = "[\n" + ",\n".join(convs) + ("\n]" if draw(st.integers(0, 9)) else "")
+        else:  # JSON Lines
+            text = "".join(c + "\n" for c in convs)
+        body = text.encode("utf-8", "surrogatepass")
     else:
-        if fmt == "azure":
-            header = ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]
-            good = ["2023-11-16 18:17:0{i}.0", "120", "7"]
-        else:
-            header = ["Timestamp", "Model", "Request tokens", "Response tokens"]
-            good = ["{i}", "ChatGPT", "120", "7"]
+        header, good = CSV_SHAPES[fmt]
         odd = ["", "1e400", "-1", "12.5", "1" * 200, '"', "nan"]
         cells = st.one_of(st.text(max_size=8), st.sampled_from(odd))
         lines = [",".join(draw(st.permutations(header)) if draw(st.booleans()) else header)]

@@ -269,7 +269,7 @@ def test_an_unwritable_destination_fails_before_the_run(tmp_path, capsys, monkey
 def test_a_full_disk_while_writing_leaves_nothing(tmp_path, capsys, monkeypatch):
     real = output_module.write_files
 
-    def full(folder, scenario, results):
+    def full(folder, scenario, results, plotlyjs):
         (folder / "summary.json").write_text("{}")
         raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -347,7 +347,7 @@ def test_a_signal_while_writing_leaves_no_folder(tmp_path, capsys, monkeypatch, 
     hidden `.out.*` folder left behind)."""
     real = output_module.write_files
 
-    def interrupted(folder, scenario, results):
+    def interrupted(folder, scenario, results, plotlyjs):
         (folder / "summary.json").write_text("{}")
         os.kill(os.getpid(), signum)
         time.sleep(1)  # the handler raises here

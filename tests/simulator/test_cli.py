@@ -46,7 +46,7 @@ def test_run_writes_results_and_is_deterministic(tmp_path, capsys):
         a = (tmp_path / "a" / name).read_bytes()
         assert a == (tmp_path / "b" / name).read_bytes(), name
     report = (tmp_path / "a" / "report.html").read_text()
-    assert "TTFT p50 / p90 / p99" in report and 'id="kvsim-report"' in report
+    assert "TTFT p50 / p90 / p99" in report and 'id="kvsim-ttft"' in report
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["finished"] == 200
     assert len((tmp_path / "a" / "requests.csv").read_text().splitlines()) == 201

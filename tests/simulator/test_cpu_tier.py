@@ -53,7 +53,7 @@ def test_evicted_units_go_to_the_cpu_tier_and_a_hit_loads_them_before_the_prefil
     assert list(cpu.tree.nodes) == [12, 11, 10]
     assert (cpu.demotions, cpu.loads, cpu.loaded_blocks) == (5, 1, 8)
     r = reqs[2]
-    assert (r["hit_units"], r["cpu_hit_units"], r["hit_tokens"]) == ("3", "2", "192")
+    assert (r["hit_units"], r["cpu_hit_units"], r["hit_tokens"]) == (3, 2, 192)
     load_ns = 8 * BLOCK_BYTES
     ttft = load_ns + iteration_ns([(192, 64)], logits=1)  # then unit 4 at context 192
     assert round(float(r["ttft_s"]) * 1e9) == ttft
@@ -68,7 +68,7 @@ def test_evicted_units_go_to_the_cpu_tier_and_a_hit_loads_them_before_the_prefil
     # Without the tier, r2 finds unit 1 only and recomputes 2 and 3.
     res = simulate(scenario_from_dict(_doc(tmp_path, _rows()), base_dir=tmp_path))
     r = {int(x["id"]): x for x in res.requests}[2]
-    assert (r["hit_units"], "cpu_hit_units" in r) == ("1", False)
+    assert (r["hit_units"], "cpu_hit_units" in r) == (1, False)
 
 
 def test_units_held_for_a_load_are_not_evicted_from_the_tier(tmp_path):
@@ -79,7 +79,7 @@ def test_units_held_for_a_load_are_not_evicted_from_the_tier(tmp_path):
     c = Cluster(scenario_from_dict(_doc(tmp_path, _rows(), tier), base_dir=tmp_path))
     res = c.run()
     cpu = c.replicas[0].scheduler.cache.cpu
-    assert res.requests[2]["cpu_hit_units"] == "2"
+    assert res.requests[2]["cpu_hit_units"] == 2
     assert list(cpu.tree.nodes) == [10] and cpu.evictions == 0 and cpu.demotions == 3
 
 

@@ -71,7 +71,7 @@ def test_three_requests_batched_then_idle_then_single(tmp_path, exact):
     ]
     assert sorted(got, key=lambda e: (e[1], e[0])) == sorted(log, key=lambda e: (e[1], e[0]))
     assert float(reqs[1]["tpot_s"]) == pytest.approx((t3 - t1) / 2 / 1e9, abs=1e-9)
-    assert reqs[2]["tpot_s"] == ""  # one output token: TPOT undefined
+    assert reqs[2]["tpot_s"] is None  # one output token: TPOT undefined
     assert res.summary["iterations"] == 4
 
 

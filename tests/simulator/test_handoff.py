@@ -53,11 +53,11 @@ def test_producer_samples_the_first_token_then_the_decode_replica_continues(tmp_
     t4 = t3 + iteration_ns([(1001, 1)], logits=1)  # token 3
     r = reqs[0]
     assert (_ns(r["first_token_s"]), _ns(r["finish_s"])) == (t1, t4)
-    assert (r["prefill_replica"], r["decode_replica"], r["replica"]) == ("0", "0", "0")
+    assert (r["prefill_replica"], r["decode_replica"], r["replica"]) == (0, 0, 0)
     assert int(r["payload_bytes"]) == payload == 131_072_000
     assert _ns(r["transfer_s"]) == payload and _ns(r["wait_s"]) == 0
     assert _ns(r["handoff_s"]) == t3 - t1
-    assert r["producer_codec_s"] == r["consumer_codec_s"] == "0.000000000"
+    assert r["producer_codec_s"] == r["consumer_codec_s"] == 0.0
     assert res.summary["transfer"]["handoffs"] == 1
     assert res.summary["links"]["prefill-decode"]["bytes"] == payload
     assert res.summary["links"]["prefill-decode"]["busy_s"] == payload / 1e9
@@ -81,7 +81,7 @@ def test_one_token_answers_from_the_producer_never_cross_the_link(tmp_path):
     reqs, res = _run(tmp_path, rows)
     r = reqs[0]
     assert _ns(r["finish_s"]) == iteration_ns([(0, 500)], logits=1)
-    assert (r["prefill_replica"], r["decode_replica"], r["payload_bytes"]) == ("", "", "")
+    assert (r["prefill_replica"], r["decode_replica"], r["payload_bytes"]) == (None, None, None)
     assert res.summary["transfer"]["handoffs"] == 0
     # With the consumer emitting it, the same answer crosses the link.
     _, res = _run(tmp_path, rows, first_token="consumer")
@@ -132,7 +132,7 @@ def test_two_transfers_share_the_link(tmp_path):
     res = simulate(scenario_from_dict(doc, base_dir=tmp_path))
     reqs = {int(r["id"]): r for r in res.requests}
     payload = 1000 * KV_TOKEN_BYTES
-    assert [reqs[i]["prefill_replica"] for i in (0, 1)] == ["0", "1"]
+    assert [reqs[i]["prefill_replica"] for i in (0, 1)] == [0, 1]
     assert [_ns(reqs[i]["transfer_s"]) for i in (0, 1)] == [2 * payload, 2 * payload]
     link = res.summary["links"]["prefill-decode"]
     assert link["instances"] == 1 and link["busy_s"] == 2 * payload / 1e9
@@ -204,7 +204,7 @@ def test_decode_replica_is_chosen_when_the_prefill_finishes(tmp_path):
     doc = _doc(tmp_path, rows)
     doc["pools"][1]["replicas"] = 2
     res = simulate(scenario_from_dict(doc, base_dir=tmp_path))
-    assert [r["decode_replica"] for r in res.requests] == ["0", "1"]
+    assert [r["decode_replica"] for r in res.requests] == [0, 1]
 
 
 BAD = [
@@ -266,14 +266,15 @@ def test_link_utilisation_over_time_reaches_the_report(tmp_path):
 
     rows = [{"id": i, "arrival_s": 0.5 * i, "prompt_tokens": 1000, "output_tokens": 2}
             for i in range(3)]  # fmt: skip
-    res = simulate(scenario_from_dict(_doc(tmp_path, rows), base_dir=tmp_path))
+    scenario = scenario_from_dict(_doc(tmp_path, rows), base_dir=tmp_path)
+    res = simulate(scenario)
     ((starts, busy),) = res.link_series.values()
     width_s = starts[1] - starts[0]
     # The binned busy time adds up to the link's busy time: three transfers of 131 ms each.
     assert sum(busy) * width_s == pytest.approx(res.summary["links"]["prefill-decode"]["busy_s"])
     assert res.summary["links"]["prefill-decode"]["busy_s"] == 3 * 1000 * KV_TOKEN_BYTES / 1e9
-    page = report_html(res, "t")
-    assert "Link utilisation over time" in page and "prefill-decode busy" in page
+    page = report_html(res, scenario)
+    assert "Link use over time" in page and '"name":"prefill-decode"' in page
 
 
 @pytest.mark.parametrize("exact", [False, True])
@@ -292,7 +293,7 @@ def test_a_decode_replica_full_of_arrived_kv_admits_after_preempting_all_it_ran(
     res = simulate(scenario_from_dict(doc, base_dir=tmp_path))
     a, b = res.requests
     assert (a["status"], b["status"]) == ("done", "done")
-    assert (a["preemptions"], b["preemptions"]) == ("1", "0")
+    assert (a["preemptions"], b["preemptions"]) == (1, 0)
     assert float(b["finish_s"]) < float(a["finish_s"])
     assert res.summary["pools"]["decode"]["kv_blocks_per_replica"] == 8
 
@@ -347,6 +348,6 @@ def test_the_record_keeps_the_prefill_replicas_hits_and_the_decode_replicas_outc
          "blocks": [1, 2, 4], "unit_tokens": 64},
     ]  # fmt: skip
     reqs, res = _run(tmp_path, rows)
-    assert (reqs[0]["hit_units"], reqs[1]["hit_units"], reqs[1]["hit_tokens"]) == ("0", "2", "128")
-    assert reqs[1]["decode_replica"] == "0" and reqs[1]["status"] == "done"
+    assert (reqs[0]["hit_units"], reqs[1]["hit_units"], reqs[1]["hit_tokens"]) == (0, 2, 128)
+    assert reqs[1]["decode_replica"] == 0 and reqs[1]["status"] == "done"
     assert res.summary["prefix_hit_ratio"] == 2 / 6

@@ -17,18 +17,20 @@ from kvsim.simulator.metrics import NS, Recorder, RequestRecord, Results
 def _record(
     rec: Recorder, rid: int, arrival: int, first: int, finish: int, out: int, job: int = -1
 ) -> None:
-    req = SimpleNamespace(id=rid, output_tokens=out, prompt_tokens=10, blocks=(),
-                          session=None if job < 0 else rid, turn=0)  # fmt: skip
+    req = SimpleNamespace(id=rid, output_tokens=out, prompt_tokens=10, lengths_estimated=False,
+                          blocks=(), session=None if job < 0 else rid, turn=0)  # fmt: skip
     seq = SimpleNamespace(
-        req=req, rec=RequestRecord(arrival), first_ns=first, hit_tokens=0, hit_units=0,
-        cpu_hit_units=0, preemptions=0, recomputed=0,
+        req=req, rec=RequestRecord(arrival), arrival_ns=arrival, first_ns=first, hit_tokens=0,
+        hit_units=0, cpu_hit_units=0, preemptions=0, recomputed=0,
+        admitted_ns=arrival + (first - arrival) // 3,
     )  # fmt: skip
     rec.finished(seq, 0, finish, job)
 
 
-def _expected(ttft, tpot, e2e, jobs=()) -> dict:
+def _expected(ttft, tpot, e2e, jobs=(), queue=()) -> dict:
     out = {}
-    for name, vals in (("ttft_s", ttft), ("tpot_s", tpot), ("e2e_s", e2e), ("job_latency_s", jobs)):
+    for name, vals in (("ttft_s", ttft), ("tpot_s", tpot), ("e2e_s", e2e), ("job_latency_s", jobs),
+                       ("queue_s", queue)):  # fmt: skip
         if not vals:
             continue
         a = np.array(vals, dtype=np.float64)
@@ -60,21 +62,22 @@ def test_percentiles_equal_numpy_on_all_values(rows, bins, collect):
     metrics._BINS, metrics._COLLECT = bins, collect
     try:
         rec = Recorder(1.0, 0.1)
-        ttft, tpot, e2e, jobs = [], [], [], []
+        ttft, tpot, e2e, jobs, queue = [], [], [], [], []
         for i, (arr, t, d, out, job) in enumerate(rows):
             _record(rec, i, arr, arr + t, arr + t + d, out, job)
             if job >= 0:
                 jobs.append(job / NS)
             ttft.append(t / NS)
+            queue.append((t // 3) / NS)  # admitted a third of the way to the first token
             e2e.append((t + d) / NS)
             if out > 1:
                 tpot.append(d / NS / (out - 1))
         got = Results(rec, {}).summary
     finally:
         metrics._BINS, metrics._COLLECT = old
-    want = _expected(ttft, tpot or [math.nan], e2e, jobs)
+    want = _expected(ttft, tpot or [math.nan], e2e, jobs, queue)
     assert got["jobs"] == len(jobs)
-    metric_names = ("ttft_s", "e2e_s") + (("tpot_s",) if tpot else ())
+    metric_names = ("ttft_s", "e2e_s", "queue_s") + (("tpot_s",) if tpot else ())
     for m in metric_names + (("job_latency_s",) if jobs else ()):
         for k in ("p50", "p90", "p99"):
             assert got[m][k] == want[m][k], (m, k)
@@ -119,3 +122,61 @@ def test_warmup_requests_are_simulated_but_not_recorded(tmp_path):
                                          r"workload's 12 requests"):  # fmt: skip
         scenario_from_dict(scenario_doc(trace, simulation={"warmup_requests": 12}),
                            base_dir=tmp_path)  # fmt: skip
+
+
+def test_requests_are_numbers_and_columns_are_arrays_of_the_csv(tmp_path):
+    """`requests` gives requests.csv's values as numbers (None where empty) and `columns()` the
+    same table as numpy arrays (−1 / NaN where empty), both ordered by id — checked against the
+    CSV text read here with the csv module: a two-turn session, a one-token answer (no TPOT) and
+    a prompt too long for the pool (dropped)."""
+    import csv
+    import io
+
+    from helpers import scenario_doc, write_kvsim_trace
+
+    from kvsim.simulator import scenario_from_dict, simulate
+
+    rows = [
+        {"arrival_s": 0.0, "prompt_tokens": 200, "output_tokens": 30, "session": 7, "turn": 0},
+        {"prompt_tokens": 260, "output_tokens": 1, "session": 7, "turn": 1, "think_s": 0.5},
+        {"arrival_s": 0.01, "prompt_tokens": 90, "output_tokens": 12},
+        {"arrival_s": 0.02, "prompt_tokens": 9000, "output_tokens": 5},
+    ]
+    trace = write_kvsim_trace(tmp_path / "t.jsonl", rows)
+    doc = scenario_doc(trace, cache={"num_gpu_blocks": 100})
+    res = simulate(scenario_from_dict(doc, base_dir=tmp_path))
+    text = list(csv.DictReader(io.StringIO(res.requests_csv())))
+    by_id = sorted(text, key=lambda r: int(r["id"]))
+    ints = {"id", "prompt_tokens", "output_tokens", "hit_tokens", "hit_units", "units",
+            "recomputed_tokens", "preemptions", "replica", "session", "turn"}  # fmt: skip
+    expected = [
+        {k: v if k == "status" else None if v == "" else int(v) if k in ints else float(v)
+         for k, v in r.items()}
+        for r in by_id
+    ]  # fmt: skip
+    got = res.requests
+    assert got == expected
+    assert [type(got[0][k]) for k in ("id", "arrival_s", "status")] == [int, float, str]
+    assert got[1]["tpot_s"] is None and got[3]["replica"] is None and got[2]["session"] is None
+    assert got[3]["status"].startswith("dropped: needs more KV blocks")
+    assert got[0]["job_latency_s"] is None and got[1]["job_latency_s"] > 0
+    cols = res.columns()
+    assert list(cols) == list(text[0])
+    for name, array in cols.items():
+        want = [r[name] for r in expected]
+        if name == "status":
+            assert array.tolist() == want
+        elif name in ints:
+            assert array.dtype == np.int64 and array.tolist() == [-1 if v is None else v
+                                                                  for v in want]  # fmt: skip
+        else:
+            assert array.dtype == np.float64
+            assert np.isnan(array).tolist() == [v is None for v in want], name
+            exact = [v for v in want if v is not None]
+            if name == "tpot_s":  # requests.csv rounds it to the nanosecond
+                assert array[~np.isnan(array)] == pytest.approx(exact, abs=5e-10)
+            else:
+                assert array[~np.isnan(array)].tolist() == exact, name
+    assert list(res.columns(["ttft_s", "id"])) == ["ttft_s", "id"]
+    with pytest.raises(KeyError, match="no column 'ttft'"):
+        res.columns(["ttft"])

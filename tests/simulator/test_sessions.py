@@ -46,9 +46,9 @@ def test_a_turn_arrives_think_s_after_the_previous_turn_finishes(tmp_path):
     f0, f1 = float(r[0]["finish_s"]), float(r[1]["finish_s"])
     assert float(r[1]["arrival_s"]) == pytest.approx(f0 + 0.5, abs=1e-9)
     assert float(r[2]["arrival_s"]) == pytest.approx(f1 + 0.25, abs=1e-9)
-    assert [r[i]["job_latency_s"] for i in (0, 1)] == ["", ""]
+    assert [r[i]["job_latency_s"] for i in (0, 1)] == [None, None]
     assert float(r[2]["job_latency_s"]) == pytest.approx(float(r[2]["finish_s"]), abs=1e-9)
-    assert (r[3]["session"], r[3]["job_latency_s"]) == ("", "")
+    assert (r[3]["session"], r[3]["job_latency_s"]) == (None, None)
     assert res.summary["jobs"] == 1
     assert res.summary["job_latency_s"]["mean"] == pytest.approx(float(r[2]["finish_s"]))
 

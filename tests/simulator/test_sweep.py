@@ -153,6 +153,25 @@ def test_values_reach_the_scenario_as_written(tmp_path):
     assert got == ["1e3", "yes", "a: b", "", "#x", "07"]
 
 
+def test_a_file_path_in_a_sweep_file_is_relative_to_the_sweep_file(tmp_path, capsys, monkeypatch):
+    """The base scenario's trace (2 requests) and a trace of the same name beside the sweep
+    file (3 requests): the sweep's value names the one beside the sweep file, from any folder."""
+    base = dict(BASE, workload={"type": "trace", "path": "t.jsonl", "format": "kvsim"})
+    (tmp_path / "scenarios").mkdir()
+    (tmp_path / "scenarios" / "base.yaml").write_text(yaml.safe_dump(base))
+    row = '{"arrival_s": 0, "prompt_tokens": 64, "output_tokens": 4}\n'
+    (tmp_path / "scenarios" / "t.jsonl").write_text(row * 2)
+    (tmp_path / "t.jsonl").write_text(row * 3)
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "base: scenarios/base.yaml\ngrid: {workload.path: [t.jsonl, scenarios/t.jsonl]}\n"
+    )
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    _sweep(capsys, path, tmp_path / "out")
+    assert [int(r["requests"]) for r in _rows(tmp_path / "out")] == [3, 2]
+
+
 # ---------------------------------------------------------------- running
 
 
@@ -173,7 +192,20 @@ def test_a_point_is_kvsim_run_with_its_overrides(swept, tmp_path, capsys):
     assert main(argv) == 0
     point = out / _folders(out)[2]
     for name in RUN_FILES:
-        assert (point / name).read_bytes() == (run / name).read_bytes(), name
+        if name != "report.html":
+            assert (point / name).read_bytes() == (run / name).read_bytes(), name
+    # The point's report is the run's, with plotly.js from the sweep's one copy.
+    from kvsim.simulator import load_scenario, simulate
+    from kvsim.simulator.report import report_html
+
+    scenario = load_scenario(path.parent / "base.yaml", argv[-3::2])
+    page = report_html(simulate(scenario), scenario, "../../plotly.min.js")
+    assert (point / "report.html").read_text() == page
+    assert '<script charset="utf-8" src="../../plotly.min.js"></script>' in page
+    assert (run / "report.html").stat().st_size > 4_000_000 > (point / "report.html").stat().st_size
+    from plotly.offline import get_plotlyjs
+
+    assert (out / "plotly.min.js").read_text() == get_plotlyjs()
     meta = json.loads((point / "point.json").read_text())
     assert meta == {"index": 2, "overrides": argv[-3::2]}
     resolved = yaml.safe_load((point / "scenario.resolved.yaml").read_text())
@@ -219,7 +251,8 @@ def test_table_has_every_input_and_output_column(swept):
                     stack.append((f"{prefix}{k}.", v))
                 else:
                     flat[f"{prefix}{k}"] = v
-        assert set(flat) <= set(header)
+        assert isinstance(flat.pop("replicas"), list)  # one record per replica: not a column
+        assert set(flat) <= set(header) and "replicas" not in header
     text = (out / "results.csv").read_text()
     assert str(path.parent) not in text  # no absolute paths in the table
     table = pq.read_table(out / "results.parquet")
@@ -483,7 +516,7 @@ def test_policies_from_a_policy_path(tmp_path, capsys):
     # A worker in a fresh interpreter (a Ray node's) imports the policy from the task's folders.
     code = (
         "import sys; from kvsim.simulator.sweep.execute import run_point; "
-        "i, files, error = run_point((1, sys.argv[1], sys.argv[3:], (sys.argv[2],))); "
+        "i, files, error = run_point((1, sys.argv[1], sys.argv[3:], (sys.argv[2],), '.', ())); "
         "print(error or files['summary.json'].decode())"
     )
     overrides = load_sweep(path).points[1].overrides

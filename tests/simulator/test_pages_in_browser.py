@@ -1,0 +1,93 @@
+"""The pages kvsim writes, opened in a real headless Chromium (the Debian package): each loads
+without a console error or exception and draws every chart as SVG (no WebGL canvas).
+
+Without Chromium these tests fail (they do not skip): CI installs it (.ci/run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from browser import Chromium, PageReport
+from helpers import ROOT
+
+from kvsim.simulator.cli import main
+
+QUICKSTART = ROOT / "scenarios" / "quickstart.yaml"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with Chromium() as c:
+        yield c
+
+
+def _drawn(report: PageReport, ids: list[str]) -> None:
+    assert report.errors == []
+    assert report.canvases == 0
+    assert [c["id"] for c in report.charts] == ids
+    for c in report.charts:
+        assert c["svgs"] >= 1 and c["traces"] >= 1 and c["paths"] >= 1, c
+
+
+def _small(tmp_path: Path) -> Path:
+    doc = yaml.safe_load(QUICKSTART.read_text())
+    doc["workload"]["requests"] = 150
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_a_run_report(browser, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", str(_small(tmp_path)), "--out", str(out), "--no-progress"]) == 0
+    seen = browser.open(out / "report.html")
+    _drawn(seen, [
+        "kvsim-ttft", "kvsim-tpot", "kvsim-e2e", "kvsim-queue-delay", "kvsim-ttft-by-arrival",
+        "kvsim-throughput", "kvsim-hits", "kvsim-preemptions", "kvsim-queues", "kvsim-kv-use",
+    ])  # fmt: skip
+    assert seen.title == "kvsim · quickstart"
+    assert seen.headings == ["Scenario", "Summary", "Charts", "Replicas"]
+
+
+def test_a_sweep_report_and_a_point_s_report_with_the_shared_plotly(browser, tmp_path, capsys):
+    base = _small(tmp_path)
+    sweep = tmp_path / "sw.yaml"
+    sweep.write_text(
+        f"base: {base.name}\ngrid: {{cluster.replicas: [1, 2]}}\n"
+        "plots:\n  - {x: cluster.replicas, y: ttft_s.p99}\n"
+        "  - {x: gpus, y: ttft_s.p99, kind: pareto}\n"
+    )
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(sweep), "--out", str(out), "--no-progress", "--workers", "1"]) == 0
+    _drawn(browser.open(out / "report.html"), ["kvsim-sweep-0", "kvsim-sweep-1"])
+    point = next((out / "points").iterdir())
+    seen = browser.open(point / "report.html")
+    assert len(seen.charts) == 10
+    _drawn(seen, [c["id"] for c in seen.charts])
+
+
+def test_a_comparison_report(browser, tmp_path, capsys):
+    s = _small(tmp_path)
+    for name, sets in (("a", []), ("b", ["--set", "cluster.replicas=3"])):
+        argv = ["run", str(s), "--out", str(tmp_path / name), "--no-progress", *sets]
+        assert main(argv) == 0
+    out = tmp_path / "cmp"
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    seen = browser.open(out / "report.html")
+    _drawn(seen, [
+        "kvsim-compare-ttft", "kvsim-compare-tpot", "kvsim-compare-e2e", "kvsim-compare-queue",
+        "kvsim-compare-waiting", "kvsim-compare-kv-use",
+    ])  # fmt: skip
+    assert seen.headings == ["Runs", "Scenario differences", "Metrics", "Overlays"]
+
+
+def test_a_plan_report(browser, tmp_path, capsys):
+    out = tmp_path / "plan"
+    argv = ["plan", str(_small(tmp_path)), "--slo", "ttft_p99=300ms,tpot_p99=40ms", "--rate",
+            "25", "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    seen = browser.open(out / "report.html")
+    _drawn(seen, [f"kvsim-plan-{i}" for i in range(4)])
+    assert seen.headings == ["Answer", "Why", "Points tried"]
