@@ -354,9 +354,15 @@ def test_a_signal_while_writing_leaves_no_folder(tmp_path, capsys, monkeypatch, 
         raise AssertionError("the signal was not delivered")
 
     monkeypatch.setattr(output_module, "write_files", interrupted)
+    # A process started in the background by a shell ignores SIGINT; a user's terminal does not.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     s = _write(tmp_path, _doc())
     out = tmp_path / "out"
-    assert main(["run", str(s), "--out", str(out), "--no-progress"]) == code
+    try:
+        status = main(["run", str(s), "--out", str(out), "--no-progress"])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert status == code
     assert capsys.readouterr().err == f"kvsim: {word}; no results written\n"
     assert os.listdir(tmp_path) == ["s.yaml"]
     monkeypatch.setattr(output_module, "write_files", real)

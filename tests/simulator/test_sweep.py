@@ -468,6 +468,9 @@ def test_ctrl_c_keeps_finished_points_and_the_same_command_resumes(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A process started in the background by a shell ignores SIGINT; a user's terminal
+        # does not, and neither does the sweep here.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     while not list(pathlib.Path(out / "points").glob("*/point.json")):
