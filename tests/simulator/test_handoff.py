@@ -351,3 +351,47 @@ def test_the_record_keeps_the_prefill_replicas_hits_and_the_decode_replicas_outc
     assert (reqs[0]["hit_units"], reqs[1]["hit_units"], reqs[1]["hit_tokens"]) == (0, 2, 128)
     assert reqs[1]["decode_replica"] == 0 and reqs[1]["status"] == "done"
     assert res.summary["prefix_hit_ratio"] == 2 / 6
+
+
+def test_each_pool_has_its_own_gpu_kv_dtype_and_max_model_len(tmp_path):
+    """A decode pool on a user's GPU (a hardware file), storing fp8 KV, with a max_model_len of
+    1,500 tokens: the request of 1,600 is dropped with that reason, the other's raw KV crosses
+    the link in the prefill pool's bf16, and each pool reports its own GPU."""
+    import yaml
+
+    hw = tmp_path / "gpus.yaml"
+    hw.write_text(yaml.safe_dump({"h100-94g": {"base": "h100-sxm", "memory_gib": 93.0,
+                                               "source": "a test"}}))  # fmt: skip
+    rows = [{"arrival_s": 0.0, "prompt_tokens": 1000, "output_tokens": 2},
+            {"arrival_s": 0.1, "prompt_tokens": 1000, "output_tokens": 600}]  # fmt: skip
+    doc = _doc(tmp_path, rows)
+    doc["pools"][1].update(
+        hardware="h100-94g",
+        cache={"num_gpu_blocks": "auto", "kv_cache_dtype": "fp8"},
+        scheduler={"max_num_batched_tokens": 2048, "max_num_seqs": 16, "max_model_len": 1500},
+    )
+    scenario = scenario_from_dict(doc, base_dir=tmp_path, hardware_files=(hw,))
+    c = Cluster(scenario)
+    prefill, decode = c.pools
+    assert (prefill.gpu.name, decode.gpu.name) == ("h100-sxm", "h100-94g")
+    assert (prefill.model.kv_element_bytes, decode.model.kv_element_bytes) == (2, 1)
+    res = c.run()
+    reqs = {r["id"]: r for r in res.requests}
+    assert reqs[0]["status"] == "done" and reqs[0]["payload_bytes"] == 1000 * KV_TOKEN_BYTES
+    assert reqs[1]["status"] == "dropped: longer than max_model_len (1500 tokens)"
+    assert res.summary["hardware_file"] == str(hw)
+    assert res.summary["pools"]["decode"]["hardware"] == "h100-94g"
+    # fp8 halves the page: the decode pool holds more blocks than a bf16 one on the same GPU
+    bf16 = dict(
+        doc, pools=[doc["pools"][0], {**doc["pools"][1], "cache": {"num_gpu_blocks": "auto"}}]
+    )
+    plain = Cluster(scenario_from_dict(bf16, base_dir=tmp_path, hardware_files=(hw,)))
+    assert decode.capacity > 1.9 * plain.pools[1].capacity
+
+
+def test_a_pools_max_model_len_beyond_its_models_context_is_one_line(tmp_path):
+    doc = _doc(tmp_path, [{"arrival_s": 0.0, "prompt_tokens": 10, "output_tokens": 2}])
+    doc["pools"][1]["scheduler"] = {"max_model_len": 10**6}
+    with pytest.raises(KvsimError, match=r"pools\.decode\.scheduler\.max_model_len: 1000000 "
+                                         r"exceeds llama-3\.1-8b's context"):  # fmt: skip
+        scenario_from_dict(doc, base_dir=tmp_path)

@@ -8,7 +8,7 @@ import math
 import pytest
 from hand_prices import _attention, _elementwise, _gemm
 
-from kvsim.simulator.catalog import get_gpu, get_model
+from kvsim.simulator.catalog import get_gpu, get_model, with_kv_cache_dtype
 from kvsim.simulator.errors import KvsimError
 from kvsim.simulator.latency import IterationPricer, RooflineModel
 from kvsim.simulator.policies import TRANSFER
@@ -46,6 +46,16 @@ def _codec(name, model=MISTRAL, consumer=None, **params):
 )  # fmt: skip
 def test_payload_bytes(name, params, payload):
     assert _codec(name, **params).plan(T).payload_bytes == payload
+
+
+def test_an_fp8_kv_cache_halves_raw_kv_but_not_hidden_states_or_codes():
+    """A producer storing its KV in fp8 (``cache.kv_cache_dtype``) sends one byte an element of
+    raw KV; a hidden state and SCD's codes stay in the model's two bytes."""
+    fp8 = with_kv_cache_dtype(MISTRAL, "fp8")
+    assert _codec("raw", fp8).plan(T).payload_bytes == T * 32 * 2048
+    assert _codec("layer_recompute", fp8, k=4).plan(T).payload_bytes == T * (28 * 2048 + 4 * 8192)
+    scd = {"rank_k": 64, "rank_v": 128, "rank_h": 256}
+    assert _codec("scd", fp8, **scd).plan(T).payload_bytes == T * 2 * (26 * 192 + 6 * 256)
 
 
 def test_raw_and_consumer_prefill_run_no_codec_work():
