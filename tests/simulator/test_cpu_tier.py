@@ -62,6 +62,10 @@ def test_evicted_units_go_to_the_cpu_tier_and_a_hit_loads_them_before_the_prefil
     assert s["cpu_tier"]["hit_ratio_gpu"] == 1 / 10
     assert s["cpu_tier"]["loaded_bytes"] == load_ns
     assert "prefix hits by tier       GPU 10.0%, CPU 20.0%  (1 loads" in res.table()
+    from kvsim.simulator.digest import digest
+
+    d = digest(res)  # the report's chart: r2's 2 CPU hits among its 3, in r2's arrival bin
+    assert (d.cpu_hit_units.sum(), d.hit_units.sum(), d.units.sum()) == (2, 3, 10)
     assert ("prefix hits by tier", "GPU 10.0%, CPU 20.0%  (1 loads, 0.0168 GB over PCIe)") in (
         res.table_rows()
     )

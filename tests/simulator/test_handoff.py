@@ -203,8 +203,18 @@ def test_decode_replica_is_chosen_when_the_prefill_finishes(tmp_path):
             for i in range(2)]  # fmt: skip
     doc = _doc(tmp_path, rows)
     doc["pools"][1]["replicas"] = 2
+    doc["pools"][0]["scheduler"] = {"max_num_batched_tokens": 2048, "max_num_seqs": 1}
     res = simulate(scenario_from_dict(doc, base_dir=tmp_path))
     assert [r["decode_replica"] for r in res.requests] == [0, 1]
+    # Each request's queueing delay is its prefill replica's: request 1 waits for request 0's
+    # prefill (one sequence at a time there), then is admitted at once when that ends.
+    a, b = res.requests
+    t1 = iteration_ns([(0, 300)], logits=1)
+    assert a["queue_s"] == 0.0 and round(b["queue_s"] * 1e9) == t1 - 10_000_000
+    per = res.summary["replicas"]
+    assert [(p["pool"], p["replica"], p["requests"]) for p in per] == [
+        ("prefill", 0, 2), ("decode", 0, 1), ("decode", 1, 1)
+    ]  # fmt: skip
 
 
 BAD = [
