@@ -99,6 +99,9 @@ def test_a_unit_is_hit_in_the_tier_only_once_its_copy_has_arrived():
     assert tier.match([7], 0, 64, 64) == []
     env.run(until=401)
     assert [n.id for n in tier.match([7], 0, 64, 64)] == [7]
+    # Only at its own depth and size: unit 7 as a prompt's second unit, or as a 32-token last
+    # unit, is other content.
+    assert tier.match([3, 7], 1, 128, 64) == [] and tier.match([7], 0, 32, 64) == []
 
 
 @pytest.mark.parametrize("policy, kept", [("lru", [1, 0]), ("helpers:ShallowestFirst", [2, 0])])

@@ -119,6 +119,8 @@ def test_a_hand_off_waits_for_the_decode_replica_to_free_blocks(tmp_path, exact)
     t5 = t4 + iteration_ns([(1000, 1)], logits=1)
     assert _ns(reqs[0]["finish_s"]) == t3 and _ns(reqs[0]["wait_s"]) == 0
     assert _ns(reqs[1]["wait_s"]) == t3 - t1
+    # The transfer's time starts when it is sent, not when the prefill ended.
+    assert [_ns(reqs[i]["transfer_s"]) for i in (0, 1)] == [t2 - t1, t4 - t3]
     assert _ns(reqs[1]["finish_s"]) == t5
 
 
@@ -212,8 +214,8 @@ def test_decode_replica_is_chosen_when_the_prefill_finishes(tmp_path):
     t1 = iteration_ns([(0, 300)], logits=1)
     assert a["queue_s"] == 0.0 and round(b["queue_s"] * 1e9) == t1 - 10_000_000
     per = res.summary["replicas"]
-    assert [(p["pool"], p["replica"], p["requests"]) for p in per] == [
-        ("prefill", 0, 2), ("decode", 0, 1), ("decode", 1, 1)
+    assert [(p["pool"], p["replica"], p["requests"], p["routed"]) for p in per] == [
+        ("prefill", 0, 2, 2), ("decode", 0, 1, 1), ("decode", 1, 1, 1)
     ]  # fmt: skip
 
 

@@ -244,6 +244,27 @@ def test_a_model_without_attention_holds_states_only():
     assert s.generated == 40 and cache.free == 9 and list(cache.tree.states) == [1]
     hit = cache.lookup(_req(1, 3, ids=(1, 2, 9)), 0)
     assert hit.tokens == 64 and hit.nodes == () and hit.resume.id == 1
+    # Unit 1's state is the state after the first unit only: a prompt holding unit 1 second
+    # (after other content) cannot resume from it.
+    assert cache.lookup(_req(2, 3, ids=(8, 1, 9)), 0).tokens == 0
+
+
+def test_a_request_must_fit_beside_its_live_state_and_one_checkpoint(tmp_path):
+    """A hybrid sequence holds its KV, its live state and, while storing one, a checkpoint: a
+    request whose KV leaves room for one state but not two is dropped; one block less of KV runs."""
+    from kvsim.simulator.cluster import Cluster
+
+    def run(prompt_tokens):
+        rows = [{"arrival_s": 0.0, "prompt_tokens": prompt_tokens, "output_tokens": 1}]
+        trace = write_kvsim_trace(tmp_path / "t.jsonl", rows)
+        doc = scenario_doc(trace, model="qwen3.5-0.8b", cache={"num_gpu_blocks": 400})
+        c = Cluster(scenario_from_dict(doc, base_dir=tmp_path))
+        return c.entry.state_blocks, c.run().requests[0]["status"]
+
+    sb, _ = run(16)
+    kv = 400 - 2 * sb  # blocks of KV that fit beside two states
+    assert run(kv * 16)[1] == "done"
+    assert run(kv * 16 + 1)[1] == "dropped: needs more KV blocks than a replica has (400)"
 
 
 def _rows(n_docs=3, questions=4):
