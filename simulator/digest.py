@@ -113,15 +113,18 @@ class Digest:
         return (np.arange(TIME_BINS) + 0.5) * self.width_s
 
     def cdf(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
-        """(upper edges, share of values at or below) over the bins from the first to the last
-        that holds a value; empty without values."""
+        """(edges, share of values at or below): the lower edge of the first bin that holds a
+        value at share 0 (so that a run whose values all fall in one bin still draws its step),
+        then the upper edges of the bins up to the last that holds one; empty without values."""
         h = self.hist[metric]
         nz = np.flatnonzero(h)
         if nz.size == 0:
             return np.array([]), np.array([])
         lo, hi = nz[0], nz[-1] + 1
         cum = np.cumsum(h)[lo:hi]
-        return edges_s()[lo:hi], cum / cum[-1]
+        edges = edges_s()
+        first = edges[lo - 1] if lo else LOW_S
+        return np.concatenate(([first], edges[lo:hi])), np.concatenate(([0.0], cum / cum[-1]))
 
     def ttft_quantiles(self, q: float) -> np.ndarray:
         """The q-quantile of TTFT per arrival bin (the upper edge of the log bin that holds it;

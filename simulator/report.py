@@ -195,8 +195,11 @@ def _hit_series(d, tiers: bool) -> dict[str, np.ndarray]:
     }
 
 
-def _queue_charts(ts) -> list[tuple[str, go.Figure]]:
+def _queue_charts(ts, summary: dict) -> list[tuple[str, go.Figure]]:
     cols = ts.columns()
+    # Each replica's line is named as the per-replica table names it (its pool, with pools).
+    names = [f"{p['pool']} {p['replica']}" if "pool" in p else f"replica {p['replica']}"
+             for p in summary.get("replicas", ())]  # fmt: skip
     idx = _thin(len(cols["time_s"]))
     t = cols["time_s"][idx]
     q = figure("Requests waiting and running (all replicas)", "time (s)", "requests")
@@ -210,8 +213,9 @@ def _queue_charts(ts) -> list[tuple[str, go.Figure]]:
     if 1 < len(ts.capacity) <= MAX_REPLICA_LINES:
         for i, cap in enumerate(ts.capacity):
             line = {"shape": "hv", "width": 1}
+            name = names[i] if i < len(names) else f"replica {i}"
             kv.add_trace(go.Scatter(x=t, y=per[idx, i, 2] / cap, mode="lines", line=line,
-                                    name=f"replica {i}"))  # fmt: skip
+                                    name=name))  # fmt: skip
     kv.update_yaxes(range=[0, 1.02])
     return [("kvsim-queues", q), ("kvsim-kv-use", kv)]
 
@@ -276,7 +280,7 @@ def report_html(results: Results, scenario, plotlyjs: bool | str = True) -> str:
             "preemptions/s", "arrival (s)")),
     ]  # fmt: skip
     if results.timeseries is not None:
-        figs += _queue_charts(results.timeseries)
+        figs += _queue_charts(results.timeseries, s)
     links = getattr(results, "link_series", None)
     if links:
         figs.append(("kvsim-links", _link_chart(links)))

@@ -287,6 +287,9 @@ def test_link_utilisation_over_time_reaches_the_report(tmp_path):
     assert res.summary["links"]["prefill-decode"]["busy_s"] == 3 * 1000 * KV_TOKEN_BYTES / 1e9
     page = report_html(res, scenario)
     assert "Link use over time" in page and '"name":"prefill-decode"' in page
+    # Per-replica KV lines are named by pool; the hand-off's delay has its CDF.
+    assert '"name":"prefill 0"' in page and '"name":"decode 0"' in page
+    assert "Hand-off (CDF)" in page
 
 
 @pytest.mark.parametrize("exact", [False, True])

@@ -132,7 +132,9 @@ def test_digest_against_the_values_by_hand():
     x, y = d.cdf("e2e_s")
     e2e = (ttft + decode) / NS
     assert y.tolist() == [float(np.mean(e2e <= v)) for v in x]
-    assert x[0] == edges[np.searchsorted(edges, e2e.min())] and y[-1] == 1.0
+    first = np.searchsorted(edges, e2e.min())  # the bin of the smallest value, from its lower edge
+    assert (x[0], x[1], y[0], y[-1]) == (edges[first - 1], edges[first], 0.0, 1.0)
+
     tpot = decode[out > 1] / NS / (out[out > 1] - 1)
     assert d.hist["tpot_s"].sum() == len(tpot)
     # Time bins: arrivals, finishes, output tokens, units and hits by arrival.
@@ -182,3 +184,16 @@ def test_same_run_same_bytes_and_a_shared_plotly(run, tmp_path):
     shared = report_html(again, s, "../plotly.min.js")
     assert '<script charset="utf-8" src="../plotly.min.js"></script>' in shared
     assert len(shared) < 300_000 < 4_000_000 < len(page)
+
+
+def test_a_cdf_of_equal_values_is_one_step():
+    """Every value in one log bin: the CDF goes from 0 at the bin's lower edge to 1 at its upper
+    edge (a single point would draw no line)."""
+    from kvsim.simulator.digest import Digest
+
+    d = Digest(1.0)
+    d.hist["ttft_s"][500] = 40
+    x, y = d.cdf("ttft_s")
+    assert x.tolist() == edges_s()[499:501].tolist() and y.tolist() == [0.0, 1.0]
+    d.hist["queue_s"][0] = 3  # zeros count in bin 0, drawn from LOW_S
+    assert d.cdf("queue_s")[0].tolist() == [1e-6, edges_s()[0]]
