@@ -343,3 +343,24 @@ def test_missing_or_unknown_parameters_go_through_the_registry():
         CHECKPOINT.create("every")
     with pytest.raises(KvsimError, match="unknown checkpoint policy 'log'"):
         CHECKPOINT.create("log")
+
+
+def test_seen_prefixes_give_the_overlap_depth_and_forget_the_oldest():
+    """The overlap depth is the shared run of leading units (clipped to the prompt); a unit seen
+    only later in a prompt does not count; the set keeps the last ``capacity`` ids."""
+    from kvsim.simulator.cache.seen import SeenPrefixes
+    from kvsim.traces import Request
+
+    seen = SeenPrefixes(capacity=5)
+    assert seen.depth(Request(0, 0.0, 250, 1, (1, 2, 3), 100)) == 0
+    assert seen.depth(Request(1, 0.0, 400, 1, (1, 2, 4, 5), 100)) == 200
+    assert seen.depth(Request(2, 0.0, 150, 1, (1, 2), 100)) == 150  # clipped to the prompt
+    assert seen.depth(Request(3, 0.0, 300, 1, (9, 1, 2), 100)) == 0
+    # Six distinct ids were seen (1, 2, 3, 4, 5, 9): the oldest, 1, is forgotten; seeing it
+    # again forgets 2.
+    assert seen.depth(Request(4, 0.0, 300, 1, (1, 2, 3), 100)) == 0
+    assert seen.depth(Request(5, 0.0, 300, 1, (3, 4, 5), 100)) == 300
+    assert seen.depth(Request(6, 0.0, 300, 1, (2, 3, 4), 100)) == 0
+    gap = SeenPrefixes()
+    gap.depth(Request(0, 0.0, 300, 1, (1, 2, 3), 100))
+    assert gap.depth(Request(1, 0.0, 300, 1, (1, 7, 3), 100)) == 100  # 3 is past the gap
