@@ -1,7 +1,7 @@
 """The pages kvsim writes, opened in a real headless Chromium (the Debian package): each loads
 without a console error or exception and draws every chart as SVG (no WebGL canvas).
 
-Without Chromium these tests fail (they do not skip): CI installs it (.ci/run)."""
+Without Chromium these tests fail (they do not skip); the README says how to install it."""
 
 from __future__ import annotations
 
