@@ -8,6 +8,7 @@ so a new README command is either run here or listed."""
 
 from __future__ import annotations
 
+import ast
 import concurrent.futures
 import os
 import re
@@ -158,3 +159,23 @@ def test_the_small_inputs_are_the_shipped_scenarios_capped(tmp_path, name):
     given = original["workload"].pop("max_requests", None) or MAX_REQUESTS
     assert doc["workload"].pop("max_requests") == min(given, MAX_REQUESTS) == MAX_REQUESTS
     assert doc == original
+
+
+def test_the_readme_s_python_example_runs(tmp_path):
+    blocks = re.findall(r"^```python\n(.*?)^```", README.read_text(), flags=re.M | re.S)
+    assert len(blocks) == 1
+    cwd = _scratch(tmp_path)
+    code = blocks[0] + "\nprint(repr((res.summary['ttft_s']['p99'], res.requests[0]['ttft_s'])))\n"
+    r = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True,
+                       timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    p99, first = ast.literal_eval(r.stdout.strip().splitlines()[-1])
+    assert isinstance(p99, float) and isinstance(first, float) and 0 < first <= p99 * 10
+
+
+def test_the_readme_s_sweep_file_is_the_shipped_one():
+    text = README.read_text()
+    block = re.search(r"^```yaml\n# scenarios/sweeps/quickstart_replicas.yaml\n(.*?)^```", text,
+                      flags=re.M | re.S)  # fmt: skip
+    shipped = ROOT / "scenarios" / "sweeps" / "quickstart_replicas.yaml"
+    assert yaml.safe_load(block[1]) == yaml.safe_load(shipped.read_text())
