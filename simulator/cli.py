@@ -186,9 +186,11 @@ def _parser() -> argparse.ArgumentParser:
         help="fewest replicas meeting an SLO at a rate, or the highest rate a cluster serves",
         description="Search over simulations of a scenario: with --rate R (default: the "
         "scenario's rate), the fewest replicas (GPUs = replicas × tensor parallel) whose run "
-        "meets the SLO at R requests per second; with --replicas N, the highest rate N replicas "
-        "serve within it. Prints the answer and every point tried; writes plan.csv, plan.json "
-        "and report.html (each SLO metric against replicas or rate) into runs/<name>-plan.",
+        "meets the SLO at R requests per second (with a prefill and a decode pool, the fewest "
+        "replicas and their best prefill:decode split, every split of each total tried); with "
+        "--replicas N, the highest rate N replicas serve within it. Prints the answer and "
+        "every point tried; writes plan.csv, plan.json and report.html (each SLO metric "
+        "against replicas, the split or rate) into runs/<name>-plan.",
     )
     pl.add_argument("scenario", help="scenario YAML file")
     pl.add_argument(

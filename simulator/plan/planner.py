@@ -4,6 +4,13 @@
   requests per second.
 - ``--replicas N``: the highest rate N replicas serve within the SLO (its goodput: requests
   meeting the SLO per second), to a relative tolerance.
+- With a prefill and a decode pool (``pools:``), ``--rate R``: the fewest replicas N = prefill +
+  decode such that some split meets the SLO, and the best split of N. Every N the search evaluates
+  is evaluated at each of its splits p:(N − p), p = 1 … N − 1 (N − 1 simulations, run together);
+  N meets when one of them does. Assuming a replica added to either pool never hurts, "some split
+  of N meets" is monotone in N, so the fewest-replicas search applies unchanged (from N = 2). Of
+  the answer's splits that meet, the best is the one furthest inside the SLO: the smallest
+  largest value / limit over the terms, then the higher goodput, then fewer prefill replicas.
 
 A point of the search is the scenario with ``--set`` overrides (``cluster.replicas=N``, and
 ``workload.rate=R`` — or, for a trace, ``workload.rate_scale`` = R / the trace's mean rate), run as
@@ -51,6 +58,19 @@ class Question:
         return "replicas" if self.replicas is None else "rate"
 
 
+@dataclass(frozen=True)
+class Pools:
+    """A disaggregated scenario's prefill and decode pools (names as ``--set`` addresses them)."""
+
+    prefill: str
+    decode: str
+    tp_prefill: int
+    tp_decode: int
+
+    def gpus(self, split: tuple[int, int]) -> int:
+        return split[0] * self.tp_prefill + split[1] * self.tp_decode
+
+
 @dataclass
 class PlanPoint:
     """One simulation of the search."""
@@ -58,11 +78,13 @@ class PlanPoint:
     index: int
     round: int
     value: float
-    """Replicas (fewest) or requests per second (highest)."""
+    """Replicas (fewest; prefill + decode with pools) or requests per second (highest)."""
     overrides: tuple[str, ...]
     summary: dict
     meets: bool
     reasons: list[str]
+    split: tuple[int, int] | None = None
+    """(prefill, decode) replicas with pools; None for one unified pool."""
 
 
 @dataclass
@@ -77,9 +99,39 @@ class Plan:
     tensor_parallel: int = 1
     rate: float = math.nan
     """The rate planned for (fewest replicas), or the rate search's start (highest)."""
+    pools: Pools | None = None
+    """The prefill and decode pools whose split is searched; None: one unified pool."""
 
     def point(self, value) -> PlanPoint | None:
+        """The point at ``value``; with pools, its best split (:func:`best`)."""
+        if self.pools is not None:
+            return best([p for p in self.points if p.value == value], self.question.slo)
         return next((p for p in self.points if p.value == value), None)
+
+    def gpus(self, point: PlanPoint) -> int:
+        if point.split is not None:
+            return self.pools.gpus(point.split)
+        replicas = point.value if self.question.knob == "replicas" else self.question.replicas
+        return replicas * self.tensor_parallel
+
+
+def best(points: list[PlanPoint], terms: tuple[Term, ...]) -> PlanPoint | None:
+    """Of one total's splits, the best: of those that meet (else of all), the smallest largest
+    value / limit, then the highest goodput, then the fewest prefill replicas."""
+    if not points:
+        return None
+    met = [p for p in points if p.meets] or points
+    return min(met, key=lambda p: (stress(terms, p.summary),
+                                   -(p.summary.get("slo", {}).get("goodput_requests_per_s") or 0),
+                                   p.split or (0, 0)))  # fmt: skip
+
+
+def _pools(scenario) -> Pools | None:
+    if not scenario.disaggregated:
+        return None
+    specs = {s.role: s for s in scenario.pool_specs()}
+    pre, dec = specs["prefill"], specs["decode"]
+    return Pools(pre.name, dec.name, pre.tensor_parallel, dec.tensor_parallel)
 
 
 def trace_mean_rate(scenario) -> float:
@@ -163,18 +215,38 @@ def run_plan(question: Question, workers: int = 1, progress: bool = False) -> Pl
     is_trace = isinstance(scenario.workload, TraceWorkload)
     trace_rate = trace_mean_rate(scenario) if is_trace else None
     rate = q.rate if q.rate is not None else _scenario_rate(scenario, trace_rate)
+    pools = _pools(scenario)
+    if pools is not None and q.replicas is not None:
+        raise KvsimError(
+            f"{q.scenario}: --replicas: the scenario has a prefill and a decode pool; plan their "
+            "split with --rate R, or set each pool's replicas (--set pools.<name>.replicas=N) "
+            "and run it"
+        )
+    specs = scenario.pool_specs()
+    unified = specs[0].name if scenario.pools and pools is None else None
     plan = Plan(q, search.Outcome(None, None, None), trace_rate=trace_rate,
-                tensor_parallel=scenario.cluster.tensor_parallel, rate=rate)  # fmt: skip
+                tensor_parallel=specs[0].tensor_parallel, rate=rate, pools=pools)  # fmt: skip
 
     def rate_set(rate: float) -> str:
         if trace_rate is not None:
             return f"workload.rate_scale={_rate_text(rate / trace_rate)}"
         return f"workload.rate={_rate_text(rate)}"
 
-    def overrides_for(value) -> tuple[str, ...]:
+    def replicas_set(n: int) -> tuple[str, ...]:
+        if unified is not None:  # one unified pool given as pools:
+            return (f"pools.{unified}.replicas={n}",)
+        return (f"cluster.replicas={n}",)
+
+    def runs_for(value) -> list[tuple[tuple[int, int] | None, tuple[str, ...]]]:
+        """The (split, overrides) of each simulation evaluating ``value``."""
+        if pools is not None:
+            return [((p, value - p), (*q.overrides, f"pools.{pools.prefill}.replicas={p}",
+                                      f"pools.{pools.decode}.replicas={value - p}",
+                                      rate_set(rate)))
+                    for p in range(1, value)]  # fmt: skip
         if q.knob == "replicas":
-            return (*q.overrides, f"cluster.replicas={value}", rate_set(rate))
-        return (*q.overrides, f"cluster.replicas={q.replicas}", rate_set(value))
+            return [(None, (*q.overrides, *replicas_set(value), rate_set(rate)))]
+        return [(None, (*q.overrides, *replicas_set(q.replicas), rate_set(value)))]
 
     with Evaluator(q, workers) as ev:
 
@@ -183,18 +255,20 @@ def run_plan(question: Question, workers: int = 1, progress: bool = False) -> Pl
                 shown = ", ".join(str(v) if q.knob == "replicas" else _rate_text(v)
                                   for v in values)  # fmt: skip
                 print(f"kvsim: plan round {round_ + 1}: {q.knob} {shown}", file=sys.stderr)
-            sets = [overrides_for(v) for v in values]
-            oks = []
-            for v, o, summary in zip(values, sets, ev.summaries(sets), strict=True):
+            runs = [(v, split, o) for v in values for split, o in runs_for(v)]
+            summaries = ev.summaries([o for _, _, o in runs])
+            met: dict = dict.fromkeys(values, False)
+            for (v, split, o), summary in zip(runs, summaries, strict=True):
                 ok, reasons = verdict(q.slo, summary)
                 plan.points.append(PlanPoint(len(plan.points), round_, v, o, summary, ok,
-                                             reasons))  # fmt: skip
-                oks.append(ok)
-            return oks
+                                             reasons, split))  # fmt: skip
+                met[v] = met[v] or ok
+            return [met[v] for v in values]
 
         if q.knob == "replicas":
-            plan.outcome = search.fewest(scenario.cluster.replicas, q.max_replicas, check,
-                                         q.probes)  # fmt: skip
+            start = sum(s.replicas for s in specs)
+            plan.outcome = search.fewest(start, q.max_replicas, check, q.probes,
+                                         low=2 if pools is not None else 1)  # fmt: skip
         else:
             plan.outcome = search.highest(rate, MIN_RATE, MAX_RATE, q.tolerance, check,
                                           q.probes)  # fmt: skip
@@ -221,12 +295,21 @@ def answer_lines(plan: Plan) -> list[str]:
             lines.append(f"answer: none up to {q.max_replicas} replicas{why}")
         else:
             p = plan.point(o.answer)
+            split = "" if p.split is None else f"{_split_text(plan, p)}: "
             lines.append(f"answer: {o.answer} replica{'s' * (o.answer > 1)} "
-                         f"({o.answer * tp} GPUs): {_figures(q.slo, p.summary)}")  # fmt: skip
+                         f"({plan.gpus(p)} GPUs): {split}{_figures(q.slo, p.summary)}")  # fmt: skip
             below = plan.point(o.lo)
             if below is not None:
-                lines.append(f"        {o.lo} fail: {'; '.join(below.reasons)}")
-            lines.append("        exact (an integer), if more replicas never hurt")
+                closest = "" if below.split is None else f" (closest: {_split_text(plan, below)})"
+                lines.append(f"        {o.lo} fail{closest}: {'; '.join(below.reasons)}")
+            if p.split is None:
+                lines.append("        exact (an integer), if more replicas never hurt")
+            else:
+                lines.append("        exact (an integer), if a replica added to either pool "
+                             "never hurts; the split: of the "
+                             f"{sum(1 for x in plan.points if x.value == o.answer and x.meets)} "
+                             f"of {o.answer - 1} splits that meet, the furthest inside the "
+                             "SLO")  # fmt: skip
     else:
         lines = [f"question: the highest rate {q.replicas} replica{'s' * (q.replicas > 1)} "
                  f"({q.replicas * tp} GPUs) serve meeting {slo}"]  # fmt: skip
@@ -251,6 +334,10 @@ def answer_lines(plan: Plan) -> list[str]:
     lines.append(f"search: {len(plan.points)} simulations in {o.rounds} rounds of at most "
                  f"{q.probes}")  # fmt: skip
     return lines
+
+
+def _split_text(plan: Plan, p: PlanPoint) -> str:
+    return f"{p.split[0]} {plan.pools.prefill} + {p.split[1]} {plan.pools.decode}"
 
 
 def _figures(terms: tuple[Term, ...], summary: dict) -> str:

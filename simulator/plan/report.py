@@ -47,14 +47,18 @@ def table(plan: Plan) -> tuple[list[str], list[list[str]]]:
     """Header and one row per point, in the order tried."""
     q = plan.question
     knob = "replicas" if q.knob == "replicas" else "rate (req/s)"
-    header = ["point", "round", knob, "GPUs", "meets"]
+    header = ["point", "round", knob]
+    if plan.pools is not None:
+        header += [plan.pools.prefill, plan.pools.decode]
+    header += ["GPUs", "meets"]
     header += [t.name for t in q.slo] + [label for _, label in EXTRA] + ["why not"]
     rows = []
     for p in plan.points:
-        replicas = p.value if q.knob == "replicas" else q.replicas
         value = str(p.value) if q.knob == "replicas" else _rate_text(p.value)
-        row = [str(p.index), str(p.round + 1), value, str(replicas * plan.tensor_parallel),
-               "yes" if p.meets else "no"]  # fmt: skip
+        row = [str(p.index), str(p.round + 1), value]
+        if p.split is not None:
+            row += [str(p.split[0]), str(p.split[1])]
+        row += [str(plan.gpus(p)), "yes" if p.meets else "no"]
         row += [_num(_get(p.summary, t.name)) for t in q.slo]
         row += [_num(_get(p.summary, key)) for key, _ in EXTRA]
         rows.append(row + ["; ".join(p.reasons)])
@@ -99,20 +103,28 @@ def json_text(plan: Plan) -> str:
         "question": "fewest_replicas" if q.knob == "replicas" else "highest_rate",
         "rate": plan.rate,
         "replicas": q.replicas,
-        "slo": [{"metric": t.metric, "statistic": t.statistic, "limit_s": t.limit_s}
-                for t in q.slo],  # fmt: skip
+        "slo": [
+            {"metric": t.metric, "statistic": t.statistic, "limit_s": t.limit_s} for t in q.slo
+        ],  # fmt: skip
         "tolerance": q.tolerance if q.knob == "rate" else None,
         "trace_mean_rate": plan.trace_rate,
         "answer": o.answer,
         "bracket": [o.lo, o.hi],
         "monotone": o.monotone,
-        "points": [
-            {"index": p.index, "round": p.round + 1, q.knob: p.value,
-             "overrides": list(p.overrides), "meets": p.meets, "reasons": p.reasons,
-             "summary": p.summary}
-            for p in plan.points
-        ],
-    }  # fmt: skip
+    }
+    if plan.pools is not None:
+        chosen = plan.point(o.answer) if o.answer is not None else None
+        doc["pools"] = {"prefill": plan.pools.prefill, "decode": plan.pools.decode}
+        doc["split"] = None if chosen is None else {"prefill": chosen.split[0],
+                                                    "decode": chosen.split[1],
+                                                    "gpus": plan.gpus(chosen)}  # fmt: skip
+    doc["points"] = [
+        {"index": p.index, "round": p.round + 1, q.knob: p.value,
+         **({} if p.split is None else {"prefill": p.split[0], "decode": p.split[1]}),
+         "gpus": plan.gpus(p), "overrides": list(p.overrides), "meets": p.meets,
+         "reasons": p.reasons, "summary": p.summary}
+        for p in plan.points
+    ]  # fmt: skip
     return json.dumps(_clean(doc), indent=2) + "\n"
 
 
@@ -146,15 +158,50 @@ def _chart(plan: Plan, key: str, title: str, limit: float | None) -> go.Figure:
     return fig
 
 
+def _split_chart(plan: Plan, key: str, title: str, limit: float | None) -> go.Figure:
+    """``key`` against the prefill replicas, a line per total: which splits of each total meet,
+    and the chosen one."""
+    pools = plan.pools
+    fig = figure(title, f"{pools.prefill} replicas (the rest {pools.decode})", key)
+    totals = sorted({p.value for p in plan.points})
+    finite = []
+    for n in totals:
+        pts = sorted((p for p in plan.points if p.value == n), key=lambda p: p.split)
+        ys = [_get(p.summary, key) for p in pts]
+        ys = [None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
+              for v in ys]  # fmt: skip
+        finite += [v for v in ys if v is not None]
+        fig.add_trace(go.Scatter(
+            x=[p.split[0] for p in pts], y=ys, mode="lines+markers", name=f"{n} replicas",
+            line={"width": 3 if n == plan.outcome.answer else 1},
+            marker={"color": [OK if p.meets else FAIL for p in pts], "size": 8},
+            text=[f"point {p.index}: {p.split[0]}:{p.split[1]}, "
+                  f"{'meets' if p.meets else 'fails'}" for p in pts],
+        ))  # fmt: skip
+    xs = [p.split[0] for p in plan.points]
+    if limit is not None:
+        fig.add_trace(go.Scatter(x=[min(xs), max(xs)], y=[limit, limit], mode="lines",
+                                 line={"dash": "dash", "color": FAIL}, name="limit"))  # fmt: skip
+        finite.append(limit)
+    chosen = plan.point(plan.outcome.answer) if plan.outcome.answer is not None else None
+    if chosen is not None and finite:
+        a = chosen.split[0]
+        fig.add_trace(go.Scatter(x=[a, a], y=[min(finite), max(finite)], mode="lines",
+                                 line={"dash": "dot", "color": OK},
+                                 name=f"answer {chosen.split[0]}:{chosen.split[1]}"))  # fmt: skip
+    return fig
+
+
 def report_html(plan: Plan) -> str:
     q = plan.question
-    figs = [(f"kvsim-plan-{i}", _chart(plan, t.name, f"{t.name} (limit {t.limit_s:g} s)",
-                                       t.limit_s))
+    chart = _chart if plan.pools is None else _split_chart
+    figs = [(f"kvsim-plan-{i}", chart(plan, t.name, f"{t.name} (limit {t.limit_s:g} s)",
+                                      t.limit_s))
             for i, t in enumerate(q.slo)]  # fmt: skip
     n = len(figs)
     figs += [
-        (f"kvsim-plan-{n}", _chart(plan, "slo.goodput_requests_per_s", "goodput (req/s)", None)),
-        (f"kvsim-plan-{n + 1}", _chart(plan, "utilisation", "utilisation", None)),
+        (f"kvsim-plan-{n}", chart(plan, "slo.goodput_requests_per_s", "goodput (req/s)", None)),
+        (f"kvsim-plan-{n + 1}", chart(plan, "utilisation", "utilisation", None)),
     ]
     header, rows = table(plan)
     lines = answer_lines(plan)

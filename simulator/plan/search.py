@@ -34,7 +34,7 @@ class Outcome:
 
     answer: float | int | None
     lo: float | int | None
-    """fewest: the largest value below the answer that failed (0: none tried); highest: the
+    """fewest: the largest value below the answer that failed (low − 1: none tried); highest: the
     answer."""
     hi: float | int | None
     """fewest: the answer; highest: the smallest value above the answer that failed."""
@@ -61,13 +61,13 @@ class _Rounds:
 
 
 def fewest(start: int, upper: int, check: Callable[[list, int], list[bool]],
-           probes: int = PROBES) -> Outcome:  # fmt: skip
-    """The smallest integer in [1, upper] for which ``check`` holds. ``check(values, round)``
+           probes: int = PROBES, low: int = 1) -> Outcome:  # fmt: skip
+    """The smallest integer in [low, upper] for which ``check`` holds. ``check(values, round)``
     evaluates a round's values and returns whether each met."""
     r = _Rounds(check)
-    start = max(1, min(start, upper))
+    start = max(low, min(start, upper))
     r.run([start])
-    lo, hi = 0, None
+    lo, hi = low - 1, None
     if r.results[start]:
         hi = start
     else:

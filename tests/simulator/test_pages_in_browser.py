@@ -1,10 +1,11 @@
 """The pages kvsim writes, opened in a real headless Chromium (the Debian package): each loads
 without a console error or exception and draws every chart as SVG (no WebGL canvas).
 
-Without Chromium these tests fail (they do not skip): CI installs it (.ci/run)."""
+Without Chromium these tests fail (they do not skip); the README says how to install it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,54 @@ def test_a_plan_report(browser, tmp_path, capsys):
     seen = browser.open(out / "report.html")
     _drawn(seen, [f"kvsim-plan-{i}" for i in range(4)])
     assert seen.headings == ["Answer", "Why", "Points tried"]
+
+
+DISAGGREGATED = [
+    "kvsim-ttft", "kvsim-tpot", "kvsim-e2e", "kvsim-queue-delay", "kvsim-handoff",
+    "kvsim-ttft-by-arrival", "kvsim-throughput", "kvsim-hits", "kvsim-preemptions",
+    "kvsim-queues", "kvsim-kv-use", "kvsim-links",
+]  # fmt: skip
+
+
+def test_a_disaggregated_run_report_with_its_link(browser, tmp_path, capsys):
+    out = tmp_path / "run"
+    scenario = ROOT / "scenarios" / "scd_bandwidth.yaml"
+    assert main(["run", str(scenario), "--out", str(out), "--no-progress"]) == 0
+    seen = browser.open(out / "report.html")
+    _drawn(seen, DISAGGREGATED)
+    links = next(c for c in seen.charts if c["id"] == "kvsim-links")
+    assert links["traces"] == 1  # the one link, pd
+    assert seen.title == "kvsim · scd_bandwidth"
+    assert seen.headings == ["Scenario", "Summary", "Charts", "Replicas"]
+
+
+def test_a_cpu_tier_run_report_with_its_pcie_directions(browser, tmp_path, capsys):
+    out = tmp_path / "run"
+    sets = ["--set", "cache.num_gpu_blocks=600", "--set", "cache.cpu_tier.size_gib=16",
+            "--set", "cluster.replicas=1"]  # fmt: skip
+    assert main(["run", str(_small(tmp_path)), "--out", str(out), "--no-progress", *sets]) == 0
+    seen = browser.open(out / "report.html")
+    ids = [c["id"] for c in seen.charts]
+    assert ids[-1] == "kvsim-links" and "kvsim-handoff" not in ids
+    _drawn(seen, ids)
+    links = next(c for c in seen.charts if c["id"] == "kvsim-links")
+    assert links["traces"] == 2  # PCIe host to device and device to host
+    page = (out / "report.html").read_text()
+    assert '"name":"pcie h2d"' in page and '"name":"pcie d2h"' in page
+
+
+def test_a_split_plan_report(browser, tmp_path, capsys):
+    out = tmp_path / "plan"
+    argv = ["plan", str(ROOT / "scenarios" / "scd_bandwidth.yaml"), "--slo", "ttft_p99=1s",
+            "--rate", "6", "--set", "transfer.codec=raw", "--set", "workload.requests=40",
+            "--set", "workload.prompt_tokens.value=8000", "--set", "workload.output_tokens.value=2",
+            "--out", str(out), "--no-progress", "--workers", "1"]  # fmt: skip
+    assert main(argv) == 0
+    seen = browser.open(out / "report.html")
+    _drawn(seen, [f"kvsim-plan-{i}" for i in range(3)])
+    assert seen.headings == ["Answer", "Why", "Points tried"]
+    # The TTFT chart: a line per total with a marker per split, the limit and the chosen split.
+    totals = {p["replicas"] for p in json.loads((out / "plan.json").read_text())["points"]}
+    ttft = seen.charts[0]
+    assert ttft["traces"] == len(totals) + 2
+    assert ttft["paths"] == sum(1 + (n - 1) for n in totals) + 2

@@ -211,3 +211,132 @@ def test_bad_plan_input_is_one_line(tmp_path, capsys):
     assert main(["plan", str(s), "--rate", "-3"]) == 2
     assert "argument --rate: '-3': allowed: a positive number" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+# ---- disaggregated pools: the prefill:decode split ------------------------------------------
+SCD = ROOT / "scenarios" / "scd_bandwidth.yaml"
+# Short prompts and long answers on decode replicas of 16 sequences each: the decode pool is the
+# bottleneck. Long prompts with one-token answers: the prefill pool is.
+DECODE_HEAVY = ("transfer.codec=raw", "workload.requests=100", "workload.prompt_tokens.value=64",
+                "workload.output_tokens.value=512", "scheduler.max_num_seqs=16")  # fmt: skip
+PREFILL_HEAVY = ("transfer.codec=raw", "workload.requests=80",
+                 "workload.prompt_tokens.value=8000", "workload.output_tokens.value=2")  # fmt: skip
+
+
+def test_fewest_from_a_lower_bound():
+    calls, check = _recorded(lambda n: n >= 4)
+    o = fewest(2, 256, check, low=2)
+    assert calls == [[2], [4, 8, 16], [3]]
+    assert (o.answer, o.lo, o.hi) == (4, 3, 4)
+    calls, check = _recorded(lambda n: True)
+    assert fewest(5, 256, check, low=2).answer == 2 and calls == [[5], [2, 3, 4]]
+
+
+def _ttft_p99(sets) -> float:
+    """An independent run's TTFT p99 at a split (as kvsim run would give it)."""
+    return simulate(load_scenario(SCD, list(sets))).summary["ttft_s"]["p99"]
+
+
+def _split_plan(tmp_path, capsys, sets, rate, slo_s):
+    out = tmp_path / "p"
+    args = ["--set", *" --set ".join(sets).split(" ")]
+    text = _plan(capsys, SCD, "--slo", f"ttft_p99={slo_s}s", "--rate", rate, *args, "--out", out,
+                 "--workers", "1")  # fmt: skip
+    return text, json.loads((out / "plan.json").read_text()), out
+
+
+@pytest.mark.parametrize(
+    "sets, rate, answer, split",
+    [(DECODE_HEAVY, "12", 4, (1, 3)), (PREFILL_HEAVY, "6", 3, (2, 1))],
+    ids=["decode-heavy", "prefill-heavy"],
+)
+def test_the_best_split_is_checked_by_independent_runs(tmp_path, capsys, sets, rate, answer,
+                                                       split):  # fmt: skip
+    text, doc, out = _split_plan(tmp_path, capsys, sets, rate, 1)
+    assert doc["answer"] == answer and doc["bracket"] == [answer - 1, answer]
+    assert doc["split"] == {"prefill": split[0], "decode": split[1], "gpus": answer}
+    assert doc["pools"] == {"prefill": "prefill", "decode": "decode"}
+
+    def ttft(p, d):
+        return _ttft_p99([*sets, f"pools.prefill.replicas={p}", f"pools.decode.replicas={d}",
+                          f"workload.rate={rate}"])  # fmt: skip
+
+    # Independent runs: no split of one replica fewer meets; of the answer's splits, the chosen
+    # one meets with the lowest TTFT (ties: fewer prefill replicas).
+    assert all(ttft(p, answer - 1 - p) > 1 for p in range(1, answer - 1))
+    at_answer = {(p, answer - p): ttft(p, answer - p) for p in range(1, answer)}
+    meeting = {s: v for s, v in at_answer.items() if v <= 1}
+    assert min(meeting, key=lambda s: (meeting[s], s)) == split
+    # Every split of every total tried is a point, with its overrides, in plan.csv too.
+    for p in doc["points"]:
+        assert p["prefill"] + p["decode"] == p["replicas"] and p["gpus"] == p["replicas"]
+        assert p["overrides"] == [
+            *sets,
+            f"pools.prefill.replicas={p['prefill']}",
+            f"pools.decode.replicas={p['decode']}",
+            f"workload.rate={rate}",
+        ]
+    totals = sorted({p["replicas"] for p in doc["points"]})
+    assert len(doc["points"]) == sum(n - 1 for n in totals)
+    rows = list(csv.DictReader(io.StringIO((out / "plan.csv").read_text())))
+    assert [(r["replicas"], r["prefill"], r["decode"], r["meets"]) for r in rows] == [
+        (str(p["replicas"]), str(p["prefill"]), str(p["decode"]), "yes" if p["meets"] else "no")
+        for p in doc["points"]
+    ]
+    lines = text.splitlines()
+    assert lines[1] == f"question: the fewest replicas meeting ttft p99 ≤ 1 s at {rate} req/s"
+    assert lines[2].startswith(
+        f"answer: {answer} replicas ({answer} GPUs): {split[0]} prefill + {split[1]} decode: "
+        "ttft_s.p99 "
+    )
+    assert lines[3].startswith(f"        {answer - 1} fail (closest: ")
+    assert lines[4] == (
+        "        exact (an integer), if a replica added to either pool never hurts; the split: of "
+        f"the {len(meeting)} of {answer - 1} splits that meet, the furthest inside the SLO"
+    )
+    assert "answer " + f"{split[0]}:{split[1]}" in (out / "report.html").read_text()
+
+
+def test_a_split_tie_goes_to_the_higher_goodput_then_fewer_prefill_replicas():
+    from kvsim.simulator.plan.planner import PlanPoint, best
+
+    terms = (Term("ttft_s", "p99", 1.0),)
+
+    def point(split, ttft, goodput, meets=True):
+        summary = {"finished": 1, "ttft_s": {"p99": ttft},
+                   "slo": {"goodput_requests_per_s": goodput}}  # fmt: skip
+        return PlanPoint(0, 0, sum(split), (), summary, meets, [], split)
+
+    a, b, c = point((1, 3), 0.5, 9.0), point((2, 2), 0.5, 9.5), point((3, 1), 0.5, 9.5)
+    assert best([a, b, c], terms) is b
+    d = point((3, 1), 0.4, 1.0)
+    assert best([a, b, c, d], terms) is d
+    e = point((1, 3), 0.1, 9.9, meets=False)  # failing splits never win over one that meets
+    assert best([e, b], terms) is b and best([e], terms) is e
+
+
+def test_a_rate_search_on_pools_is_one_line(tmp_path, capsys):
+    assert main(["plan", str(SCD), "--replicas", "2", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"kvsim: error: {SCD}: --replicas: the scenario has a prefill and a decode pool; plan "
+        "their split with --rate R, or set each pool's replicas (--set pools.<name>.replicas=N) "
+        "and run it\n"
+    )
+    assert not (tmp_path / "o").exists()
+
+
+def test_one_unified_pool_given_as_pools_is_planned_by_its_name(tmp_path, capsys):
+    doc = yaml.safe_load(QUICKSTART.read_text())
+    doc.pop("cluster", None)
+    doc["pools"] = [{"name": "all", "role": "unified", "replicas": 1}]
+    doc["workload"]["requests"] = 100
+    s = tmp_path / "u.yaml"
+    s.write_text(yaml.safe_dump(doc))
+    _plan(capsys, s, "--slo", "ttft_p99=600ms", "--rate", "25", "--out", tmp_path / "p")
+    plan = json.loads((tmp_path / "p" / "plan.json").read_text())
+    assert plan["answer"] == 2 and "split" not in plan
+    assert [p["overrides"] for p in plan["points"][:2]] == [
+        ["pools.all.replicas=1", "workload.rate=25"],
+        ["pools.all.replicas=2", "workload.rate=25"],
+    ]
