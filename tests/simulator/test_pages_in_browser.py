@@ -1,7 +1,8 @@
 """The pages kvsim writes, opened in a real headless Chromium (the Debian package): each loads
 without a console error or exception and draws every chart as SVG (no WebGL canvas).
 
-Without Chromium these tests fail (they do not skip); the README says how to install it."""
+Without Chromium these tests fail (they do not skip): .ci/run installs it where it is missing,
+and the README says how to."""
 
 from __future__ import annotations
 
