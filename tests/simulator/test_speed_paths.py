@@ -3,6 +3,9 @@ roofline's attention priced without an Attention object must give the same float
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -54,3 +57,34 @@ def test_a_subclass_pricing_attention_otherwise_keeps_the_op_path():
     assert pricer._attention_fast is None
     op = attention_op(model, 1, 300, 5000, 800_000, 7, 7)
     assert pricer.attention_s(300, 5000, 800_000, 7, 7) == 32 * slower.price(op)
+
+
+def test_help_imports_no_heavy_module():
+    # A fresh interpreter: what building the CLI's parser (all of `kvsim --help`) imports.
+    code = (
+        "import sys\n"
+        "from kvsim.simulator.cli import _parser\n"
+        "_parser().format_help()\n"
+        "print(','.join(m for m in ('numpy', 'pydantic', 'simpy', 'plotly',"
+        " 'kvsim.simulator.cluster', 'kvsim.simulator.latency') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_lazy_package_names_resolve():
+    import kvsim.simulator as sim
+    import kvsim.traces as traces
+    from kvsim.simulator.cluster import simulate
+    from kvsim.simulator.latency.profile import MAX_HELDOUT_MAPE
+    from kvsim.simulator.scenario import load_scenario
+    from kvsim.traces.stats import trace_stats
+
+    assert sim.simulate is simulate and sim.load_scenario is load_scenario
+    assert traces.trace_stats is trace_stats
+    assert MAX_HELDOUT_MAPE == 0.10
+    assert {"simulate", "Scenario", "KvsimError"} <= set(dir(sim))
+    with pytest.raises(AttributeError, match="no attribute 'simulat'"):
+        sim.simulat  # noqa: B018
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        traces.nope  # noqa: B018
