@@ -7,9 +7,11 @@ import subprocess
 import sys
 
 import pytest
+from helpers import scenario_doc, write_kvsim_trace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kvsim.simulator import scenario_from_dict, simulate
 from kvsim.simulator.catalog import get_gpu, get_model, with_kv_cache_dtype
 from kvsim.simulator.latency import IterationPricer, RooflineModel
 from kvsim.simulator.latency.ops import attention_op
@@ -88,3 +90,38 @@ def test_lazy_package_names_resolve():
         sim.simulat  # noqa: B018
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         traces.nope  # noqa: B018
+
+
+def _evicted_prefix_run(tmp_path, exact: bool):
+    """Two prefix-aware replicas of 40 blocks. A (t=0) leaves prefix units 1, 2 (and its unit 3)
+    cached on replica 0 and finishes; B (t=0.5) decodes 560 tokens there, its run evicting those
+    units (39 of the 40 blocks by its end); C (t=4, prefix 1, 2) arrives while B still runs."""
+    rows = [
+        {"arrival_s": 0.0, "prompt_tokens": 192, "output_tokens": 1, "blocks": [1, 2, 3]},
+        {"arrival_s": 0.5, "prompt_tokens": 64, "output_tokens": 560, "blocks": [50]},
+        {"arrival_s": 4.0, "prompt_tokens": 192, "output_tokens": 4, "blocks": [1, 2, 7]},
+    ]
+    for r in rows:
+        r["unit_tokens"] = 64
+    trace = write_kvsim_trace(tmp_path / "t.jsonl", rows)
+    doc = scenario_doc(
+        trace,
+        cluster={"replicas": 2, "tensor_parallel": 1},
+        cache={"block_size": 16, "num_gpu_blocks": 40},
+        scheduler={"max_num_batched_tokens": 512, "max_num_seqs": 8},
+        routing="prefix_aware",
+        simulation={"exact_steps": exact},
+    )
+    return simulate(scenario_from_dict(doc, base_dir=tmp_path))
+
+
+def test_prefix_routing_syncs_the_replica_holding_the_prefix(tmp_path):
+    # By t=4 B's iterations have evicted the prefix on replica 0: C sees nothing cached there,
+    # and replica 1 (idle, same uncached work) wins. Exact stepping allocates each iteration at
+    # its own boundary; the fast-forwarded run must be brought up to date before C is routed
+    # (replica 0 may hold C's first unit), though replica 1 (which cannot) is not.
+    fast = _evicted_prefix_run(tmp_path, exact=False)
+    exact = _evicted_prefix_run(tmp_path, exact=True)
+    assert [r["replica"] for r in exact.requests] == [0, 0, 1]
+    assert fast.requests == exact.requests
+    assert fast.summary["evictions"] == exact.summary["evictions"] == 3
