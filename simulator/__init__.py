@@ -14,8 +14,29 @@ import sys as _sys
 if _sys.argv[:1] == ["-m"] and _sys.path and _sys.path[0] in ("", _os.getcwd()):
     del _sys.path[0]
 
-from .cluster import simulate  # noqa: E402
-from .errors import KvsimError  # noqa: E402
-from .scenario import Scenario, load_scenario, scenario_from_dict  # noqa: E402
+# The public names are imported on first use (PEP 562), so that `kvsim --help` and the CLI's
+# light commands do not pay for the SimPy model, pydantic and numpy (about 0.3 s on one core).
+_LAZY = {
+    "KvsimError": ".errors",
+    "Scenario": ".scenario",
+    "load_scenario": ".scenario",
+    "scenario_from_dict": ".scenario",
+    "simulate": ".cluster",
+}
 
 __all__ = ["KvsimError", "Scenario", "load_scenario", "scenario_from_dict", "simulate"]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

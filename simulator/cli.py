@@ -328,7 +328,7 @@ def _fraction(text: str) -> float:
 
 
 def _limit_arguments(p: argparse.ArgumentParser) -> None:
-    from .latency.profile import MAX_HELDOUT_ERROR, MAX_HELDOUT_MAPE
+    from .profile_limits import MAX_HELDOUT_ERROR, MAX_HELDOUT_MAPE
 
     p.add_argument(
         "--max-mape",

@@ -408,8 +408,7 @@ class Cluster:
         else:
             entry = self.entry
             if entry.router_reads_cache:
-                for r in entry.replicas:
-                    r.sync(now)
+                entry.sync_for(req, now)
             replica = entry.replicas[choose(entry.router, req, entry.replicas)]
             if replica.num_waiting >= self._max_waiting:
                 self.recorder.drop(req, now, QUEUE_FULL, self._turn_done(req, now))

@@ -122,13 +122,24 @@ class Pool:
             self.replicas.append(kind(env, i, sched, pricer, scenario.simulation.exact_steps))
         self.router = ROUTING.create(spec.routing.type, **spec.routing.params)
         self.router_reads_cache = getattr(self.router, "reads_cache", False)
+        self.router_prefix_only = bool(getattr(self.router, "prefix_only", False))
+
+    def sync_for(self, request, now: int, inclusive: bool = False) -> None:
+        """Bring the replicas' caches up to date for the router's reading of ``request`` (only
+        those that may hold its prefix, for a ``prefix_only`` router: see policies/routing.py)."""
+        if self.router_prefix_only:
+            for r in self.replicas:
+                if r.scheduler.cache.may_reuse(request):
+                    r.sync(now, inclusive)
+        else:
+            for r in self.replicas:
+                r.sync(now, inclusive)
 
     def choose(self, request, now: int, inclusive: bool = False) -> Replica:
         """The replica the pool's router picks for ``request`` (caches brought up to date first
         when the router reads them; ``inclusive``: from a LATE event, see ``Replica.sync``)."""
         if self.router_reads_cache:
-            for r in self.replicas:
-                r.sync(now, inclusive)
+            self.sync_for(request, now, inclusive)
         return self.replicas[choose(self.router, request, self.replicas)]
 
     def cpu_summary(self, span_ns: int) -> dict:

@@ -197,6 +197,16 @@ class KVCache:
         c = k * unit
         return Hit(tuple(nodes), ((0, c),), c, k, pinned, st)
 
+    def may_reuse(self, req) -> bool:
+        """False where ``cached_tokens(req)`` is 0 now and stays 0 whatever evictions come first:
+        a contiguous prefix cache (no recurrent states, no CPU tier) that does not hold the
+        prompt's first unit (evictions only take nodes away)."""
+        if not req.blocks:
+            return False
+        if self.state_blocks or self.cpu is not None or self.layout != CONTIGUOUS:
+            return True
+        return req.blocks[0] in self.tree.nodes
+
     def cached_tokens(self, req) -> int:
         """Tokens of ``req``'s prompt this replica would reuse now (what routers compare): the
         tokens of ``lookup(req, now)``, without building the Hit."""

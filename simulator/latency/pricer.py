@@ -10,7 +10,8 @@ NOTE: the dense part is three dict lookups on the hot path: the token ops by tok
 LM head by sampling sequences and the step overhead by batch size. Each table is bounded by a
 scheduler limit (max_num_batched_tokens, max_num_seqs), so memory does not grow with the trace.
 Attention depends on the batch's context lengths, which rarely repeat, so it is priced directly
-(one closed-form evaluation); ``attention_s`` memoizes nothing on purpose.
+(one closed-form evaluation); ``attention_s`` memoizes nothing on purpose. A latency model that
+offers ``attention_pricer`` (the roofline) prices it without building an op (same floats).
 
 Simulated time is kept in integer nanoseconds so that the sum of many iterations is exact: the
 decode fast-forward and exact stepping then add the same integers and agree to the nanosecond.
@@ -67,6 +68,11 @@ class IterationPricer:
         self._decode: dict[tuple[int, int], tuple] = {}  # decode constants by (batch, segments)
         self._attention_terms = getattr(latency, "decode_attention_terms", None)
         self._recompute: dict[tuple[int, int], float] = {}  # by (start token, tokens)
+        # Attention priced without an op object where the model can (no range checks to make).
+        self._attention_fast = None
+        make = getattr(latency, "attention_pricer", None)
+        if make is not None and self._check is None and self.attention_layers:
+            self._attention_fast = make(attention_op(model, tp, 0, 0, 0, 0, 0))
 
     def recurrent_s(self, prefill_tokens: int, decodes: int) -> float:
         """Seconds of the recurrent layers' scan over prompt tokens and step over decoding
@@ -120,6 +126,9 @@ class IterationPricer:
         """Seconds of attention over all attention layers for a batch's aggregate shape."""
         if not self.attention_layers:
             return 0.0
+        fast = self._attention_fast
+        if fast is not None:
+            return self.attention_layers * fast(q_tokens, kv_tokens, qk_pairs, seqs)
         op = attention_op(self.model, self.tp, q_tokens, kv_tokens, qk_pairs, seqs, segments)
         if self._check is not None:
             self._check(op)

@@ -30,16 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import KvsimError, read_yaml_mapping
+from ..profile_limits import MAX_HELDOUT_ERROR, MAX_HELDOUT_MAPE
 from .ops import OP_KINDS, Attention, Op, attention_kv_linear
 
 PROFILE_VERSION = 1
 NOT_MEASURABLE_ON_ONE_GPU = ("step_overhead", "allreduce")
 FORM = "launch_s + max(s_per_flop * flops, s_per_byte * bytes) + sum(extra * feature)"
-# Held-out limits: an op whose 5-fold held-out MAPE or worst relative error exceeds them is refused
-# unless the profile lists it under quality.accepted. 10% is about the spread of kernel timings
-# across input data and clocks; a worst error of 25% is one point a quarter off.
-MAX_HELDOUT_MAPE = 0.10
-MAX_HELDOUT_ERROR = 0.25
 TOP_KEYS = ("kvsim_profile", "device", "grid", "ops", "not_measured", "quality")
 OP_ENTRY_KEYS = ("form", "params", "ranges", "points", "heldout_mape", "heldout_max_error")
 HELDOUT_KEYS = ("heldout_mape", "heldout_max_error")

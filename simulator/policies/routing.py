@@ -5,7 +5,12 @@ smallest key wins (ties go to the lowest index, so routing is deterministic). Re
 ``index``, ``routed`` (requests sent there so far), ``queued_tokens`` (prompt tokens not yet
 prefilled), ``in_flight`` (requests waiting or running), ``num_running``, ``num_waiting`` and
 ``cached_prefix_tokens(request)`` (the tokens its cache would reuse); a policy that calls the
-latter sets ``reads_cache = True``.
+latter sets ``reads_cache = True``. One whose only cache read is ``cached_prefix_tokens`` of the
+request being routed may also set ``prefix_only = True``: the cluster then brings up to date only
+the caches that may hold the prompt's prefix (``KVCache.may_reuse``); elsewhere the answer is 0
+whatever the update would evict, and the update happens at the replica's next boundary or sync
+instead (one allocation of the summed blocks evicts what the split ones would: see
+``Replica.scheduler_allocate``).
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ class PrefixAware:
     load-balanced without a threshold to tune (cf. SGLang's cache-aware router).
     """
 
-    reads_cache = True  # the cluster brings every replica's cache up to date before asking
+    reads_cache = True  # the cluster brings the replicas' caches up to date before asking
+    prefix_only = True  # ... those that may hold the prompt's first unit
 
     def key(self, request, replica) -> tuple:
         uncached = request.prompt_tokens - replica.cached_prefix_tokens(request)
