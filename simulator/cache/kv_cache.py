@@ -98,9 +98,13 @@ class KVCache:
         self.free = capacity_blocks
         candidates = policy if hasattr(policy, "pop") else KeyedHeap(policy.key)
         self.policy = policy
-        self.time_dependent = bool(getattr(policy, "time_dependent", False)) or cpu is not None
+        self.time_dependent = (
+            bool(getattr(policy, "time_dependent", False)) or cpu is not None or state_blocks > 0
+        )
         """Victims depend on the clock — or, with a CPU tier, an eviction starts a copy over
-        PCIe at its time: evictions happen only at exact iteration boundaries."""
+        PCIe at its time; or, with recurrent states, evicting a checkpoint ends its share of the
+        memory integral (``checkpoints.gb_mean``) at its time: evictions happen only at exact
+        iteration boundaries."""
         self.tree = PrefixTree(candidates, layout == CONTIGUOUS, getattr(policy, "on_access", None))
         # NOTE: a node's recompute price is recorded at insert for policies that read it only.
         self._recompute_s = recompute_s if getattr(policy, "reads_recompute_cost", False) else None

@@ -383,3 +383,20 @@ def test_summary_reports_the_checkpoints_and_their_memory(tmp_path):
     assert (c["stored"], c["resident_end"], c["gb_end"]) == (36, 3, 3 * state / 1e9)
     plain = simulate(scenario_from_dict(scenario_doc(trace), base_dir=tmp_path))
     assert "checkpoints" not in plain.summary
+
+
+def test_checkpoint_memory_over_time_is_the_same_fast_or_exact(tmp_path):
+    """Decode runs that need blocks evict stored checkpoints: they must go at the iteration
+    that needed the blocks, not at the end of a fast-forwarded run, or the memory integral
+    (``checkpoints.gb_mean``) differs from exact stepping's."""
+    rows = [{"arrival_s": 0.01 * i, "prompt_tokens": 6 * UNIT + 5, "output_tokens": 300,
+             "blocks": [100 * i + u for u in range(7)], "unit_tokens": UNIT}
+            for i in range(6)]  # fmt: skip
+    trace = write_kvsim_trace(tmp_path / "t.jsonl", rows)
+    cache = {"num_gpu_blocks": 1500, "checkpoint": {"type": "every", "k": 64}}
+    doc = scenario_doc(trace, model="qwen3.5-0.8b", cache=cache)
+    fast = simulate(scenario_from_dict(doc, base_dir=tmp_path))
+    doc["simulation"] = {"exact_steps": True}
+    exact = simulate(scenario_from_dict(doc, base_dir=tmp_path))
+    assert fast.summary["evictions"] > 0 and fast.summary["checkpoints"]["stored"] > 0
+    assert fast.summary["checkpoints"] == exact.summary["checkpoints"]
