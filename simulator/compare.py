@@ -26,7 +26,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 import yaml
 
-from .digest import LOG_BINS, edges_s, log_bin
+from .digest import LOG_BINS, cdf_points, log_bin
 from .errors import KvsimError, clip
 from .pages import charts, figure, grid_table, page
 
@@ -270,9 +270,8 @@ def report_html(runs: list[Run]) -> str:
         for i, (r, h) in enumerate(zip(runs, hists, strict=True)):
             if metric not in h or not h[metric].any():
                 continue
-            nz = np.flatnonzero(h[metric])
-            cum = np.cumsum(h[metric])[nz[0] : nz[-1] + 1]
-            fig.add_trace(go.Scatter(x=edges_s()[nz[0] : nz[-1] + 1], y=cum / cum[-1],
+            x, y = cdf_points(h[metric])
+            fig.add_trace(go.Scatter(x=x, y=y,
                                      mode="lines", line={"shape": "hv", "color": colors[i % 10]},
                                      name=f"{r.label}: {r.folder.name}"))  # fmt: skip
             slo = _get(r.summary, ("slo", metric))

@@ -49,6 +49,20 @@ def log_bin(seconds: np.ndarray) -> np.ndarray:
     return np.clip(b, 0, LOG_BINS - 1).astype(np.int64)
 
 
+def cdf_points(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(edges, share of values at or below) of a log-bin histogram: the lower edge of the first
+    bin that holds a value at share 0 (so that values all in one bin still draw their step), then
+    the upper edges of the bins up to the last that holds one; empty without values."""
+    nz = np.flatnonzero(hist)
+    if nz.size == 0:
+        return np.array([]), np.array([])
+    lo, hi = nz[0], nz[-1] + 1
+    cum = np.cumsum(hist)[lo:hi]
+    edges = edges_s()
+    first = edges[lo - 1] if lo else LOW_S
+    return np.concatenate(([first], edges[lo:hi])), np.concatenate(([0.0], cum / cum[-1]))
+
+
 class Digest:
     """The bounded arrays the report draws (see the module docstring)."""
 
@@ -113,18 +127,8 @@ class Digest:
         return (np.arange(TIME_BINS) + 0.5) * self.width_s
 
     def cdf(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
-        """(edges, share of values at or below): the lower edge of the first bin that holds a
-        value at share 0 (so that a run whose values all fall in one bin still draws its step),
-        then the upper edges of the bins up to the last that holds one; empty without values."""
-        h = self.hist[metric]
-        nz = np.flatnonzero(h)
-        if nz.size == 0:
-            return np.array([]), np.array([])
-        lo, hi = nz[0], nz[-1] + 1
-        cum = np.cumsum(h)[lo:hi]
-        edges = edges_s()
-        first = edges[lo - 1] if lo else LOW_S
-        return np.concatenate(([first], edges[lo:hi])), np.concatenate(([0.0], cum / cum[-1]))
+        """The CDF of ``metric`` (see :func:`cdf_points`)."""
+        return cdf_points(self.hist[metric])
 
     def ttft_quantiles(self, q: float) -> np.ndarray:
         """The q-quantile of TTFT per arrival bin (the upper edge of the log bin that holds it;
