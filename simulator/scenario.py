@@ -702,8 +702,8 @@ def _merged(base: BaseModel, part: BaseModel | None) -> BaseModel:
     return type(base).model_validate(merged)
 
 
-def _all_field_names() -> set[str]:
-    names: set[str] = set()
+def _scenario_fields():
+    """Every (name, field) of the scenario's models, each model once."""
     stack: list[type[BaseModel]] = [Scenario]
     seen = set()
     while stack:
@@ -712,10 +712,12 @@ def _all_field_names() -> set[str]:
             continue
         seen.add(m)
         for name, f in m.model_fields.items():
-            names.add(name)
-            for sub in _models_in(f.annotation):
-                stack.append(sub)
-    return names
+            yield name, f
+            stack.extend(_models_in(f.annotation))
+
+
+def _all_field_names() -> set[str]:
+    return {name for name, _ in _scenario_fields()}
 
 
 def _models_in(annotation) -> list[type[BaseModel]]:
@@ -796,19 +798,11 @@ def _override_value(path: str, raw: str):
 
 def _path_fields() -> set[str]:
     """Names of the scenario's fields that hold a file path (typed :data:`PathText`)."""
-    names: set[str] = set()
-    stack: list[type[BaseModel]] = [Scenario]
-    seen = set()
-    while stack:
-        m = stack.pop()
-        if m in seen:
-            continue
-        seen.add(m)
-        for name, f in m.model_fields.items():
-            if any(getattr(x, "func", None) is _path_text for x in f.metadata):
-                names.add(name)
-            stack.extend(_models_in(f.annotation))
-    return names
+    return {
+        name
+        for name, f in _scenario_fields()
+        if any(getattr(x, "func", None) is _path_text for x in f.metadata)
+    }
 
 
 _PATH_FIELDS = _path_fields()
