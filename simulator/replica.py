@@ -169,23 +169,30 @@ class Replica:
 
     # ---- the engine loop -----------------------------------------------------------------------
     def _schedule_boundary(self, at_ns: int) -> None:
-        self._version += 1
-        version = self._version
-        ev = self.env.timeout(at_ns - self.env.now)
-        ev.callbacks.append(lambda _ev: self._on_boundary(version))
+        self._version = version = self._version + 1
+        env = self.env
+        env.timeout(at_ns - env.now).callbacks.append(lambda _ev: self._on_boundary(version))
 
     def _on_boundary(self, version: int) -> None:
         if version != self._version:
             return  # superseded by a truncated run
         now = self.env.now
         self.last_boundary_ns = now
-        if self._batch is not None:
-            k = self._run.k
-            self.scheduler_allocate(k)
-            self.scheduler.complete(self._batch, k, now)
+        batch = self._batch
+        if batch is not None:
+            run = self._run
+            k = run.k
+            s = self.scheduler
+            # NOTE (hot path): scheduler_allocate(k), inlined.
+            target = self._it0 + k
+            if s.alloc_it < target:
+                s.cache.allocate(s.decode_blocks_between(s.alloc_it, target), now)
+                s.alloc_it = target
+            s.complete(batch, k, now)
             self.iterations += k
-            self.busy_ns += now - self._run.start
-            self.usage.end(k, now - self._run.start)
+            duration_ns = now - run.start
+            self.busy_ns += duration_ns
+            self.usage.end(k, duration_ns)
         if self.before_schedule is not None:
             self.before_schedule()
         self._start(now)
@@ -201,7 +208,7 @@ class Replica:
             return
         self._batch = batch
         self._it0 = s.it
-        self.usage.start(batch.tokens, batch.seqs, bool(s.waiting))
+        self.usage.start(batch.tokens, batch.decodes + len(batch.prefills), bool(s.waiting))
         if batch.prefills or batch.extra_ops:
             ns = self.pricer.iteration_ns(
                 batch.tokens,

@@ -469,12 +469,14 @@ class Scheduler:
         cache = self.cache
         now = self.now_ns
         preempted = False
-        need = self.decode_blocks_needed(self.it) if self.decoding else 0
-        while need > cache.available():
-            self._preempt(self._newest_running())
-            preempted = True
-            need = self.decode_blocks_needed(self.it) if self.decoding else 0
-        cache.allocate(need, now)
+        # NOTE (hot path): decode_blocks_needed inlined; allocating 0 blocks changes nothing.
+        need = self.hist[-self.it % self.bt] if self.decoding else 0
+        if need:
+            while need > cache.available():
+                self._preempt(self._newest_running())
+                preempted = True
+                need = self.hist[-self.it % self.bt] if self.decoding else 0
+            cache.allocate(need, now)
         self.alloc_it = self.it + 1
         budget = self.max_tokens - len(self.decoding)
         n_dec = len(self.decoding)
@@ -509,9 +511,12 @@ class Scheduler:
             if s.phase != PREFILL:
                 break
             cache.allocate(need, now)
-            s.priv_blocks += need - stores * self.sb
-            s.pending_state += stores * self.sb
-            extra += [self.state_copy] * stores
+            if stores:
+                s.priv_blocks += need - stores * self.sb
+                s.pending_state += stores * self.sb
+                extra += [self.state_copy] * stores
+            else:
+                s.priv_blocks += need
             prefills.append((s, n))
             budget -= n
         if preempted:
@@ -524,7 +529,11 @@ class Scheduler:
             self._admit_external(s, extra)
             prefills.append((s, 1))
             budget -= 1
-        while self.waiting and budget > 0 and not preempted and self.num_running < self.max_seqs:
+        # NOTE (hot path): num_running inlined.
+        while (
+            self.waiting and budget > 0 and not preempted
+            and len(self.prefilling) + len(self.decoding) + len(self.loading) < self.max_seqs
+        ):  # fmt: skip
             s = self.waiting[0]
             n = self._admit(s, budget, extra)
             if n == 0:
@@ -563,7 +572,8 @@ class Scheduler:
                 logits += 1
                 if self.handoff is not None:  # the codec's producer side runs with the last chunk
                     extra += self.handoff.producer_ops(s)
-        return Batch(n_dec, prefills, tokens, logits, kv, qk, segs, preempted, tuple(extra))
+        return Batch(n_dec, prefills, tokens, logits, kv, qk, segs, preempted,
+                     tuple(extra) if extra else ())  # fmt: skip
 
     def _admit(self, s: Seq, budget: int, extra: list) -> int:
         """Admit the head of the queue with a first chunk; return its tokens, or 0 if it waits.
@@ -596,7 +606,8 @@ class Scheduler:
         if not cache.try_allocate(need, now, hit, self.watermark):
             return 0
         s.state_blocks, s.pending_state = self.sb, self.sb * stores
-        extra += [self.state_copy] * (stores + (hit.resume is not None))
+        if stores or hit.resume is not None:
+            extra += [self.state_copy] * (stores + (hit.resume is not None))
         if not s.admitted:
             s.admitted = True
             s.admitted_ns = now
@@ -717,9 +728,12 @@ class Scheduler:
                 self._finish(s, now_ns)
         handoff = self.handoff
         for s, n in batch.prefills:
-            self._advance(s, n)
+            if s.ahead or s.done_before:
+                self._advance(s, n)
+            else:
+                s.computed += n  # NOTE (hot path): _advance's plain case, inlined
             self.queued_tokens -= n
-            if not s.external:
+            if not s.external and s.next_unit < len(s.req.blocks):
                 self._commit_units(s, now_ns)
             if s.pending_state:
                 self._store_states(s, now_ns)

@@ -51,9 +51,14 @@ class UsageMeter:
     def start(self, tokens: int, seqs: int, waiting: bool) -> None:
         """A batch of ``tokens`` tokens over ``seqs`` sequences starts (the same shape repeats
         over a fast-forwarded run); ``waiting``: requests were left in the queue."""
-        scale = self.max_tokens * self.max_seqs
-        self._fill = scale if waiting else min(scale, max(tokens * self.max_seqs,
-                                                          seqs * self.max_tokens))  # fmt: skip
+        if waiting:
+            self._fill = self.max_tokens * self.max_seqs
+        else:
+            scale = self.max_tokens * self.max_seqs
+            fill = tokens * self.max_seqs
+            if seqs * self.max_tokens > fill:
+                fill = seqs * self.max_tokens
+            self._fill = fill if fill < scale else scale
         self._saturated = waiting
         self._full = tokens >= self.max_tokens
 
