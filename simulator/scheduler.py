@@ -397,11 +397,16 @@ class Scheduler:
         n = end - first
         if n <= 0 or self.cache.kv_free:
             return 0
-        cycles, rest = divmod(n, self.bt)
+        bt = self.bt
+        cycles, rest = divmod(n, bt)
         total = cycles * len(self.decoding)
-        hist, bt = self.hist, self.bt
-        for it in range(first + cycles * bt, end):
-            total += hist[-it % bt]
+        if rest:
+            # NOTE (hot path): iterations end − rest … end − 1 read the buckets −it mod bt, i.e.
+            # the rest buckets from (1 − end) mod bt upwards (cyclically): summed as slices.
+            hist = self.hist
+            lo = (1 - end) % bt
+            hi = lo + rest
+            total += sum(hist[lo:hi]) if hi <= bt else sum(hist[lo:]) + sum(hist[: hi - bt])
         return total
 
     def decode_iterations_affordable(self, first: int, limit: int, blocks: int) -> int:
