@@ -278,15 +278,28 @@ class IterationRun:
     def fill(self, until: float) -> None:
         """Materialize end times up to the first at or after ``until`` (at most k of them)."""
         ends = self.ends
-        now = ends[-1] if ends else self.start
-        x, step, x0, p = self._x, self._step, self._x0, self._p
-        for _ in range(self.k - len(ends)):
-            if ends and now >= until:  # NOTE: at least the first end (an arrival at the start)
-                break
-            now += (x0 + p * x) >> _FRAC
-            ends.append(now)
-            x += step
-        self._x = x
+        have = len(ends)
+        left = self.k - have
+        if left <= 0:
+            return
+        # NOTE (hot path): the price's numerator x0 + p·x grows by p·step per iteration (the
+        # same integers as recomputing it).
+        a = self._x0 + self._p * self._x
+        dp = self._p * self._step
+        append = ends.append
+        if have:
+            now = ends[-1]
+        else:  # at least the first end (an arrival at the start)
+            now = self.start + (a >> _FRAC)
+            append(now)
+            a += dp
+            left -= 1
+        while left and now < until:
+            now += a >> _FRAC
+            append(now)
+            a += dp
+            left -= 1
+        self._x += self._step * (len(ends) - have)
 
     def count_before(self, t: int) -> int:
         """How many of the run's iterations end before ``t`` (bisect_left over the ends)."""
