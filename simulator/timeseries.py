@@ -60,14 +60,12 @@ class QueueSeries:
     def run(self, env) -> None:
         """Run ``env`` to its end (as ``env.run()``), sampling on the way; a clock that would
         pass :data:`MAX_TIME_NS` (an int64 of nanoseconds in the results) is one-line error."""
-        step = env.step
-        # NOTE (hot path): the event queue is read directly (what env.peek() returns, without a
-        # call per event); the loop ends when it is empty, as env.run() does.
-        queue = env._queue
-        next_ns = self._next_ns
-        while queue:
-            t = queue[0][0]
-            if t > next_ns:  # NOTE: the only test on most events
+        step, peek = env.step, env.peek
+        while True:
+            t = peek()
+            if t > self._next_ns:  # NOTE: the only test on most events
+                if t == float("inf"):
+                    return
                 if t >= MAX_TIME_NS:
                     raise KvsimError(
                         f"the simulated clock would pass {MAX_TIME_NS / NS:.3g} s (an event at "
@@ -75,26 +73,17 @@ class QueueSeries:
                     )
                 while self._next_ns < t:
                     self._record(self._next_ns)
-                next_ns = self._next_ns
             step()
 
     def _record(self, at_ns: int) -> None:
         if self.samples == self.max_samples:
             # NOTE: max_samples is even, so the pending time max·Δ is a multiple of 2Δ.
             self._halve()
-        # NOTE (hot path): Scheduler.num_running and, outside a fast-forwarded run,
-        # Replica.kv_used_blocks inlined (a replica's blocks held by sequences).
-        append = self.values.append
+        row = self.values
         for r in self.replicas:
-            s = r.scheduler
-            append(len(s.waiting))
-            append(len(s.prefilling) + len(s.decoding) + len(s.loading))
-            run = r._run
-            if run is None or run.k == 1:
-                cache = s.cache
-                append(cache.capacity - cache.free - cache.tree.evictable_blocks)
-            else:
-                append(r.kv_used_blocks(at_ns))
+            row.append(len(r.scheduler.waiting))
+            row.append(r.scheduler.num_running)
+            row.append(r.kv_used_blocks(at_ns))
         self.samples += 1
         self._next_ns += self.interval_ns
 
