@@ -142,7 +142,8 @@ def scenario_rows(scenario, summary: dict) -> list[tuple[str, str]]:
     if scenario.disaggregated:
         t = scenario.transfer
         for link in scenario.links:
-            rows.append((f"link {link.label}", _flow(link.model_dump(mode="json"))))
+            link_doc = link.model_dump(mode="json", exclude_none=True)
+            rows.append((f"link {link.label}", _flow(link_doc)))
         rows.append(("transfer", f"codec {_policy(t.codec)}, first token on the "
                                  f"{t.first_token}"))  # fmt: skip
     rows += [

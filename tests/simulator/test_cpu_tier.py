@@ -66,6 +66,12 @@ def test_evicted_units_go_to_the_cpu_tier_and_a_hit_loads_them_before_the_prefil
 
     d = digest(res)  # the report's chart: r2's 2 CPU hits among its 3, in r2's arrival bin
     assert (d.cpu_hit_units.sum(), d.hit_units.sum(), d.units.sum()) == (2, 3, 10)
+    from helpers import plotly_figures
+
+    from kvsim.simulator.report import report_html
+
+    hits, _ = plotly_figures(report_html(res, c.scenario))["kvsim-hits"]
+    assert [t["name"] for t in hits] == ["prefix-hit ratio (both tiers)", "GPU", "CPU tier"]
     assert ("prefix hits by tier", "GPU 10.0%, CPU 20.0%  (1 loads, 0.0168 GB over PCIe)") in (
         res.table_rows()
     )

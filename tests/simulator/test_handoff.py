@@ -290,6 +290,18 @@ def test_link_utilisation_over_time_reaches_the_report(tmp_path):
     # Per-replica KV lines are named by pool; the hand-off's delay has its CDF.
     assert '"name":"prefill 0"' in page and '"name":"decode 0"' in page
     assert "Hand-off (CDF)" in page
+    # The scenario at the top: each pool's rows, then the link and the codec.
+    from kvsim.simulator.report import scenario_rows
+
+    rows = dict(scenario_rows(scenario, res.summary))
+    assert (
+        rows["prefill pool: cluster"]
+        == rows["decode pool: cluster"]
+        == ("1 replica × TP1 = 1 GPUs; 4096 KV blocks of 16 tokens per replica")
+    )
+    assert rows["decode pool: GPU"].startswith("h100-sxm (79.19 GiB")
+    assert rows["transfer"] == "codec raw, first token on the producer"
+    assert rows["link prefill-decode"].startswith("{producer: prefill, consumer: decode, ")
 
 
 @pytest.mark.parametrize("exact", [False, True])
