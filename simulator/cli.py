@@ -307,24 +307,23 @@ def _positive(text: str) -> int:
     return n
 
 
-def _positive_float(text: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        x = -1.0
-    if not (0 < x < float("inf")):
-        raise argparse.ArgumentTypeError(f"{text!r}: allowed: a positive number, e.g. 30")
-    return x
+def _float_in(ok, allowed: str):
+    """An argparse type: a float for which ``ok`` holds, else ``allowed`` in the message."""
+
+    def parse(text: str) -> float:
+        try:
+            x = float(text)
+        except ValueError:
+            x = -1.0
+        if not ok(x):
+            raise argparse.ArgumentTypeError(f"{text!r}: allowed: {allowed}")
+        return x
+
+    return parse
 
 
-def _fraction(text: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        x = -1.0
-    if not 0 < x <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: allowed: a fraction in (0, 1], e.g. 0.1")
-    return x
+_positive_float = _float_in(lambda x: 0 < x < float("inf"), "a positive number, e.g. 30")
+_fraction = _float_in(lambda x: 0 < x <= 1, "a fraction in (0, 1], e.g. 0.1")
 
 
 def _limit_arguments(p: argparse.ArgumentParser) -> None:

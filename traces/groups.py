@@ -32,7 +32,10 @@ _OWN_IDS = 1  # requests' own units: 1, 2, … (below every group's ids)
 def group_sizes(groups: int, queries: LengthDist, seed: int) -> list[int]:
     """Requests per group (at least one): the generator's first draw, so callers can count the
     requests of a workload without generating it."""
-    rng = np.random.default_rng(seed)
+    return _sizes(np.random.default_rng(seed), groups, queries)
+
+
+def _sizes(rng: np.random.Generator, groups: int, queries: LengthDist) -> list[int]:
     return [max(1, int(q)) for q in queries.sample(rng, groups)]
 
 
@@ -50,7 +53,7 @@ def grouped_requests(
     """Stream the requests of ``groups`` shared contexts in arrival order (ids in that order);
     the same arguments give the same requests."""
     rng = np.random.default_rng(seed)
-    sizes = [max(1, int(q)) for q in queries.sample(rng, groups)]  # as group_sizes
+    sizes = _sizes(rng, groups, queries)  # the first draw, as group_sizes
     contexts = context_tokens.sample(rng, groups).tolist()
     group_rate = rate / groups
     # Arrival times of every group's requests, then their own lengths, group by group.

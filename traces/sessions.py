@@ -64,6 +64,11 @@ def _units(tokens: int, unit: int) -> int:
     return max(1, round(tokens / unit))
 
 
+def _system_prompt(tokens: int, unit: int) -> list[int]:
+    """The shared system prompt's chain ids (1, 2, …), empty without one."""
+    return list(range(1, _units(tokens, unit) + 1)) if tokens else []
+
+
 def _gamma(rng: np.random.Generator, mean: float, cv: float) -> float:
     """One Gamma draw with the given mean and coefficient of variation."""
     shape = 1.0 / (cv * cv)
@@ -94,7 +99,7 @@ def long_context_sessions(
     rng = np.random.default_rng(seed)
     u = unit_tokens
     out_units = _units(output_tokens, u)
-    system = list(range(1, _units(system_prompt_tokens, u) + 1)) if system_prompt_tokens else []
+    system = _system_prompt(system_prompt_tokens, u)
     mean_turns = max(1.0, mean_of(turns))
     start_gap = mean_turns / rate  # the session start rate λ = rate / mean turns
     think_mean = dispersion * start_gap  # λ_intra = λ / dispersion
@@ -132,7 +137,7 @@ def agent_jobs(
     rate / mean calls per job, a call arrives ``tool_s`` after the previous call finishes."""
     rng = np.random.default_rng(seed)
     u = unit_tokens
-    system = list(range(1, _units(system_prompt_tokens, u) + 1)) if system_prompt_tokens else []
+    system = _system_prompt(system_prompt_tokens, u)
     start_gap = max(1.0, mean_of(calls)) / rate
     made, t, job = 0, 0.0, 0
     while made < requests:
