@@ -1,9 +1,9 @@
 """The engine core compiled with mypyc, or its Python source: which one a process runs.
 
-The simulation loop's modules (``MODULES``: scheduler, replica, pricer, KV cache, prefix tree) are
-plain typed Python, compiled to C extensions by ``setup.py`` at install time when mypyc and a C
-compiler are there (about 1.5x on the loop, same results to the byte); elsewhere the build skips
-them and Python runs the source. Python prefers an extension module to the ``.py`` beside it, so
+The simulation loop's modules (``MODULES``: scheduler, replica, pricer, KV cache, prefix tree,
+usage meter, sampled series) are plain typed Python, compiled to C extensions by ``setup.py`` at
+install time when mypyc and a C compiler are there (about 1.5x on the loop, same results to the
+byte); elsewhere the build skips them and Python runs the source. Python prefers an extension module to the ``.py`` beside it, so
 an extension built from older source would silently shadow an edit: the build records a digest
 of the sources it compiled (``DIGEST_FILE``), and :func:`choose` runs the source, all of it, when
 that digest no longer matches (one line on stderr says so) or when ``KVSIM_PURE_PYTHON=1``.
@@ -20,7 +20,15 @@ import os
 import sys
 from pathlib import Path
 
-MODULES = ("scheduler", "replica", "latency/pricer", "cache/kv_cache", "cache/prefix_tree")
+MODULES = (
+    "scheduler",
+    "replica",
+    "latency/pricer",
+    "cache/kv_cache",
+    "cache/prefix_tree",
+    "usage",
+    "timeseries",
+)
 """The compiled modules, as paths under ``simulator/`` without ``.py``."""
 GROUP = "kvsim.simulator._core"
 """mypyc's group name: its shared library is ``<GROUP>__mypyc``."""
