@@ -46,9 +46,10 @@ def test_the_compiled_core_runs_when_its_source_is_what_was_compiled(tmp_path, m
     assert meta_path == before and capsys.readouterr().err == ""
 
 
-def test_an_edited_source_runs_as_python_all_of_it(tmp_path, meta_path, capsys):
+@pytest.mark.parametrize("edited", _native.MODULES)
+def test_an_edited_source_runs_as_python_all_of_it(tmp_path, meta_path, capsys, edited):
     _fake_build(tmp_path)
-    (tmp_path / "cache" / "kv_cache.py").write_text("NAME = 'edited'\n")
+    (tmp_path / f"{edited}.py").write_text("NAME = 'edited'\n")
     assert _native.choose(tmp_path, "fakepkg") == "python"
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "source changed since it was compiled" in err
