@@ -136,7 +136,9 @@ def test_an_install_with_the_engine_compiled_runs_it():
     them: a stale digest or a broken finder would quietly fall back to the source."""
     package = Path(simulator.__file__).parent
     built = [m for m in _native.MODULES if _native._extension(package / f"{m}.py")]
-    if built:
+    if os.environ.get(_native.ENV_PURE, "") not in ("", "0"):
+        assert simulator.ENGINE == "python"  # asked for
+    elif built:
         assert simulator.ENGINE == "compiled"
         scheduler = importlib.import_module("kvsim.simulator.scheduler")
         assert not scheduler.__file__.endswith(".py")
