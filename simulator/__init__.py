@@ -14,6 +14,11 @@ import sys as _sys
 if _sys.argv[:1] == ["-m"] and _sys.path and _sys.path[0] in ("", _os.getcwd()):
     del _sys.path[0]
 
+from . import _native
+
+ENGINE = _native.choose(_native.Path(__file__).parent, __name__)
+"""``"compiled"``: the engine core runs as mypyc's C extensions; ``"python"``: as source."""
+
 # The public names are imported on first use (PEP 562), so that `kvsim --help` and the CLI's
 # light commands do not pay for the SimPy model, pydantic and numpy (about 0.3 s on one core).
 _LAZY = {

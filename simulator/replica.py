@@ -20,9 +20,16 @@ before ``now`` whenever someone looks (``sync``). Hence fast-forward and ``exact
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .latency.pricer import IterationRun
 from .scheduler import Batch, Scheduler, Seq
 from .usage import UsageMeter
+
+ON_BOUNDARY: Callable[[Replica], None] | None = None
+"""Called with the replica after each boundary, once its next batch is formed (the invariant
+tests check the scheduler there). A module global, not a method to patch: the compiled engine
+core calls its own methods directly."""
 
 
 class Replica:
@@ -36,10 +43,10 @@ class Replica:
         if scheduler.cache.cpu is not None:
             # NOTE: units arriving in the CPU tier change what a waiting prompt would hit (and
             # so whether it fits): like an arrival, they end a fast-forwarded run.
-            scheduler.cache.cpu.on_arrival = lambda: scheduler.waiting and self._kick(env.now)
+            scheduler.cache.cpu.on_arrival = self._on_cpu_arrival
         self.pricer = pricer
         self.exact_steps = exact_steps
-        self.before_schedule = None
+        self.before_schedule: Callable[[], None] | None = None
         """Called at every boundary before the next batch is formed (a decode replica retries
         the reservations of transfers waiting for its blocks)."""
         self.routed = 0
@@ -121,6 +128,10 @@ class Replica:
             if j < self._run.k - 1:
                 self._schedule_boundary(self._run.cut(j))
 
+    def _on_cpu_arrival(self) -> None:
+        if self.scheduler.waiting:
+            self._kick(self.env.now)
+
     def sync(self, now: int, inclusive: bool = False) -> None:
         """Apply the block allocations of run iterations that started before ``now`` (URGENT
         events see the cache before the boundaries of ``now``), or at or before it
@@ -181,6 +192,7 @@ class Replica:
         batch = self._batch
         if batch is not None:
             run = self._run
+            assert run is not None  # a batch in flight has its run
             k = run.k
             s = self.scheduler
             # NOTE (hot path): scheduler_allocate(k), inlined.
@@ -196,6 +208,8 @@ class Replica:
         if self.before_schedule is not None:
             self.before_schedule()
         self._start(now)
+        if ON_BOUNDARY is not None:
+            ON_BOUNDARY(self)
 
     def _start(self, now: int) -> None:
         s = self.scheduler
@@ -220,12 +234,13 @@ class Replica:
                 batch.extra_ops,
                 batch.decodes,
             )
-            self._run = IterationRun.single(now, now + ns)
+            run = IterationRun.single(now, now + ns)
         else:
-            self._plan_decode_run(batch, now)
-        self._schedule_boundary(self._run.end)
+            run = self._plan_decode_run(batch, now)
+        self._run = run
+        self._schedule_boundary(run.end)
 
-    def _plan_decode_run(self, batch: Batch, now: int) -> None:
+    def _plan_decode_run(self, batch: Batch, now: int) -> IterationRun:
         """Price the pure-decode iterations until the next completion or block shortage."""
         s = self.scheduler
         n = batch.decodes
@@ -239,11 +254,13 @@ class Replica:
             # make the head of the queue admissible, which would change the batch. Nor may it
             # evict under a time-dependent policy: its victims must be chosen at the exact
             # boundary, which the next run's first iteration is.
-            k_max = s.next_finish_it() - it0 + 1
+            finish_it = s.next_finish_it()
+            assert finish_it is not None  # the batch's decodes finish some time
+            k_max = finish_it - it0 + 1
             evict = not s.waiting and not s.cache.time_dependent
             room = s.cache.available() if evict else s.cache.free
             k = 1 + s.decode_iterations_affordable(it0 + 1, k_max - 1, room)
-        self._run = self.pricer.decode_run(n, s.dec_sum + n, k, now, s.dec_segs)
+        return self.pricer.decode_run(n, s.dec_sum + n, k, now, s.dec_segs)
 
 
 class DecodeReplica(Replica):

@@ -22,10 +22,13 @@ from __future__ import annotations
 import heapq
 from bisect import insort
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .cache import KVCache
 from .cache.kv_cache import MSA
+from .cache.prefix_tree import Node
 from .cache.seen import SeenPrefixes
 from .latency.ops import Copy
 
@@ -105,13 +108,13 @@ class Seq:
         """Its record across replicas (``metrics.RequestRecord``)."""
         self.external = 0
         """Tokens whose KV it brought from a prefill replica (0 once it computes its own)."""
-        self.consumer_ops = ()
+        self.consumer_ops: Any = ()
         """Codec work its admission runs (reconstructing the external KV), as (count, op)."""
         self.handoff_from = -1
         """When its prefill replica finished the prompt (-1: not handed over, or recorded)."""
         self.cpu_hit_units = 0
         """Units of its first admission's hit found in the CPU tier."""
-        self.cpu_nodes = ()
+        self.cpu_nodes: tuple[Node, ...] = ()
         """CPU-tier units it is loading over PCIe (it waits, holding their GPU blocks)."""
         self.arrival_ns = arrival_ns
         """When it reached this replica."""
@@ -133,7 +136,7 @@ class Seq:
         """Tokens in ``nodes``; its private tokens are computed + ahead − node_tokens."""
         self.next_unit = 0
         """The next prompt unit to commit as a node (or to step over, if reused)."""
-        self.parent = None
+        self.parent: Node | None = None
         """The node of unit ``next_unit − 1``, parent of the next committed unit."""
         self.reused_units: dict | None = None
         """msa: reused nodes by unit index (the units that commit steps over)."""
@@ -293,7 +296,7 @@ class Scheduler:
         completes, by admission order."""
         self.loading: dict[int, Seq] = {}
         """Admitted sequences waiting for CPU-tier units to load, by admission order."""
-        self.on_ready = lambda: None
+        self.on_ready: Callable[[], None] = lambda: None
         """Called when a loaded sequence can run (its replica's engine wakes up)."""
         self.prefilling: list[Seq] = []
         """Admitted sequences still computing their prompt, in admission order."""
@@ -777,7 +780,7 @@ class Scheduler:
             s.ahead -= sum(r[j][1] - r[j][0] for j in range(s.next_range, i))  # ranges crossed
             s.next_range = i
         else:
-            end, spans = s.computed + n, ((s.computed, s.computed + n),)
+            end, spans = s.computed + n, [(s.computed, s.computed + n)]
         if s.done_before:  # tokens it computed before a preemption are computed again
             s.recomputed += sum(_overlap(s.done_before, a, b) for a, b in spans)
         s.computed = end

@@ -86,8 +86,6 @@ class KVCache:
         """Blocks of one recurrent state (0: no recurrent layers)."""
         self.kv_free = kv_free
         """No attention layers: tokens hold no KV (``blocks_for`` is 0)."""
-        if kv_free:
-            self.blocks_for = lambda tokens: 0
         self.isolation = isolation
         """Keep the checkpoints of the last ``isolation`` sequences only (FIFO; None: no limit)."""
         self._groups: deque = deque()
@@ -113,7 +111,7 @@ class KVCache:
         self.evicted_blocks = 0
 
     def blocks_for(self, tokens: int) -> int:
-        return -(-tokens // self.block_tokens)
+        return 0 if self.kv_free else -(-tokens // self.block_tokens)
 
     def available(self) -> int:
         """Blocks an allocation can get: free plus those held only by unreferenced nodes."""
@@ -189,12 +187,13 @@ class KVCache:
         nodes = [] if self.kv_free else self._match(ids, req.prompt_tokens, unit)
         k = min(len(ids) if self.kv_free else len(nodes), (end - 1) // unit)
         states = self.tree.states
+        st = None
         while k > 0:
             st = states.get(ids[k - 1])
             if st is not None and st.depth == k - 1:
                 break
             k -= 1
-        if k == 0:
+        if k == 0 or st is None:
             return NO_HIT
         nodes = nodes[:k]
         pinned = sum(n.blocks for n in nodes if n.free) + (st.blocks if st.free else 0)
@@ -297,7 +296,7 @@ class KVCache:
             return None
         return tree.insert_state(unit_id, parent, depth, position, self.state_blocks, now_ns)
 
-    def close_group(self, states: list, now_ns: int) -> None:
+    def close_group(self, states: list[Node], now_ns: int) -> None:
         """A finished sequence's checkpoints, for the isolation cache (the window of the last
         ``isolation`` sequences, FIFO): a checkpoint stays while a sequence in the window holds
         it; once none does, it is dropped (if no running sequence uses it meanwhile, else it is

@@ -20,6 +20,7 @@ policy that only ranks gives ``key(node)`` and gets :class:`KeyedHeap`; a policy
 from __future__ import annotations
 
 import heapq
+from typing import Any
 
 
 class Node:
@@ -99,7 +100,7 @@ class Node:
         """In the candidate set: may be evicted now."""
         self.in_heap = False
         """Has an entry in a :class:`KeyedHeap` (possibly stale)."""
-        self.policy_data = None
+        self.policy_data: Any = None
         """Per-node state an eviction policy keeps (its own structures' handles)."""
         self.ready = True
         """In a CPU tier: its copy from the GPU has arrived (it can be hit)."""

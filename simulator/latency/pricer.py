@@ -34,8 +34,8 @@ fixed-point rounding), which never mixes with it within one mode.
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_left
+from typing import Any
 
 from ..catalog import ModelSpec
 from .ops import StepOverhead, attention_op, lm_head_op, recurrent_ops, sampling_op, token_ops
@@ -47,6 +47,9 @@ _ONE, _HALF = 1 << _FRAC, 1 << (_FRAC - 1)
 # per-iteration test at every iteration in between (both terms are affine in the context).
 _POINT_MARGIN, _RUN_MARGIN = 1.001, 1.002
 _EAGER = 16  # runs up to this long are materialized at once (cheaper than the floor sum)
+_EVERY = 1 << 128
+"""``fill``'s bound for all of a run's end times: an int past any of them. An int, not ``math.inf``:
+compiled, ``fill`` takes an int, and a float bound would round a time past 2**53 ns."""
 
 
 class IterationPricer:
@@ -69,7 +72,7 @@ class IterationPricer:
         self._attention_terms = getattr(latency, "decode_attention_terms", None)
         self._recompute: dict[tuple[int, int], float] = {}  # by (start token, tokens)
         # Attention priced without an op object where the model can (no range checks to make).
-        self._attention_fast = None
+        self._attention_fast: Any = None
         make = getattr(latency, "attention_pricer", None)
         if make is not None and self._check is None and self.attention_layers:
             self._attention_fast = make(attention_op(model, tp, 0, 0, 0, 0, 0))
@@ -247,7 +250,7 @@ class IterationPricer:
             # in between: the per-iteration test of _decode_ns holds for all of them.
             run = IterationRun(start_ns, k, 0, [], kv_first, batch, x0, p)
             if k <= _EAGER:
-                run.fill(math.inf)
+                run.fill(_EVERY)
                 run.end = run.ends[-1]
             else:
                 run.end = start_ns + floor_sum(k, _ONE, batch * p, x0 + kv_first * p)
@@ -267,7 +270,17 @@ class IterationRun:
 
     __slots__ = ("start", "k", "end", "ends", "_x", "_step", "_x0", "_p")
 
-    def __init__(self, start, k, end, ends, x=0, step=0, x0=0, p=0):
+    def __init__(
+        self,
+        start: int,
+        k: int,
+        end: int,
+        ends: list[int],
+        x: int = 0,
+        step: int = 0,
+        x0: int = 0,
+        p: int = 0,
+    ):
         self.start, self.k, self.end, self.ends = start, k, end, ends
         self._x, self._step, self._x0, self._p = x, step, x0, p
 
@@ -275,7 +288,7 @@ class IterationRun:
     def single(cls, start: int, end: int) -> IterationRun:
         return cls(start, 1, end, [end])
 
-    def fill(self, until: float) -> None:
+    def fill(self, until: int) -> None:
         """Materialize end times up to the first at or after ``until`` (at most k of them)."""
         ends = self.ends
         have = len(ends)

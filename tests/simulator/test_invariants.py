@@ -8,22 +8,20 @@ from helpers import load_hypothesis_profile, scenario_doc, write_kvsim_trace
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kvsim.simulator import replica as replica_module
 from kvsim.simulator import scenario_from_dict, simulate
-from kvsim.simulator.replica import Replica
 
 
 @pytest.fixture
 def checked(monkeypatch):
     """Check the scheduler's invariants at every engine boundary."""
     calls = {"n": 0}
-    original = Replica._on_boundary
 
-    def on_boundary(self, version):
-        original(self, version)
-        self.scheduler.check_invariants()
+    def on_boundary(replica):
+        replica.scheduler.check_invariants()
         calls["n"] += 1
 
-    monkeypatch.setattr(Replica, "_on_boundary", on_boundary)
+    monkeypatch.setattr(replica_module, "ON_BOUNDARY", on_boundary)
     return calls
 
 
@@ -367,8 +365,8 @@ def test_asymcache_evicts_at_exact_boundaries_under_fast_forward(tmp_path, monke
     eviction, at boundary t2, finds unit 2 idle less than L: unit 3 goes. At the end of B's run,
     unit 2 would be idle more than L and unit 3 not: evicting there would take unit 2. D then
     reuses unit 2."""
-    from kvsim.simulator.cache.prefix_tree import PrefixTree
     from kvsim.simulator.cluster import Cluster
+    from kvsim.simulator.policies.asymcache import AsymCache
 
     rows = [
         {"arrival_s": 0.0, "prompt_tokens": 2 * UNIT, "output_tokens": 1, "blocks": [1, 2]},
@@ -380,15 +378,15 @@ def test_asymcache_evicts_at_exact_boundaries_under_fast_forward(tmp_path, monke
         r["unit_tokens"] = UNIT
     l_s = 1.43
     evictions = []
-    pop_victim = PrefixTree.pop_victim
+    pop = AsymCache.pop  # the policy owns its candidates: the tree's victims are what it pops
 
     def logged(self, now):
-        v = pop_victim(self, now)
+        v = pop(self, now)
         if v is not None:
             evictions.append((now / 1e9, v.id))
         return v
 
-    monkeypatch.setattr(PrefixTree, "pop_victim", logged)
+    monkeypatch.setattr(AsymCache, "pop", logged)
     eviction = {"type": "asymcache", "p": 0.999, "r": 1000, "initial_l_s": l_s}
     runs = {}
     for mode in ("exact", "fast"):

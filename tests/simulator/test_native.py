@@ -1,0 +1,148 @@
+"""The compiled engine core (mypyc) and its Python source: which one runs, and that both give the
+same results to the byte."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import kvsim.simulator as simulator
+from kvsim.simulator import _native
+
+ROOT = Path(__file__).resolve().parents[2]
+SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
+
+
+@pytest.fixture
+def meta_path(monkeypatch):
+    """sys.meta_path restored after the test (``choose`` may insert its finder)."""
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
+    monkeypatch.delenv(_native.ENV_PURE, raising=False)
+    return sys.meta_path
+
+
+def _fake_build(root: Path, compiled: tuple[str, ...] = _native.MODULES) -> None:
+    """A package folder with every engine module's source, extensions for ``compiled`` (bytes
+    that are no shared object: ``choose`` only looks at names) and the build's digest."""
+    for m in _native.MODULES:
+        src = root / f"{m}.py"
+        src.parent.mkdir(parents=True, exist_ok=True)
+        src.write_text(f"NAME = {m!r}\n")
+        if m in compiled:
+            src.with_name(src.stem + SUFFIX).write_bytes(b"not an ELF file")
+    (root / _native.DIGEST_FILE).write_text(_native.source_digest(root) + "\n")
+
+
+def test_the_compiled_core_runs_when_its_source_is_what_was_compiled(tmp_path, meta_path, capsys):
+    _fake_build(tmp_path)
+    before = list(meta_path)
+    assert _native.choose(tmp_path, "fakepkg") == "compiled"
+    assert meta_path == before and capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("edited", _native.MODULES)
+def test_an_edited_source_runs_as_python_all_of_it(tmp_path, meta_path, capsys, edited):
+    _fake_build(tmp_path)
+    (tmp_path / f"{edited}.py").write_text("NAME = 'edited'\n")
+    assert _native.choose(tmp_path, "fakepkg") == "python"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "source changed since it was compiled" in err
+    finder = meta_path[0]
+    for m in _native.MODULES:  # every module, not only the edited one
+        spec = finder.find_spec(f"fakepkg.{m.replace('/', '.')}")
+        assert spec.origin == str(tmp_path / f"{m}.py")
+    assert finder.find_spec("fakepkg.cluster") is None  # not an engine module: not its business
+
+
+def test_an_incomplete_build_runs_as_python(tmp_path, meta_path, capsys):
+    _fake_build(tmp_path, compiled=_native.MODULES[:-1])
+    assert _native.choose(tmp_path, "fakepkg") == "python"
+    assert "incomplete" in capsys.readouterr().err
+    assert isinstance(meta_path[0], _native._SourceFinder)
+
+
+def test_a_missing_digest_runs_as_python(tmp_path, meta_path, capsys):
+    _fake_build(tmp_path)
+    (tmp_path / _native.DIGEST_FILE).unlink()
+    assert _native.choose(tmp_path, "fakepkg") == "python"
+    assert "source changed" in capsys.readouterr().err
+
+
+def test_kvsim_pure_python_asks_for_the_source_quietly(tmp_path, meta_path, capsys, monkeypatch):
+    _fake_build(tmp_path)
+    monkeypatch.setenv(_native.ENV_PURE, "1")
+    assert _native.choose(tmp_path, "fakepkg") == "python"
+    assert capsys.readouterr().err == "" and isinstance(meta_path[0], _native._SourceFinder)
+    monkeypatch.setenv(_native.ENV_PURE, "0")  # "0" is not a request
+    assert _native.choose(tmp_path, "fakepkg2") == "compiled"
+
+
+def test_nothing_compiled_is_python_without_a_word(tmp_path, meta_path, capsys):
+    _fake_build(tmp_path, compiled=())
+    before = list(meta_path)
+    assert _native.choose(tmp_path, "fakepkg") == "python"
+    assert meta_path == before and capsys.readouterr().err == ""
+
+
+def test_the_finder_loads_the_source_beside_an_extension_python_would_prefer(tmp_path, meta_path):
+    pkg = tmp_path / "kvsim_native_probe"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "mod.py").write_text("X = 41 + 1\n")
+    (pkg / f"mod{SUFFIX}").write_bytes(b"not an ELF file")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        with pytest.raises(ImportError):  # Python's own choice: the (broken) extension
+            importlib.import_module("kvsim_native_probe.mod")
+        sys.modules.pop("kvsim_native_probe.mod", None)
+        meta_path.insert(0, _native._SourceFinder({"kvsim_native_probe.mod": pkg / "mod.py"}))
+        assert importlib.import_module("kvsim_native_probe.mod").X == 42
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in ("kvsim_native_probe.mod", "kvsim_native_probe"):
+            sys.modules.pop(name, None)
+
+
+def test_compiled_and_python_engines_write_the_same_bytes(tmp_path):
+    """The README's main job, once as this install runs it and once as Python source."""
+    outputs = ("summary.json", "requests.csv", "timeseries.csv", "report.html")
+    engines = {}
+    for name, pure in (("default", None), ("python", "1")):
+        env = {k: v for k, v in os.environ.items() if k != _native.ENV_PURE}
+        if pure:
+            env[_native.ENV_PURE] = pure
+        code = (
+            "import sys, kvsim.simulator as s; from kvsim.simulator.cli import main; "
+            "print(s.ENGINE, file=sys.stderr); sys.exit(main())"
+        )
+        cmd = [sys.executable, "-c", code, "run", str(ROOT / "scenarios" / "quickstart.yaml")]
+        cmd += ["--out", str(tmp_path / name), "--no-progress"]
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        engines[name] = p.stderr.splitlines()[0]
+    package = Path(simulator.__file__).parent
+    built = any(_native._extension(package / f"{m}.py") for m in _native.MODULES)
+    assert engines == {"default": "compiled" if built else "python", "python": "python"}
+    for f in outputs:
+        assert (tmp_path / "default" / f).read_bytes() == (tmp_path / "python" / f).read_bytes(), f
+
+
+def test_an_install_with_the_engine_compiled_runs_it():
+    """Where the build left the engine's extensions (a compiler was there), this process runs
+    them: a stale digest or a broken finder would quietly fall back to the source."""
+    package = Path(simulator.__file__).parent
+    built = [m for m in _native.MODULES if _native._extension(package / f"{m}.py")]
+    if os.environ.get(_native.ENV_PURE, "") not in ("", "0"):
+        assert simulator.ENGINE == "python"  # asked for
+    elif built:
+        assert simulator.ENGINE == "compiled"
+        scheduler = importlib.import_module("kvsim.simulator.scheduler")
+        assert not scheduler.__file__.endswith(".py")
+    else:
+        assert simulator.ENGINE == "python"
