@@ -87,6 +87,9 @@ def test_run_report_charts_are_what_plotly_writes(runs):
     assert [t["name"] for t in kv["data"]] == ["all replicas", "prefill 0", "decode 0"]
     assert [t["name"] for t in dict(pd)["kvsim-hits"]["data"]] == [
         "prefix-hit ratio (both tiers)", "GPU", "CPU tier"]  # fmt: skip
+    ranges = {div_id: fig["layout"]["yaxis"].get("range") for div_id, fig in flat + pd}
+    assert ranges["kvsim-ttft"] == ranges["kvsim-hits"] == ranges["kvsim-kv-use"] == [0, 1.02]
+    assert ranges["kvsim-links"] == [0, 1.05] and ranges["kvsim-throughput"] is None
     _assert_plotly_writes_the_same(flat + pd)
 
 
@@ -135,6 +138,36 @@ def test_the_template_is_plotly_white_as_a_validated_figure_holds_it():
     want = fig.to_dict()["layout"]["template"]
     assert json.dumps(figures.template()) == json.dumps(want)  # same keys in the same order
     assert figures.colorway() == list(pio.templates["plotly_white"].layout.colorway)
+
+
+@pytest.mark.parametrize("name", ["plotly_dark", "ggplot2", "seaborn", "simple_white"])
+def test_the_key_order_rule_holds_for_other_shipped_templates(name):
+    path = figures._plotly_dir() / "package_data" / "templates" / f"{name}.json"
+    fig = go.Figure()
+    fig.update_layout(template=name)
+    want = fig.to_dict()["layout"]["template"]
+    assert json.dumps(figures._template_order(json.loads(path.read_text()))) == json.dumps(want)
+
+
+def test_a_template_s_traces_end_with_their_type():
+    # Keys that sort after "type" (none in the shipped templates) still come before it.
+    doc = {
+        "layout": {"colorway": ["#111"], "autotypenumbers": "strict"},
+        "data": {
+            "scatter": [
+                {
+                    "visible": True,
+                    "type": "scatter",
+                    "uid": "u",
+                    "line": {"width": 2, "color": "red"},
+                }
+            ],
+            "bar": [{"xaxis": "x", "type": "bar"}],
+            "barpolar": [{"type": "barpolar"}],
+        },
+    }
+    want = go.layout.Template(doc).to_plotly_json()
+    assert json.dumps(figures._template_order(doc)) == json.dumps(want)
 
 
 @pytest.mark.parametrize(

@@ -102,8 +102,9 @@ def test_tpot_on_rounding_ties_is_python_s(rng):
 def test_a_chunk_the_fast_path_cannot_write_exactly_is_written_row_by_row(rng, field, value):
     raw = _records(rng, 500, False)
     raw[:, F["status"]] = -1  # a finished row's replica is written, -1 included
-    raw[:, F["first_ns"]] = np.maximum(raw[:, F["first_ns"]], raw[:, F["arrival_ns"]])
     raw[123, F[field]] = value
+    if field == "arrival_ns":  # a consistent row: the first token and the finish at its arrival
+        raw[123, F["first_ns"]] = raw[123, F["finish_ns"]] = value
     with pytest.raises(rc._NotExact):
         rc._fast_rows(raw, False, False, REASONS)
     got = rc.rows(raw, False, False, REASONS)
@@ -129,3 +130,27 @@ def test_a_run_s_requests_csv_is_written_in_chunks(rng, monkeypatch):
     assert header.split(",") == list(res.column_names)
     assert body == rc.exact_rows(raw, True, True, REASONS)
     assert res._sink.tell() == raw.nbytes  # left at its end for more records
+
+
+def test_the_record_file_is_left_at_its_end_when_a_write_fails(rng, monkeypatch):
+    class Sink(io.BytesIO):
+        def flush(self):
+            pass
+
+    class Full(io.StringIO):
+        def write(self, text):
+            if self.tell() > 0:
+                raise OSError(28, "No space left on device")
+            return super().write(text)
+
+    raw = _records(rng, 300, False)
+    monkeypatch.setattr(rc, "CHUNK_ROWS", 64)
+    res = object.__new__(Results)
+    res._sink = Sink(raw.tobytes())
+    res._sink.seek(0, io.SEEK_END)
+    res._record = struct.Struct(f"<{raw.shape[1]}q")
+    res._handoff = res._cpu_tier = False
+    res._reasons = REASONS
+    with pytest.raises(OSError, match="No space left"):
+        res.write_requests_csv(Full())
+    assert res._sink.tell() == raw.nbytes  # more records would still be appended at the end
