@@ -22,13 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import plotly.graph_objects as go
-import plotly.io as pio
 import yaml
 
 from .digest import LOG_BINS, cdf_points, log_bin
 from .errors import KvsimError, clip
-from .pages import charts, figure, grid_table, page
+from .figures import colorway, figure, scatter
+from .pages import charts, grid_table, page
 
 FILES = ("compare.csv", "report.html")
 LATENCIES = (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("e2e_s", "E2E latency"),
@@ -260,9 +259,9 @@ def _series(folder: Path, summary: dict) -> dict[str, np.ndarray] | None:
     return {"time_s": t, "waiting": v[:, 0], "kv_use": kv}
 
 
-def report_html(runs: list[Run]) -> str:
-    """The overlay report."""
-    colors = pio.templates["plotly_white"].layout.colorway
+def overlay_figures(runs: list[Run]) -> list[tuple[str, dict]]:
+    """The overlay report's charts, (element id, figure) in page order."""
+    colors = colorway()
     hists = [latency_histograms(r.folder) for r in runs]
     figs = []
     for metric, title in LATENCIES:
@@ -271,15 +270,15 @@ def report_html(runs: list[Run]) -> str:
             if metric not in h or not h[metric].any():
                 continue
             x, y = cdf_points(h[metric])
-            fig.add_trace(go.Scatter(x=x, y=y,
-                                     mode="lines", line={"shape": "hv", "color": colors[i % 10]},
-                                     name=f"{r.label}: {r.folder.name}"))  # fmt: skip
+            fig["data"].append(scatter(x=x, y=y, mode="lines",
+                                       line={"shape": "hv", "color": colors[i % 10]},
+                                       name=f"{r.label}: {r.folder.name}"))  # fmt: skip
             slo = _get(r.summary, ("slo", metric))
             if slo is not None:
-                fig.add_trace(go.Scatter(x=[slo, slo], y=[0, 1], mode="lines",
-                                         line={"dash": "dash", "color": colors[i % 10]},
-                                         name=f"{r.label} SLO"))  # fmt: skip
-        fig.update_yaxes(range=[0, 1.02])
+                fig["data"].append(scatter(x=[slo, slo], y=[0, 1], mode="lines",
+                                           line={"dash": "dash", "color": colors[i % 10]},
+                                           name=f"{r.label} SLO"))  # fmt: skip
+        fig["layout"]["yaxis"]["range"] = [0, 1.02]
         figs.append((f"kvsim-compare-{metric.removesuffix('_s')}", fig))
     series = [_series(r.folder, r.summary) for r in runs]
     for key, title, y in (("waiting", "Requests waiting (all replicas)", "requests"),
@@ -288,10 +287,16 @@ def report_html(runs: list[Run]) -> str:
         for i, (r, ser) in enumerate(zip(runs, series, strict=True)):
             if ser is None or np.isnan(ser[key]).all():
                 continue
-            fig.add_trace(go.Scatter(x=ser["time_s"], y=ser[key], mode="lines",
-                                     line={"shape": "hv", "color": colors[i % 10]},
-                                     name=f"{r.label}: {r.folder.name}"))  # fmt: skip
+            fig["data"].append(scatter(x=ser["time_s"], y=ser[key], mode="lines",
+                                       line={"shape": "hv", "color": colors[i % 10]},
+                                       name=f"{r.label}: {r.folder.name}"))  # fmt: skip
         figs.append((f"kvsim-compare-{key.replace('_', '-')}", fig))
+    return figs
+
+
+def report_html(runs: list[Run]) -> str:
+    """The overlay report."""
+    figs = overlay_figures(runs)
     header, rows = metric_table(runs)
     diffs = scenario_differences(runs)
     runs_table = grid_table(["run", "folder"], [[r.label, str(r.folder)] for r in runs])

@@ -593,42 +593,19 @@ class Results:
 
     def write_requests_csv(self, out) -> None:
         """Write the per-request table (rows in completion order) to a text file object."""
+        from . import requests_csv
+
         out.write(",".join(self.column_names) + "\n")
-        sink, record = self._sink, self._record
-        size = record.size
-        handoff, cpu = self._handoff, self._cpu_tier
+        fields = self._record.size // 8
+        sink = self._sink
         sink.flush()
         sink.seek(0)
-        while chunk := sink.read(size * 4096):
-            lines = []
-            for rec in record.iter_unpack(chunk):
-                (rid, arr, first, fin, p, o, ht, hu, u, rc, pre, rep, status, ses, turn, job,
-                 q) = rec[:BASE_FIELDS]  # fmt: skip
-                extra = ""
-                if handoff:
-                    extra += "," + ",".join(
-                        ("" if v < 0 else str(v)) if i < 3 else ("" if v < 0 else f"{v / NS:.9f}")
-                        for i, v in enumerate(rec[BASE_FIELDS : BASE_FIELDS + 8])
-                    )
-                if cpu:
-                    extra += f",{rec[F['cpu_hit_units']]}"
-                tail = (f"{'' if ses < 0 else ses},{turn},"
-                        f"{'' if job < 0 else f'{job / NS:.9f}'},"
-                        f"{'' if q < 0 else f'{q / NS:.9f}'}{extra}\n")  # fmt: skip
-                if status >= 0:
-                    lines.append(
-                        f"{rid},{arr / NS:.9f},,,,,,{p},{o},0,0,{u},0,0,,"
-                        f"dropped: {self._reasons[status]},{tail}"
-                    )
-                    continue
-                tpot = f"{(fin - first) / NS / (o - 1):.9f}" if o > 1 else ""
-                ttft, e2e = (first - arr) / NS, (fin - arr) / NS
-                lines.append(
-                    f"{rid},{arr / NS:.9f},{first / NS:.9f},{fin / NS:.9f},{ttft:.9f},{tpot},"
-                    f"{e2e:.9f},{p},{o},{ht},{hu},{u},{rc},{pre},{rep},done,{tail}"
-                )
-            out.write("".join(lines))
-        sink.seek(0, io.SEEK_END)
+        try:
+            while chunk := sink.read(8 * fields * requests_csv.CHUNK_ROWS):
+                raw = np.frombuffer(chunk, dtype="<i8").reshape(-1, fields)
+                out.write(requests_csv.rows(raw, self._handoff, self._cpu_tier, self._reasons))
+        finally:
+            sink.seek(0, io.SEEK_END)
 
     def records(self):
         """The per-request records as int64 arrays of shape (rows, fields), a chunk of at most

@@ -1,20 +1,18 @@
 """The HTML pages kvsim writes (a run's report, a sweep's, a comparison's, a plan's): one style,
-charts as plotly SVG figures (``go.Scatter``: no WebGL, which headless browsers and remote
-desktops often lack), fixed element ids, so a page is the same bytes on every run.
+charts as plotly SVG figures built as plain dicts (``figures.py``), fixed element ids, so a page
+is the same bytes on every run.
 
 plotly.js (about 4.8 MB) is embedded once per page by default, so a page opens without a
 network. A page written beside many others (a sweep's points) can instead reference one shared
 copy: ``plotlyjs`` is then the copy's path relative to the page (``../../plotly.min.js``), and the
-writer puts :func:`plotly_js` there.
+writer puts ``figures.plotly_js()`` there.
 """
 
 from __future__ import annotations
 
-import functools
 import html
 
-import plotly.graph_objects as go
-import plotly.io as pio
+from .figures import chart_div
 
 PLOTLY_FILE = "plotly.min.js"
 """The name of a shared copy of plotly.js beside pages that reference it."""
@@ -28,60 +26,18 @@ STYLE = (
 )
 
 
-def plotly_js() -> str:
-    """plotly.js as shipped with the installed plotly package."""
-    from plotly.offline import get_plotlyjs
-
-    return get_plotlyjs()
-
-
-# Not empty: plotly replaces an empty template with its default one (deep-copying that instead).
-_PLACEHOLDER = {"layout": {"meta": "kvsim:plotly_white"}}
+def chart(fig: dict, div_id: str, plotlyjs: bool | str) -> str:
+    """One figure (as ``figures.figure`` builds it) as a div with a fixed id; ``plotlyjs``: True
+    embeds plotly.js (the page's first chart), False relies on an earlier chart's, a path ending
+    in .js references a shared copy."""
+    return chart_div(fig, div_id, plotlyjs, CONFIG)
 
 
-@functools.cache
-def _template() -> dict:
-    """The plotly_white template as a validated figure holds it (plotly's own key order)."""
-    fig = go.Figure()
-    fig.update_layout(template="plotly_white")
-    return fig.to_dict()["layout"]["template"]
-
-
-def chart(fig: go.Figure, div_id: str, plotlyjs: bool | str) -> str:
-    """One figure as a div with a fixed id; ``plotlyjs``: True embeds plotly.js (the page's first
-    chart), False relies on an earlier chart's, a path ending in .js references a shared copy."""
-    d = fig.to_dict()
-    layout = d["layout"]
-    if layout.get("template") == _PLACEHOLDER:
-        # A figure from figure(): its placeholder (in the template's place) becomes the template
-        # validated once per process. Assigning a template validates and deep-copies all of it
-        # (about 35 ms a figure); the page's bytes are the same.
-        layout["template"] = _template()
-    return pio.to_html(d, full_html=False, include_plotlyjs=plotlyjs, div_id=div_id,
-                       config=CONFIG, validate=False)  # fmt: skip
-
-
-def charts(figures: list[tuple[str, go.Figure]], plotlyjs: bool | str = True) -> str:
+def charts(figures: list[tuple[str, dict]], plotlyjs: bool | str = True) -> str:
     """Figures in a grid, plotly.js included (or referenced) with the first only."""
     divs = [chart(fig, div_id, plotlyjs if i == 0 else False)
             for i, (div_id, fig) in enumerate(figures)]  # fmt: skip
     return f"<div class='charts'>{''.join(divs)}</div>"
-
-
-def figure(title: str, x: str, y: str, log_x: bool = False, log_y: bool = False,
-           height: int = 340) -> go.Figure:  # fmt: skip
-    """An empty figure with kvsim's layout: one metric per figure, so each has its own axis. Its
-    template is an empty placeholder that chart() fills with plotly_white."""
-    fig = go.Figure()
-    fig.update_layout(
-        title={"text": title}, height=height,
-        margin={"t": 50, "b": 45, "l": 60, "r": 20}, legend={"orientation": "h", "y": -0.25},
-        xaxis={"title": {"text": x}, "type": "log" if log_x else None},
-        yaxis={"title": {"text": y}, "type": "log" if log_y else None},
-    )  # fmt: skip
-    # Assigned, not merged: update_layout would merge it into the default template.
-    fig.layout.template = _PLACEHOLDER
-    return fig
 
 
 def rows_table(rows: list[tuple[str, str]]) -> str:

@@ -22,12 +22,12 @@ import html
 import math
 
 import numpy as np
-import plotly.graph_objects as go
 import yaml
 
 from .digest import TIME_BINS, digest
+from .figures import figure, scatter
 from .metrics import Results
-from .pages import charts, figure, grid_table, page, rows_table
+from .pages import charts, grid_table, page, rows_table
 
 MAX_LINE_POINTS = 600
 MAX_REPLICA_LINES = 16
@@ -38,7 +38,9 @@ def _thin(n: int, limit: int = MAX_LINE_POINTS) -> np.ndarray:
     """Indices of at most ``limit`` evenly spread samples of ``n`` (first and last kept)."""
     if n <= limit:
         return np.arange(n)
-    return np.unique(np.linspace(0, n - 1, limit).round().astype(np.int64))
+    # NOTE: steps of (n - 1) / (limit - 1) > 1 never round to the same index, so no np.unique
+    # (whose first call imports numpy.ma: about 40 ms of a small run's report).
+    return np.linspace(0, n - 1, limit).round().astype(np.int64)
 
 
 def _policy(ref) -> str:
@@ -156,26 +158,26 @@ def scenario_rows(scenario, summary: dict) -> list[tuple[str, str]]:
     return rows
 
 
-def _cdf_chart(d, metric: str, title: str, slo: float | None) -> go.Figure:
+def _cdf_chart(d, metric: str, title: str, slo: float | None) -> dict:
     fig = figure(f"{title} (CDF)", "seconds", "share of requests", log_x=True)
     x, y = d.cdf(metric)
-    fig.add_trace(go.Scatter(x=x, y=y, mode="lines", line={"shape": "hv"}, name=title))
+    fig["data"].append(scatter(x=x, y=y, mode="lines", line={"shape": "hv"}, name=title))
     if slo is not None:
-        fig.add_trace(go.Scatter(x=[slo, slo], y=[0, 1], mode="lines", name="SLO",
-                                 line={"dash": "dash", "color": "red"}))  # fmt: skip
-    fig.update_yaxes(range=[0, 1.02])
+        fig["data"].append(scatter(x=[slo, slo], y=[0, 1], mode="lines", name="SLO",
+                                   line={"dash": "dash", "color": "red"}))  # fmt: skip
+    fig["layout"]["yaxis"]["range"] = [0, 1.02]
     return fig
 
 
 def _over_time(d, series: dict[str, np.ndarray], title: str, y: str, x: str = "time (s)",
-               log_y: bool = False, y_range=None) -> go.Figure:  # fmt: skip
+               log_y: bool = False, y_range=None) -> dict:  # fmt: skip
     fig = figure(title, x, y, log_y=log_y)
     mid = d.mid_s()
     for name, values in series.items():
-        fig.add_trace(go.Scatter(x=mid, y=values, mode="lines+markers", marker={"size": 3},
-                                 name=name, connectgaps=False))  # fmt: skip
+        fig["data"].append(scatter(x=mid, y=values, mode="lines+markers", marker={"size": 3},
+                                   name=name, connectgaps=False))  # fmt: skip
     if y_range is not None:
-        fig.update_yaxes(range=y_range)
+        fig["layout"]["yaxis"]["range"] = y_range
     return fig
 
 
@@ -196,7 +198,7 @@ def _hit_series(d, tiers: bool) -> dict[str, np.ndarray]:
     }
 
 
-def _queue_charts(ts, summary: dict) -> list[tuple[str, go.Figure]]:
+def _queue_charts(ts, summary: dict) -> list[tuple[str, dict]]:
     cols = ts.columns()
     # Each replica's line is named as the per-replica table names it (its pool, with pools).
     names = [f"{p['pool']} {p['replica']}" if "pool" in p else f"replica {p['replica']}"
@@ -205,29 +207,29 @@ def _queue_charts(ts, summary: dict) -> list[tuple[str, go.Figure]]:
     t = cols["time_s"][idx]
     q = figure("Requests waiting and running (all replicas)", "time (s)", "requests")
     for name in ("waiting", "running"):
-        q.add_trace(go.Scatter(x=t, y=cols[name][idx], mode="lines", line={"shape": "hv"},
-                               name=name))  # fmt: skip
+        q["data"].append(scatter(x=t, y=cols[name][idx], mode="lines", line={"shape": "hv"},
+                                 name=name))  # fmt: skip
     kv = figure("KV cache use: blocks held by sequences", "time (s)", "share of KV blocks")
-    kv.add_trace(go.Scatter(x=t, y=cols["kv_use"][idx], mode="lines", line={"shape": "hv",
-                            "width": 3}, name="all replicas"))  # fmt: skip
+    kv["data"].append(scatter(x=t, y=cols["kv_use"][idx], mode="lines",
+                              line={"shape": "hv", "width": 3}, name="all replicas"))  # fmt: skip
     per = ts.per_replica()
     if 1 < len(ts.capacity) <= MAX_REPLICA_LINES:
         for i, cap in enumerate(ts.capacity):
             line = {"shape": "hv", "width": 1}
             name = names[i] if i < len(names) else f"replica {i}"
-            kv.add_trace(go.Scatter(x=t, y=per[idx, i, 2] / cap, mode="lines", line=line,
-                                    name=name))  # fmt: skip
-    kv.update_yaxes(range=[0, 1.02])
+            kv["data"].append(scatter(x=t, y=per[idx, i, 2] / cap, mode="lines", line=line,
+                                      name=name))  # fmt: skip
+    kv["layout"]["yaxis"]["range"] = [0, 1.02]
     return [("kvsim-queues", q), ("kvsim-kv-use", kv)]
 
 
-def _link_chart(links: dict) -> go.Figure:
+def _link_chart(links: dict) -> dict:
     fig = figure("Link use over time", "time (s)", "busy fraction")
     for name, (starts, busy) in links.items():
         idx = _thin(len(starts))
-        fig.add_trace(go.Scatter(x=np.asarray(starts)[idx], y=np.asarray(busy)[idx],
-                                 mode="lines", name=name))  # fmt: skip
-    fig.update_yaxes(range=[0, 1.05])
+        fig["data"].append(scatter(x=np.asarray(starts)[idx], y=np.asarray(busy)[idx],
+                                   mode="lines", name=name))  # fmt: skip
+    fig["layout"]["yaxis"]["range"] = [0, 1.05]
     return fig
 
 
@@ -248,11 +250,9 @@ def _replica_table(summary: dict) -> str:
     return grid_table(header, rows, numeric=set(range(1 + pools, len(header))))
 
 
-def report_html(results: Results, scenario, plotlyjs: bool | str = True) -> str:
-    """The report as one HTML document. ``plotlyjs``: True embeds plotly.js (the page opens
-    without a network); a path ending in .js references a shared copy there instead."""
+def report_figures(results: Results, d) -> list[tuple[str, dict]]:
+    """The report's charts, (element id, figure) in page order; ``d``: the run's digest."""
     s = results.summary
-    d = digest(results)
     slo = s["slo"]
     figs = [
         ("kvsim-ttft", _cdf_chart(d, "ttft_s", "TTFT", slo["ttft_s"])),
@@ -285,6 +285,16 @@ def report_html(results: Results, scenario, plotlyjs: bool | str = True) -> str:
     links = getattr(results, "link_series", None)
     if links:
         figs.append(("kvsim-links", _link_chart(links)))
+    return figs
+
+
+def report_html(results: Results, scenario, plotlyjs: bool | str = True) -> str:
+    """The report as one HTML document. ``plotlyjs``: True embeds plotly.js (the page opens
+    without a network); a path ending in .js references a shared copy there instead."""
+    d = digest(results)
+    figs = report_figures(results, d)
+    s = results.summary
+    width = d.width_s
     resolved = html.escape(scenario.resolved_yaml())
     body = (
         "<h2>Scenario</h2>" + rows_table(scenario_rows(scenario, s))

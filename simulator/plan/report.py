@@ -11,9 +11,8 @@ import io
 import json
 import math
 
-import plotly.graph_objects as go
-
-from ..pages import charts, figure, grid_table, page
+from ..figures import figure, scatter
+from ..pages import charts, grid_table, page
 from .planner import Plan, _rate_text, answer_lines
 
 FILES = ("plan.csv", "plan.json", "report.html")
@@ -128,7 +127,7 @@ def json_text(plan: Plan) -> str:
     return json.dumps(_clean(doc), indent=2) + "\n"
 
 
-def _chart(plan: Plan, key: str, title: str, limit: float | None) -> go.Figure:
+def _chart(plan: Plan, key: str, title: str, limit: float | None) -> dict:
     q = plan.question
     x_title = "replicas" if q.knob == "replicas" else "requests per second"
     fig = figure(title, x_title, key, log_x=q.knob == "rate")
@@ -136,11 +135,11 @@ def _chart(plan: Plan, key: str, title: str, limit: float | None) -> go.Figure:
     xs = [p.value for p in pts]
     ys = [_get(p.summary, key) for p in pts]
     ys = [None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v for v in ys]
-    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": "#999"},
-                             name="points tried", hoverinfo="skip"))  # fmt: skip
+    fig["data"].append(scatter(x=xs, y=ys, mode="lines", line={"color": "#999"},
+                               name="points tried", hoverinfo="skip"))  # fmt: skip
     for ok, name in ((True, "meets the SLO"), (False, "fails")):
         sel = [p for p in pts if p.meets == ok]
-        fig.add_trace(go.Scatter(
+        fig["data"].append(scatter(
             x=[p.value for p in sel], y=[_get(p.summary, key) for p in sel], mode="markers",
             marker={"color": OK if ok else FAIL, "size": 9}, name=name,
             text=[f"point {p.index} (round {p.round + 1})" for p in sel],
@@ -148,17 +147,17 @@ def _chart(plan: Plan, key: str, title: str, limit: float | None) -> go.Figure:
     # Lines as traces, not shapes: a shape's position on a log axis is in log10 units.
     finite = [v for v in ys if v is not None]
     if limit is not None:
-        fig.add_trace(go.Scatter(x=[xs[0], xs[-1]], y=[limit, limit], mode="lines",
-                                 line={"dash": "dash", "color": FAIL}, name="limit"))  # fmt: skip
+        fig["data"].append(scatter(x=[xs[0], xs[-1]], y=[limit, limit], mode="lines",
+                                   line={"dash": "dash", "color": FAIL}, name="limit"))  # fmt: skip
         finite.append(limit)
     if plan.outcome.answer is not None and finite:
         a = plan.outcome.answer
-        fig.add_trace(go.Scatter(x=[a, a], y=[min(finite), max(finite)], mode="lines",
-                                 line={"dash": "dot", "color": OK}, name="answer"))  # fmt: skip
+        fig["data"].append(scatter(x=[a, a], y=[min(finite), max(finite)], mode="lines",
+                                   line={"dash": "dot", "color": OK}, name="answer"))  # fmt: skip
     return fig
 
 
-def _split_chart(plan: Plan, key: str, title: str, limit: float | None) -> go.Figure:
+def _split_chart(plan: Plan, key: str, title: str, limit: float | None) -> dict:
     """``key`` against the prefill replicas, a line per total: which splits of each total meet,
     and the chosen one."""
     pools = plan.pools
@@ -171,7 +170,7 @@ def _split_chart(plan: Plan, key: str, title: str, limit: float | None) -> go.Fi
         ys = [None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
               for v in ys]  # fmt: skip
         finite += [v for v in ys if v is not None]
-        fig.add_trace(go.Scatter(
+        fig["data"].append(scatter(
             x=[p.split[0] for p in pts], y=ys, mode="lines+markers", name=f"{n} replicas",
             line={"width": 3 if n == plan.outcome.answer else 1},
             marker={"color": [OK if p.meets else FAIL for p in pts], "size": 8},
@@ -180,19 +179,21 @@ def _split_chart(plan: Plan, key: str, title: str, limit: float | None) -> go.Fi
         ))  # fmt: skip
     xs = [p.split[0] for p in plan.points]
     if limit is not None:
-        fig.add_trace(go.Scatter(x=[min(xs), max(xs)], y=[limit, limit], mode="lines",
-                                 line={"dash": "dash", "color": FAIL}, name="limit"))  # fmt: skip
+        fig["data"].append(scatter(x=[min(xs), max(xs)], y=[limit, limit], mode="lines",
+                                   line={"dash": "dash", "color": FAIL}, name="limit"))  # fmt: skip
         finite.append(limit)
     chosen = plan.point(plan.outcome.answer) if plan.outcome.answer is not None else None
     if chosen is not None and finite:
         a = chosen.split[0]
-        fig.add_trace(go.Scatter(x=[a, a], y=[min(finite), max(finite)], mode="lines",
-                                 line={"dash": "dot", "color": OK},
-                                 name=f"answer {chosen.split[0]}:{chosen.split[1]}"))  # fmt: skip
+        fig["data"].append(scatter(x=[a, a], y=[min(finite), max(finite)], mode="lines",
+                                   line={"dash": "dot", "color": OK},
+                                   name=f"answer {chosen.split[0]}:{chosen.split[1]}"))  # fmt: skip
     return fig
 
 
-def report_html(plan: Plan) -> str:
+def plan_figures(plan: Plan) -> list[tuple[str, dict]]:
+    """The plan report's charts, (element id, figure) in page order: each SLO metric, then
+    goodput and utilisation, against the searched knob (or the split)."""
     q = plan.question
     chart = _chart if plan.pools is None else _split_chart
     figs = [(f"kvsim-plan-{i}", chart(plan, t.name, f"{t.name} (limit {t.limit_s:g} s)",
@@ -203,6 +204,12 @@ def report_html(plan: Plan) -> str:
         (f"kvsim-plan-{n}", chart(plan, "slo.goodput_requests_per_s", "goodput (req/s)", None)),
         (f"kvsim-plan-{n + 1}", chart(plan, "utilisation", "utilisation", None)),
     ]
+    return figs
+
+
+def report_html(plan: Plan) -> str:
+    q = plan.question
+    figs = plan_figures(plan)
     header, rows = table(plan)
     lines = answer_lines(plan)
     body = (

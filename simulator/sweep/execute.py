@@ -33,8 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import KvsimError
+from ..figures import plotly_js
 from ..output import FILES, SignalsHeld, write_results
-from ..pages import PLOTLY_FILE, plotly_js
+from ..pages import PLOTLY_FILE
 from ..progress import ProgressBar
 from ..scenario import load_scenario
 from .report import report_html

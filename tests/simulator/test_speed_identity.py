@@ -1,6 +1,7 @@
 """Speed work keeps outputs byte-identical (issue 17): small slices of the two reference workloads
 and the quickstart, run through `kvsim run`, against the SHA-256 of the files the pre-change code
-(commit 1186477) wrote for the same inputs; and report charts against plotly's own validated path.
+(commit 1186477) wrote for the same inputs. (Report charts against plotly's own validated path:
+test_figures.py.)
 """
 
 from __future__ import annotations
@@ -9,11 +10,8 @@ import hashlib
 import json
 from pathlib import Path
 
-import plotly.graph_objects as go
-import plotly.io as pio
 import pytest
 
-from kvsim.simulator import pages
 from kvsim.simulator.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,35 +82,3 @@ def test_run_outputs_match_pre_change_bytes(tmp_path, case):
     assert main(["run", *_inputs(tmp_path, case), "--out", str(out), "--no-progress"]) == 0
     got = {f: hashlib.sha256((out / f).read_bytes()).hexdigest() for f in DATA}
     assert got == EXPECTED[case]
-
-
-def _old_figure(title: str, x: str, y: str, log_x: bool, log_y: bool, height: int) -> go.Figure:
-    """The figure as plotly builds it with the template validated per figure (the old path)."""
-    fig = go.Figure()
-    fig.update_layout(
-        title={"text": title}, template="plotly_white", height=height,
-        margin={"t": 50, "b": 45, "l": 60, "r": 20}, legend={"orientation": "h", "y": -0.25},
-        xaxis={"title": {"text": x}, "type": "log" if log_x else None},
-        yaxis={"title": {"text": y}, "type": "log" if log_y else None},
-    )  # fmt: skip
-    return fig
-
-
-@pytest.mark.parametrize("log_x,log_y", [(False, False), (True, False), (False, True)])
-def test_chart_bytes_equal_plotly_validated_figure(log_x, log_y):
-    def decorate(fig):
-        fig.add_trace(go.Scatter(x=[1, 2, 3], y=[0.5, 0.25, 1.0], name="p50", mode="lines"))
-        fig.add_hline(y=0.7, line_dash="dash")
-        fig.update_layout(showlegend=True, yaxis_range=[0, 2])
-        return fig
-
-    new = decorate(pages.figure("TTFT", "time (s)", "ms", log_x, log_y, 300))
-    old = decorate(_old_figure("TTFT", "time (s)", "ms", log_x, log_y, 300))
-    want = pio.to_html(old, full_html=False, include_plotlyjs=False, div_id="c",
-                       config=pages.CONFIG)  # fmt: skip
-    assert pages.chart(new, "c", False) == want
-    # A figure built elsewhere (not by figure()) keeps its own template.
-    other = go.Figure(layout={"template": "plotly_dark", "title": {"text": "x"}})
-    assert pages.chart(other, "d", False) == pio.to_html(
-        other, full_html=False, include_plotlyjs=False, div_id="d", config=pages.CONFIG
-    )
