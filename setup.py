@@ -20,11 +20,13 @@ def _warn(msg: str) -> None:
 
 def native_extensions() -> list:
     """mypyc's extension modules for the engine core (optional: a failed compile skips them)."""
-    if os.environ.get("KVSIM_NO_COMPILE", "") not in ("", "0"):
-        return []
     native = runpy.run_path(str(ROOT / "simulator" / "_native.py"))
     digest_file = ROOT / "simulator" / native["DIGEST_FILE"]
     digest_file.unlink(missing_ok=True)
+    for stale in native["extensions"](ROOT / "simulator"):  # an earlier build's, maybe of others
+        stale.unlink()
+    if os.environ.get("KVSIM_NO_COMPILE", "") not in ("", "0"):
+        return []
     try:
         from mypyc.build import mypycify
     except ImportError:

@@ -3,10 +3,11 @@
 The simulation loop's modules (``MODULES``: scheduler, replica, pricer, KV cache, prefix tree,
 usage meter, sampled series) are plain typed Python, compiled to C extensions by ``setup.py`` at
 install time when mypyc and a C compiler are there (about 1.5x on the loop, same results to the
-byte); elsewhere the build skips them and Python runs the source. Python prefers an extension module to the ``.py`` beside it, so
-an extension built from older source would silently shadow an edit: the build records a digest
-of the sources it compiled (``DIGEST_FILE``), and :func:`choose` runs the source, all of it, when
-that digest no longer matches (one line on stderr says so) or when ``KVSIM_PURE_PYTHON=1``.
+byte); elsewhere the build skips them and Python runs the source. Python prefers an extension
+module to the ``.py`` beside it, so an extension built from older source would silently shadow
+an edit: the build records a digest of the sources it compiled (``DIGEST_FILE``), and
+:func:`choose` runs the source, all of it, when that digest no longer matches (one line on
+stderr says so) or when ``KVSIM_PURE_PYTHON=1``.
 All or nothing: compiled code trusts the layout of the compiled classes it calls.
 
 This module is read by ``setup.py`` with ``runpy`` too, so it imports nothing from the package.
@@ -52,6 +53,14 @@ def _extension(source: Path) -> bool:
     )
 
 
+def extensions(package_dir: Path) -> list[Path]:
+    """Every extension module under ``package_dir`` (the package has none but what mypyc built:
+    ``setup.py`` removes them all before a build, so a module dropped from ``MODULES`` leaves no
+    stale one behind)."""
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    return sorted(p for p in package_dir.rglob("*.*") if p.name.endswith(suffixes))
+
+
 class _SourceFinder:
     """A meta-path finder that loads the named modules from their ``.py`` files."""
 
@@ -89,6 +98,14 @@ def choose(package_dir: Path, package: str) -> str:
             reason = "the engine core's source changed since it was compiled"
     if reason is None:
         return "compiled"
+    # NOTE: also any other module an older build compiled (its extension would load an engine
+    # library that no longer has it, or mix compiled and source classes).
+    for ext in extensions(package_dir):
+        stem = ext.name[: ext.name.index(".")]
+        source = ext.with_name(stem + ".py")
+        if source.exists():
+            rel = source.relative_to(package_dir).with_suffix("")
+            sources.setdefault(".".join((package, *rel.parts)), source)
     if reason:
         print(
             f"kvsim: {reason}; running its Python source (`pip install -e .` compiles it again)",

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .latency.pricer import IterationRun
+from .latency.pricer import IterationPricer, IterationRun
 from .scheduler import Batch, Scheduler, Seq
 from .usage import UsageMeter
 
@@ -35,7 +35,9 @@ core calls its own methods directly."""
 class Replica:
     """A unified (prefill + decode) replica: scheduler, KV cache, pricer, engine loop."""
 
-    def __init__(self, env, index: int, scheduler: Scheduler, pricer, exact_steps: bool):
+    def __init__(
+        self, env, index: int, scheduler: Scheduler, pricer: IterationPricer, exact_steps: bool
+    ):
         self.env = env
         self.index = index
         self.scheduler = scheduler

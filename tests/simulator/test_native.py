@@ -146,3 +146,19 @@ def test_an_install_with_the_engine_compiled_runs_it():
         assert not scheduler.__file__.endswith(".py")
     else:
         assert simulator.ENGINE == "python"
+
+
+def test_a_module_an_older_build_compiled_runs_as_source_too(tmp_path, meta_path, capsys):
+    """A build that compiled ``pool`` as well, then ``MODULES`` without it: its extension would
+    ask the new engine library for a module it does not hold."""
+    _fake_build(tmp_path)
+    (tmp_path / "pool.py").write_text("NAME = 'pool'\n")
+    (tmp_path / f"pool{SUFFIX}").write_bytes(b"not an ELF file")
+    (tmp_path / "notes.py").write_text("")  # no extension beside it: Python finds it itself
+    (tmp_path / "cache" / "kv_cache.py").write_text("NAME = 'edited'\n")
+    assert _native.choose(tmp_path, "fakepkg") == "python"
+    finder = meta_path[0]
+    assert finder.find_spec("fakepkg.pool").origin == str(tmp_path / "pool.py")
+    assert finder.find_spec("fakepkg.notes") is None
+    assert _native.extensions(tmp_path) == sorted(tmp_path.rglob(f"*{SUFFIX}"))
+    assert len(_native.extensions(tmp_path)) == len(_native.MODULES) + 1
