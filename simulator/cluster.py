@@ -20,7 +20,6 @@ from .catalog import GpuSpec, ModelSpec, get_model, with_kv_cache_dtype
 from .errors import KvsimError
 from .handoff import Handoff, make_codec
 from .metrics import Recorder, RequestRecord, Results
-from .policies.routing import choose
 from .pool import Pool
 from .replica import Replica
 from .scenario import (
@@ -406,10 +405,7 @@ class Cluster:
             self.recorder.drop(req, now, reason, job_ns)
             self._on_done(len(self.recorder))
         else:
-            entry = self.entry
-            if entry.router_reads_cache:
-                entry.sync_for(req, now)
-            replica = entry.replicas[choose(entry.router, req, entry.replicas)]
+            replica = self.entry.choose(req, now)
             if replica.num_waiting >= self._max_waiting:
                 self.recorder.drop(req, now, QUEUE_FULL, self._turn_done(req, now))
                 self._on_done(len(self.recorder))

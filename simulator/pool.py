@@ -17,8 +17,8 @@ from .latency.roofline import PCIE_EFFICIENCY
 from .link import Link
 from .policies import CHECKPOINT, EVICTION, ROUTING
 from .policies.eviction import EvictionContext
-from .policies.routing import choose
-from .replica import DecodeReplica, Replica
+from .policies.routing import PrefixAware, choose
+from .replica import DecodeReplica, Replica, least_prefill_work
 from .scenario import PoolSpec, Scenario
 from .scheduler import Scheduler
 
@@ -123,6 +123,8 @@ class Pool:
         self.router = ROUTING.create(spec.routing.type, **spec.routing.params)
         self.router_reads_cache = getattr(self.router, "reads_cache", False)
         self.router_prefix_only = bool(getattr(self.router, "prefix_only", False))
+        self.fused_routing = self.FUSED_ROUTING and type(self.router) is PrefixAware
+        """``prefix_aware`` itself (not a subclass): ranked by ``replica.least_prefill_work``."""
 
     def sync_for(self, request, now: int, inclusive: bool = False) -> None:
         """Bring the replicas' caches up to date for the router's reading of ``request`` (only
@@ -135,9 +137,14 @@ class Pool:
             for r in self.replicas:
                 r.sync(now, inclusive)
 
+    FUSED_ROUTING = True
+    """Whether ``prefix_aware`` runs as ``least_prefill_work`` (the tests compare both ways)."""
+
     def choose(self, request, now: int, inclusive: bool = False) -> Replica:
         """The replica the pool's router picks for ``request`` (caches brought up to date first
         when the router reads them; ``inclusive``: from a LATE event, see ``Replica.sync``)."""
+        if self.fused_routing:
+            return least_prefill_work(self.replicas, request, now, inclusive)
         if self.router_reads_cache:
             self.sync_for(request, now, inclusive)
         return self.replicas[choose(self.router, request, self.replicas)]

@@ -21,6 +21,7 @@ before ``now`` whenever someone looks (``sync``). Hence fast-forward and ``exact
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from .latency.pricer import IterationPricer, IterationRun
 from .scheduler import Batch, Scheduler, Seq
@@ -263,6 +264,26 @@ class Replica:
             room = s.cache.available() if evict else s.cache.free
             k = 1 + s.decode_iterations_affordable(it0 + 1, k_max - 1, room)
         return self.pricer.decode_run(n, s.dec_sum + n, k, now, s.dec_segs)
+
+
+def least_prefill_work(replicas: list[Replica], request: Any, now: int, inclusive: bool) -> Replica:
+    """``prefix_aware``'s pick (``policies/routing.py``: the smallest (queued tokens + uncached
+    prompt tokens, requests in flight), the first such replica on a tie) with ``Pool.sync_for``'s
+    syncs fused into the same pass, in compiled code: the arrivals' hot path. A replica's sync
+    changes no other replica's figures, so syncing each just before reading it is syncing all
+    first."""
+    best = replicas[0]
+    best_work = best_flight = 0
+    prompt: int = request.prompt_tokens
+    for i, r in enumerate(replicas):
+        cache = r.scheduler.cache
+        if cache.may_reuse(request):
+            r.sync(now, inclusive)
+        work = r.scheduler.queued_tokens + prompt - cache.cached_tokens(request)
+        flight = r.in_flight
+        if i == 0 or work < best_work or (work == best_work and flight < best_flight):
+            best, best_work, best_flight = r, work, flight
+    return best
 
 
 class DecodeReplica(Replica):

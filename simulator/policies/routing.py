@@ -48,6 +48,9 @@ class PrefixAware:
 
     A long cached prefix attracts the request, a long queue repels it, so the policy is
     load-balanced without a threshold to tune (cf. SGLang's cache-aware router).
+
+    NOTE: a pool whose router is this class itself (not a subclass) ranks with
+    ``replica.least_prefill_work``, the same ranking fused with the cache syncs in compiled code.
     """
 
     reads_cache = True  # the cluster brings the replicas' caches up to date before asking

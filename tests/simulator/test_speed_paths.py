@@ -125,3 +125,73 @@ def test_prefix_routing_syncs_the_replica_holding_the_prefix(tmp_path):
     assert [r["replica"] for r in exact.requests] == [0, 0, 1]
     assert fast.requests == exact.requests
     assert fast.summary["evictions"] == exact.summary["evictions"] == 3
+
+
+@pytest.mark.parametrize("disaggregated", [False, True])
+def test_fused_prefix_routing_picks_what_the_policy_ranks(tmp_path, monkeypatch, disaggregated):
+    """``replica.least_prefill_work`` (prefix_aware with its syncs, compiled) against the policy's
+    own key through ``choose`` with ``Pool.sync_for``: the same replica for every request, over
+    shared prefixes, queues, evictions and ties (several idle replicas: the lowest index)."""
+    from kvsim.simulator.pool import Pool
+
+    rows, t = [], 0.0
+    for i in range(160):
+        t += 0.004 * (i % 7)
+        doc_units = [1000 * (i % 5) + u for u in range(i % 4 + 1)]  # 5 shared prefixes
+        own = [100_000 + i * 10 + u for u in range(i % 3)]
+        units = doc_units + own
+        rows.append(
+            {
+                "arrival_s": round(t, 6),
+                "prompt_tokens": 64 * len(units) - (i % 2) * 7,
+                "output_tokens": 1 + (i * 13) % 40,
+                "blocks": units,
+                "unit_tokens": 64,
+            }
+        )
+    trace = write_kvsim_trace(tmp_path / "t.jsonl", rows)
+    over = {"cache": {"block_size": 16, "num_gpu_blocks": 60}, "routing": "prefix_aware"}
+    if not disaggregated:
+        over["cluster"] = {"replicas": 4, "tensor_parallel": 1}
+    else:
+        over["pools"] = [
+            {"name": "prefill", "role": "prefill", "replicas": 3, "routing": "prefix_aware"},
+            {"name": "decode", "role": "decode", "replicas": 2, "routing": "prefix_aware"},
+        ]
+        over["links"] = [
+            {"name": "pd", "producer": "prefill", "consumer": "decode", "bandwidth_gbit_per_s": 50}
+        ]
+    doc = scenario_doc(
+        trace,
+        scheduler={"max_num_batched_tokens": 256, "max_num_seqs": 8},
+        **over,
+    )
+    if disaggregated:
+        del doc["cluster"]
+    runs = {}
+    for fused in (True, False):
+        monkeypatch.setattr(Pool, "FUSED_ROUTING", fused)
+        runs[fused] = simulate(scenario_from_dict(doc, base_dir=tmp_path))
+    assert runs[True].requests_csv() == runs[False].requests_csv()
+    # where each request was routed (one that ends at its first token never leaves its
+    # prefill replica: no hand-off, `replica` is that one)
+    requests = runs[True].requests
+    replicas = [r["replica"] if r.get("prefill_replica") is None else r["prefill_replica"]
+                for r in requests]  # fmt: skip
+    assert replicas[0] == 0 and len(set(replicas)) == 3 + (not disaggregated)  # ties and spread
+    if disaggregated:
+        assert {r["decode_replica"] for r in requests} == {None, 0, 1}
+    assert runs[True].summary["prefix_hit_ratio"] > 0
+
+
+@pytest.mark.parametrize(
+    "routing,fused", [("prefix_aware", True), ("least_loaded", False), ("round_robin", False)]
+)
+def test_only_prefix_aware_routing_runs_fused(tmp_path, routing, fused):
+    from kvsim.simulator.cluster import Cluster
+
+    rows = [{"arrival_s": 0.0, "prompt_tokens": 64, "output_tokens": 1, "blocks": [1]}]
+    trace = write_kvsim_trace(tmp_path / "t.jsonl", rows)
+    doc = scenario_doc(trace, cluster={"replicas": 2, "tensor_parallel": 1}, routing=routing)
+    cluster = Cluster(scenario_from_dict(doc, base_dir=tmp_path))
+    assert cluster.entry.fused_routing is fused
