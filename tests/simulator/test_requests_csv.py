@@ -112,20 +112,27 @@ def test_a_chunk_the_fast_path_cannot_write_exactly_is_written_row_by_row(rng, f
     assert got.count("\n") == 500
 
 
-def test_a_run_s_requests_csv_is_written_in_chunks(rng, monkeypatch):
-    class Sink(io.BytesIO):
-        def flush(self):
-            pass
+class _Sink(io.BytesIO):
+    def flush(self):
+        pass
 
+
+def _results_over(raw, full: bool) -> Results:
+    """A Results reading ``raw`` records from an in-memory record file left at its end."""
+    res = object.__new__(Results)
+    res._sink = _Sink(raw.tobytes())
+    res._sink.seek(0, io.SEEK_END)
+    res._record = struct.Struct(f"<{raw.shape[1]}q")
+    res._handoff = res._cpu_tier = full
+    res._reasons = REASONS
+    return res
+
+
+def test_a_run_s_requests_csv_is_written_in_chunks(rng, monkeypatch):
     raw = _records(rng, 1000, True)
     raw[700, F["arrival_ns"]] = rc.EXACT_LIMIT_NS  # one chunk is handed back
     monkeypatch.setattr(rc, "CHUNK_ROWS", 64)
-    res = object.__new__(Results)
-    res._sink = Sink(raw.tobytes())
-    res._sink.seek(0, io.SEEK_END)
-    res._record = struct.Struct(f"<{raw.shape[1]}q")
-    res._handoff = res._cpu_tier = True
-    res._reasons = REASONS
+    res = _results_over(raw, True)
     header, body = res.requests_csv().split("\n", 1)
     assert header.split(",") == list(res.column_names)
     assert body == rc.exact_rows(raw, True, True, REASONS)
@@ -133,10 +140,6 @@ def test_a_run_s_requests_csv_is_written_in_chunks(rng, monkeypatch):
 
 
 def test_the_record_file_is_left_at_its_end_when_a_write_fails(rng, monkeypatch):
-    class Sink(io.BytesIO):
-        def flush(self):
-            pass
-
     class Full(io.StringIO):
         def write(self, text):
             if self.tell() > 0:
@@ -145,12 +148,7 @@ def test_the_record_file_is_left_at_its_end_when_a_write_fails(rng, monkeypatch)
 
     raw = _records(rng, 300, False)
     monkeypatch.setattr(rc, "CHUNK_ROWS", 64)
-    res = object.__new__(Results)
-    res._sink = Sink(raw.tobytes())
-    res._sink.seek(0, io.SEEK_END)
-    res._record = struct.Struct(f"<{raw.shape[1]}q")
-    res._handoff = res._cpu_tier = False
-    res._reasons = REASONS
+    res = _results_over(raw, False)
     with pytest.raises(OSError, match="No space left"):
         res.write_requests_csv(Full())
     assert res._sink.tell() == raw.nbytes  # more records would still be appended at the end
