@@ -358,8 +358,8 @@ def mooncake_row(timestamp="6", input_length="6", output_length="1", hash_ids="[
 
 
 BAD_TIMESTAMPS = ["-1", "-1e-300", '"x"', "NaN", "Infinity", "-Infinity", "1e400", "true", "false",
-                  "null", "[]", "{}", '"nan"', '"inf"', '"-3"', str(1 << 1100), f'"{"1" * 65}"',
-                  "4e12", "-0.0"]  # fmt: skip
+                  "null", "[]", "{}", '"nan"', '"inf"', '"-3"', f'"{"1" * 65}"', "4e12", "-0.0",
+                  str(1 << 1023), str((1 << 1024) - 1), str(1 << 1030), str(1 << 1100)]  # fmt: skip
 BAD_LENGTHS = ["0", "-1", "12.5", "true", "false", '"12.5"', '"1e3"', "1e21", "100000001", '"x"',
                "null", "[6]", "NaN", "Infinity", f'"{"0" * 32}6"', str(I64)]  # fmt: skip
 BAD_ID_LISTS = ["null", '"1, 2"', "[1, true]", "[false, 1]", "[1.0, 2]", '[1, "2"]', "[1, null]",
@@ -407,7 +407,7 @@ def test_mooncake_times_backwards_beyond_the_span_and_no_rows(tmp_path):
 
 
 def kvsim_rows(rng: random.Random, n: int) -> list[dict]:
-    rows, t, session = [], 0.0, 0
+    rows, t, session = [], 3.0, 0  # the first arrival is the origin: not 0, to tell 0.0 apart
     while len(rows) < n:
         t += rng.choice([0.0, 0.5, 1.25])
         unit = rng.choice([None, 256, 512, 16])
@@ -529,6 +529,7 @@ def test_csv_accepted_shapes_give_the_references_requests(tmp_path, fmt):
         ("burstgpt", "Timestamp,Request tokens,Response tokens", "nan,5,5"),
         ("burstgpt", "Timestamp,Request tokens,Response tokens", "7,0,0"),
         ("burstgpt", "Timestamp,Request tokens,Response tokens,Response tokens", "7,1,2,3"),
+        ("burstgpt", "Timestamp,Request tokens,Response tokens,Response tokens", "7,1"),
         ("vidur", "num_prefill_tokens,num_decode_tokens", "3,4"),
         ("vidur", "arrived_at,num_prefill_tokens", "3,4"),
         ("vidur", "arrived_at,num_prefill_tokens,num_decode_tokens", "inf,4,5"),
