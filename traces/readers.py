@@ -38,8 +38,11 @@ import io
 import json
 import math
 import zlib
+from array import array
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from itertools import chain
+from operator import countOf, itemgetter
 from pathlib import Path
 
 from .request import MAX_TOKENS, Request, TraceError, echo
@@ -51,6 +54,11 @@ MAX_SPAN_S = 1e9
 """Arrivals at most ~31 years after the first row: simulated nanoseconds stay within int64."""
 MAX_ID = 1 << 63
 """Content ids are int64 (hashes), as in the public traces."""
+
+_MISSING = object()
+"""A field the row does not have (``row.get(key, _MISSING)``)."""
+_FLOAT_SAFE_INT = 1 << 1023
+"""Integers below this convert to a finite float."""
 
 _MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\x28\xb5\x2f\xfd": "zstd"}
 _BOMS = {b"\xff\xfe": "UTF-16", b"\xfe\xff": "UTF-16"}
@@ -102,9 +110,9 @@ def read_error(path: Path, lineno: int, kind: str | None, e: BaseException) -> T
     return TraceError(f"{path}:{lineno + 1}: cannot read the {what} ({why})")
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text) of every line of a trace file, decompressed and decoded; one-line
-    :class:`TraceError` on anything unreadable."""
+def _lines(path: Path) -> Iterator[str]:
+    """The text of every line of a trace file (line n is the n-th item), decompressed and decoded;
+    one-line :class:`TraceError` on anything unreadable."""
     errors = decompression_errors()
     lineno = 0
     kind = None
@@ -128,7 +136,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
                             f"{path}:{lineno}: not UTF-8 text (byte 0x{line[e.start]:02x} at "
                             f"column {e.start + 1})"
                         ) from None
-                    yield lineno, text
+                    yield text
     except TraceError:
         raise
     except errors as e:  # unreadable, or corrupt compressed data
@@ -141,10 +149,20 @@ def _check_text_start(path: Path, line: bytes) -> None:
             raise TraceError(f"{path}:1: the file is {name} text; save it as UTF-8")
 
 
-def _int_field(row: dict, key: str, where: str, minimum: int = 0, maximum=MAX_TOKENS) -> int:
-    if key not in row:
-        raise TraceError(f"{where}: missing field '{key}'")
-    value = row[key]
+# NOTE: the field checks below are called once per row with the file and line number; the
+# "file:line" text of an error is built only when there is an error. Each starts with a fast path
+# for the common exact type and falls back to the general check, which decides every other case.
+
+
+def _int_field(
+    value, key: str, path: Path, lineno: int, minimum: int = 0, maximum: int = MAX_TOKENS
+) -> int:
+    """``value`` (``_MISSING``: the row has no ``key``) as an integer from minimum to maximum: an
+    int, an integral finite float or a decimal string of at most 32 characters; bool refused."""
+    if type(value) is int and minimum <= value <= maximum:
+        return value
+    if value is _MISSING:
+        raise TraceError(f"{path}:{lineno}: missing field '{key}'")
     number = None
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
@@ -157,16 +175,21 @@ def _int_field(row: dict, key: str, where: str, minimum: int = 0, maximum=MAX_TO
             pass
     if number is None or not minimum <= number <= maximum:
         raise TraceError(
-            f"{where}: field '{key}' is {echo(value, 80)}; expected an integer from {minimum} "
-            f"to {maximum:,}"
+            f"{path}:{lineno}: field '{key}' is {echo(value, 80)}; expected an integer from "
+            f"{minimum} to {maximum:,}"
         )
     return number
 
 
-def _float_field(row: dict, key: str, where: str) -> float:
-    if key not in row:
-        raise TraceError(f"{where}: missing field '{key}'")
-    value = row[key]
+def _float_field(value, key: str, path: Path, lineno: int) -> float:
+    """``value`` (``_MISSING``: the row has no ``key``) as a finite float >= 0: an int or float
+    (bool refused) or a string of at most 64 characters that ``float`` reads."""
+    if type(value) is float and 0.0 <= value < math.inf:  # NaN fails both comparisons
+        return value
+    if type(value) is int and 0 <= value < _FLOAT_SAFE_INT:
+        return float(value)
+    if value is _MISSING:
+        raise TraceError(f"{path}:{lineno}: missing field '{key}'")
     number = math.nan
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         try:
@@ -180,117 +203,174 @@ def _float_field(row: dict, key: str, where: str) -> float:
             pass
     if not math.isfinite(number) or number < 0:
         raise TraceError(
-            f"{where}: field '{key}' is {echo(value, 80)}; expected a finite number >= 0"
+            f"{path}:{lineno}: field '{key}' is {echo(value, 80)}; expected a finite number >= 0"
         )
     return number
 
 
-def _json_rows(path: Path) -> Iterator[tuple[str, dict]]:
-    for lineno, line in _lines(path):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TraceError(f"{where}: not valid JSON ({e.msg})") from None
-        except RecursionError:
-            raise TraceError(f"{where}: not a trace row (JSON nested too deep)") from None
-        if not isinstance(row, dict):
-            raise TraceError(f"{where}: expected a JSON object per line")
-        yield where, row
+_scan_json = json.JSONDecoder().scan_once
+"""The stdlib decoder's scanner with ``json.loads``'s defaults: one JSON value from an index."""
 
 
-def _csv_rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[str, dict]]:
-    lines = _lines(path)
-    physical = [0]  # the file's line number of the text csv reads last (rows may span lines)
-
-    def text():
-        for lineno, line in lines:
-            physical[0] = lineno
-            yield line.removeprefix("\ufeff") if lineno == 1 else line
-
-    reader = csv.DictReader(text())
+def _json_value(line: str):
+    """``json.loads(line)``, the common line (a value from its first character to its end or a
+    final newline) parsed by the scanner alone."""
+    # NOTE: json.loads is a BOM check, a skip of leading whitespace, this scan and a check that
+    # only whitespace follows; on such a line the first two find nothing and the last passes. Any
+    # other line (a BOM, leading whitespace, other trailing text, an error) goes through
+    # json.loads, which returns or raises as it always has.
     try:
-        header = reader.fieldnames or []
+        value, end = _scan_json(line, 0)
+    except Exception:
+        return json.loads(line)
+    if end == len(line) or line[end:] == "\n":
+        return value
+    return json.loads(line)
+
+
+def _json_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of every non-blank line of a JSONL file."""
+    for lineno, line in enumerate(_lines(path), 1):
+        if line.isspace():  # a line is never empty: it has a character or its newline
+            continue
+        try:
+            row = _json_value(line)
+        except json.JSONDecodeError as e:
+            raise TraceError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise TraceError(f"{path}:{lineno}: not a trace row (JSON nested too deep)") from None
+        if not isinstance(row, dict):
+            raise TraceError(f"{path}:{lineno}: expected a JSON object per line")
+        yield lineno, row
+
+
+def _csv_rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, tuple[str, ...]]]:
+    """(line number, the cells of the ``required`` columns) of every data row of a CSV file, as
+    ``csv.DictReader`` reads it: blank lines skipped, a repeated column name meaning its last
+    column; the line number is the row's last line (a quoted cell may span lines)."""
+    lines = _lines(path)
+    first = next(lines, None)
+    reader = csv.reader(lines if first is None else chain((first.removeprefix("\ufeff"),), lines))
+    try:
+        header = next(reader, None) or []
         missing = [c for c in required if c not in header]
         if missing:
             raise TraceError(
                 f"{path}:1: missing column {missing[0]!r}; the header has {echo(header)}"
             )
-        for row in reader:
-            # DictReader keys extra cells under None and fills missing ones with None.
-            if None in row or None in row.values():
-                cells = len(header) + len(row.get(None, ())) - sum(v is None for v in row.values())
+        width = len(header)
+        columns = itemgetter(*(width - 1 - header[::-1].index(c) for c in required))
+        for cells in reader:
+            if len(cells) != width:
+                if not cells:
+                    continue
                 raise TraceError(
-                    f"{path}:{physical[0]}: {cells} cells; the header has {len(header)} columns"
+                    f"{path}:{reader.line_num}: {_dict_cells(header, cells)} cells; the header "
+                    f"has {width} columns"
                 )
-            yield f"{path}:{physical[0]}", row
+            yield reader.line_num, columns(cells)
     except csv.Error as e:
-        raise TraceError(f"{path}:{physical[0]}: not valid CSV ({e})") from None
+        raise TraceError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
 
 
-def _ordered(
-    path: Path,
-    rows: Iterator[tuple[str, float, Callable[[int, float], Request]]],
-) -> Iterator[Request]:
-    """Turn (where, absolute time, factory) rows into requests with times from the first row;
-    a trace without a single request is an error."""
+def _dict_cells(header: list[str], cells: list[str]) -> int:
+    """The cell count an error quotes for a row of the wrong width, counted from the dict
+    ``csv.DictReader`` makes of it (extra cells under None, missing ones filled with None), as
+    the error always has."""
+    row: dict = dict(zip(header, cells, strict=False))
+    if len(header) < len(cells):
+        row[None] = cells[len(header) :]
+    else:
+        row.update(dict.fromkeys(header[len(cells) :]))
+    return len(header) + len(row.get(None, ())) - sum(v is None for v in row.values())
+
+
+def _time_error(path: Path, lineno: int, t: float, origin: float, last: float) -> TraceError:
+    """The error for an arrival time before the previous one or too far after the first."""
+    if t < last:
+        return TraceError(
+            f"{path}:{lineno}: timestamp goes backwards ({t - origin:.6f} s < previous)"
+        )
+    return TraceError(
+        f"{path}:{lineno}: timestamp is {t - origin:.3g} s after the first row's; a trace spans "
+        f"at most {MAX_SPAN_S:.0e} s (check its unit)"
+    )
+
+
+def _no_requests(path: Path) -> TraceError:
+    return TraceError(f"{path}: no requests in the trace")
+
+
+def _ordered(path: Path, rows: Iterator[tuple[int, float, int, int, int]]) -> Iterator[Request]:
+    """Turn (line number, absolute time, prompt tokens, output tokens, copies) rows into
+    requests with times from the first row; a trace without a single request is an error."""
     origin = None
     last = -math.inf
-    for index, (where, t, make) in enumerate(rows):
+    index = 0
+    for lineno, t, prompt, output, copies in rows:
         if origin is None:
             origin = t
-        if t < last:
-            raise TraceError(f"{where}: timestamp goes backwards ({t - origin:.6f} s < previous)")
-        if t - origin > MAX_SPAN_S:
-            raise TraceError(
-                f"{where}: timestamp is {t - origin:.3g} s after the first row's; a trace spans "
-                f"at most {MAX_SPAN_S:.0e} s (check its unit)"
-            )
+        if t < last or t - origin > MAX_SPAN_S:
+            raise _time_error(path, lineno, t, origin, last)
         last = t
-        yield make(index, t - origin)
+        for _ in range(copies):
+            yield Request(index, t - origin, prompt, output)
+            index += 1
     if origin is None:
-        raise TraceError(f"{path}: no requests in the trace")
+        raise _no_requests(path)
 
 
-def _id_list(row: dict, key: str, where: str, default=None) -> tuple[int, ...]:
+def _id_list(row: dict, key: str, path: Path, lineno: int, default=None) -> tuple[int, ...]:
+    """``row[key]`` as a tuple of 64-bit integers (``type(i) is int``: bool refused)."""
     ids = row.get(key, default)
+    # NOTE: the fast path checks the exact type of every id by counting, then the int64 range in
+    # one pass of array's C conversion (which takes exactly the ints in range); anything else is
+    # decided by the plain check below.
+    if type(ids) is list and countOf(map(type, ids), int) == len(ids):
+        try:
+            array("q", ids)
+        except OverflowError:
+            pass
+        else:
+            return tuple(ids)
     if (
         not isinstance(ids, list)
         or not all(type(i) is int for i in ids)
         or (ids and not (-MAX_ID <= min(ids) and max(ids) < MAX_ID))
     ):
-        raise TraceError(f"{where}: field '{key}' must be a list of 64-bit integers")
+        raise TraceError(f"{path}:{lineno}: field '{key}' must be a list of 64-bit integers")
     return tuple(ids)
 
 
 def read_mooncake(path: Path) -> Iterator[Request]:
     """Mooncake JSONL (timestamps in ms, 512-token hash_ids)."""
+    origin = None
+    last = -math.inf
+    index = 0
+    for lineno, row in _json_rows(path):
+        t_ms = _float_field(row.get("timestamp", _MISSING), "timestamp", path, lineno)
+        prompt = _int_field(row.get("input_length", _MISSING), "input_length", path, lineno, 1)
+        output = _int_field(row.get("output_length", _MISSING), "output_length", path, lineno)
+        ids = _id_list(row, "hash_ids", path, lineno)
+        expected = math.ceil(prompt / MOONCAKE_UNIT_TOKENS)
+        if len(ids) != expected:
+            raise TraceError(
+                f"{path}:{lineno}: field 'hash_ids' has {len(ids)} ids; "
+                f"input_length {prompt} needs ceil({prompt}/512) = {expected}"
+            )
+        t = t_ms / 1000.0
+        if origin is None:
+            origin = t
+        if t < last or t - origin > MAX_SPAN_S:
+            raise _time_error(path, lineno, t, origin, last)
+        last = t
+        yield Request(index, t - origin, prompt, max(1, output), ids, MOONCAKE_UNIT_TOKENS)
+        index += 1
+    if origin is None:
+        raise _no_requests(path)
 
-    def rows():
-        for where, row in _json_rows(path):
-            t_ms = _float_field(row, "timestamp", where)
-            prompt = _int_field(row, "input_length", where, minimum=1)
-            output = _int_field(row, "output_length", where, minimum=0)
-            ids = _id_list(row, "hash_ids", where)
-            expected = math.ceil(prompt / MOONCAKE_UNIT_TOKENS)
-            if len(ids) != expected:
-                raise TraceError(
-                    f"{where}: field 'hash_ids' has {len(ids)} ids; "
-                    f"input_length {prompt} needs ceil({prompt}/512) = {expected}"
-                )
-            blocks = ids
 
-            def make(i, t, prompt=prompt, output=output, blocks=blocks):
-                return Request(i, t, prompt, max(1, output), blocks, MOONCAKE_UNIT_TOKENS)
-
-            yield where, t_ms / 1000.0, make
-
-    return _ordered(path, rows())
-
-
-def _parse_datetime(value: str, where: str) -> float:
+def _parse_datetime(value: str, path: Path, lineno: int) -> float:
     text = value.strip()[:64]
     if "." in text:  # Azure writes 7 fractional digits; datetime takes at most 6.
         head, frac = text.split(".", 1)
@@ -299,42 +379,36 @@ def _parse_datetime(value: str, where: str) -> float:
         return datetime.fromisoformat(text).timestamp()
     except (ValueError, OverflowError, OSError):
         raise TraceError(
-            f"{where}: field 'TIMESTAMP' is {echo(value, 80)}; expected a datetime"
+            f"{path}:{lineno}: field 'TIMESTAMP' is {echo(value, 80)}; expected a datetime"
         ) from None
 
 
 def read_azure(path: Path) -> Iterator[Request]:
     """Azure LLM inference trace CSV (2023 or 2024)."""
+    required = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 
     def rows():
-        for where, row in _csv_rows(path, ("TIMESTAMP", "ContextTokens", "GeneratedTokens")):
-            t = _parse_datetime(row["TIMESTAMP"], where)
-            prompt = _int_field(row, "ContextTokens", where, minimum=1)
-            output = _int_field(row, "GeneratedTokens", where, minimum=0)
-
-            def make(i, t, prompt=prompt, output=output):
-                return Request(i, t, prompt, max(1, output))
-
-            yield where, t, make
+        for lineno, (stamp, context, generated) in _csv_rows(path, required):
+            t = _parse_datetime(stamp, path, lineno)
+            prompt = _int_field(context, "ContextTokens", path, lineno, 1)
+            output = _int_field(generated, "GeneratedTokens", path, lineno)
+            yield lineno, t, prompt, max(1, output), 1
 
     return _ordered(path, rows())
 
 
 def read_burstgpt(path: Path) -> Iterator[Request]:
     """BurstGPT CSV; failed requests (zero response tokens) are skipped."""
+    required = ("Timestamp", "Request tokens", "Response tokens")
 
     def rows():
-        for where, row in _csv_rows(path, ("Timestamp", "Request tokens", "Response tokens")):
-            t = _float_field(row, "Timestamp", where)
-            prompt = _int_field(row, "Request tokens", where, minimum=0)
-            output = _int_field(row, "Response tokens", where, minimum=0)
+        for lineno, (stamp, request, response) in _csv_rows(path, required):
+            t = _float_field(stamp, "Timestamp", path, lineno)
+            prompt = _int_field(request, "Request tokens", path, lineno)
+            output = _int_field(response, "Response tokens", path, lineno)
             if output == 0 or prompt == 0:
                 continue
-
-            def make(i, t, prompt=prompt, output=output):
-                return Request(i, t, prompt, output)
-
-            yield where, t, make
+            yield lineno, t, prompt, output, 1
 
     return _ordered(path, rows())
 
@@ -345,15 +419,11 @@ def read_vidur(path: Path) -> Iterator[Request]:
 
     def rows():
         try:
-            for where, row in _csv_rows(path, required):
-                t = _float_field(row, "arrived_at", where)
-                prompt = _int_field(row, "num_prefill_tokens", where, minimum=1)
-                output = _int_field(row, "num_decode_tokens", where, minimum=1)
-
-                def make(i, t, prompt=prompt, output=output):
-                    return Request(i, t, prompt, output)
-
-                yield where, t, make
+            for lineno, (arrived, prefill, decode) in _csv_rows(path, required):
+                t = _float_field(arrived, "arrived_at", path, lineno)
+                prompt = _int_field(prefill, "num_prefill_tokens", path, lineno, 1)
+                output = _int_field(decode, "num_decode_tokens", path, lineno, 1)
+                yield lineno, t, prompt, output, 1
         except TraceError as e:
             if "missing column 'arrived_at'" in str(e):
                 raise TraceError(
@@ -370,25 +440,22 @@ def read_splitwise(path: Path) -> Iterator[Request]:
     required = ("arrival_timestamp", "prompt_size", "token_size", "batch_size")
 
     def rows():
-        for where, row in _csv_rows(path, required):
-            t = _float_field(row, "arrival_timestamp", where)
-            prompt = _int_field(row, "prompt_size", where, minimum=1)
-            output = _int_field(row, "token_size", where, minimum=1)
-            batch = _int_field(row, "batch_size", where, minimum=1, maximum=4096)
-
-            def make(i, t, prompt=prompt, output=output):
-                return Request(i, t, prompt, output)
-
-            for _ in range(batch):
-                yield where, t, make
+        for lineno, (arrival, prompt_size, token_size, batch_size) in _csv_rows(path, required):
+            t = _float_field(arrival, "arrival_timestamp", path, lineno)
+            prompt = _int_field(prompt_size, "prompt_size", path, lineno, 1)
+            output = _int_field(token_size, "token_size", path, lineno, 1)
+            batch = _int_field(batch_size, "batch_size", path, lineno, 1, 4096)
+            yield lineno, t, prompt, output, batch
 
     return _ordered(path, rows())
 
 
-def _optional_id(row: dict, key: str, where: str) -> int | None:
+def _optional_id(row: dict, key: str, path: Path, lineno: int) -> int | None:
     value = row.get(key)
     if value is not None and (type(value) is not int or not -MAX_ID <= value < MAX_ID):
-        raise TraceError(f"{where}: field '{key}' is {echo(value, 80)}; expected an integer")
+        raise TraceError(
+            f"{path}:{lineno}: field '{key}' is {echo(value, 80)}; expected an integer"
+        )
     return value
 
 
@@ -404,51 +471,57 @@ def read_kvsim(path: Path) -> Iterator[Request]:
     session = None
     turn = 0
     index = -1
-    for index, (where, row) in enumerate(_json_rows(path)):
-        sess = _optional_id(row, "session", where)
+    for index, (lineno, row) in enumerate(_json_rows(path)):
+        sess = _optional_id(row, "session", path, lineno)
         if sess is not None and sess < 0:
-            raise TraceError(f"{where}: field 'session' is {sess}; expected an integer >= 0")
-        t_turn = _int_field(row, "turn", where, maximum=MAX_ID - 1) if "turn" in row else 0
+            raise TraceError(
+                f"{path}:{lineno}: field 'session' is {sess}; expected an integer >= 0"
+            )
+        t_turn = row.get("turn", _MISSING)
+        t_turn = (
+            0 if t_turn is _MISSING else _int_field(t_turn, "turn", path, lineno, 0, MAX_ID - 1)
+        )
         follow = sess is not None and t_turn > 0
+        arrival_s = row.get("arrival_s", _MISSING)
         if follow:
             if sess != session or t_turn != turn + 1:
                 raise TraceError(
-                    f"{where}: turn {t_turn} of session {sess} must follow turn {t_turn - 1} "
-                    "of that session on the row before (a session's turns are consecutive rows)"
+                    f"{path}:{lineno}: turn {t_turn} of session {sess} must follow turn "
+                    f"{t_turn - 1} of that session on the row before (a session's turns are "
+                    "consecutive rows)"
                 )
-            t = _float_field(row, "arrival_s", where) if "arrival_s" in row else None
+            t = (
+                None
+                if arrival_s is _MISSING
+                else _float_field(arrival_s, "arrival_s", path, lineno)
+            )
         else:
-            t = _float_field(row, "arrival_s", where)
+            t = _float_field(arrival_s, "arrival_s", path, lineno)
             if origin is None:
                 origin = t
-            if t < last:
-                raise TraceError(
-                    f"{where}: timestamp goes backwards ({t - origin:.6f} s < previous)"
-                )
-            if t - origin > MAX_SPAN_S:
-                raise TraceError(
-                    f"{where}: timestamp is {t - origin:.3g} s after the first row's; a trace "
-                    f"spans at most {MAX_SPAN_S:.0e} s (check its unit)"
-                )
+            if t < last or t - origin > MAX_SPAN_S:
+                raise _time_error(path, lineno, t, origin, last)
             last = t
         session, turn = sess, (t_turn if follow else 0)
-        prompt = _int_field(row, "prompt_tokens", where, minimum=1)
-        output = _int_field(row, "output_tokens", where, minimum=1)
-        unit = _int_field(row, "unit_tokens", where, minimum=1) if "unit_tokens" in row else 512
-        blocks = _id_list(row, "blocks", where, [])
+        prompt = _int_field(row.get("prompt_tokens", _MISSING), "prompt_tokens", path, lineno, 1)
+        output = _int_field(row.get("output_tokens", _MISSING), "output_tokens", path, lineno, 1)
+        unit = row.get("unit_tokens", _MISSING)
+        unit = 512 if unit is _MISSING else _int_field(unit, "unit_tokens", path, lineno, 1)
+        blocks = _id_list(row, "blocks", path, lineno, [])
         if blocks and len(blocks) != math.ceil(prompt / unit):
             raise TraceError(
-                f"{where}: field 'blocks' has {len(blocks)} ids; prompt_tokens {prompt} "
+                f"{path}:{lineno}: field 'blocks' has {len(blocks)} ids; prompt_tokens {prompt} "
                 f"needs ceil({prompt}/{unit}) = {math.ceil(prompt / unit)}"
             )
-        out_blocks = _id_list(row, "output_blocks", where, [])
-        think = _float_field(row, "think_s", where) if "think_s" in row else 0.0
-        job = _optional_id(row, "job", where)
+        out_blocks = _id_list(row, "output_blocks", path, lineno, [])
+        think = row.get("think_s", _MISSING)
+        think = 0.0 if think is _MISSING else _float_field(think, "think_s", path, lineno)
+        job = _optional_id(row, "job", path, lineno)
         arrival = (t - origin) if t is not None and origin is not None else 0.0
         yield Request(index, arrival, prompt, output, blocks, unit, out_blocks, sess, job,
                       turn, think)  # fmt: skip
     if index < 0:
-        raise TraceError(f"{path}: no requests in the trace")
+        raise _no_requests(path)
 
 
 def _read_sharegpt(path: Path) -> Iterator[Request]:
@@ -489,7 +562,7 @@ def guess_format(path: str | Path) -> str:
         raise TraceError(f"{path}: trace file not found")
     lines = _lines(path)
     try:
-        first = next((line for _, line in lines), "").removeprefix("\ufeff")
+        first = next(lines, "").removeprefix("\ufeff")
     finally:
         lines.close()
     head = first.lstrip()
