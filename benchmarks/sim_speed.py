@@ -163,6 +163,14 @@ def run_once(kvsim: Path, args: list[str], out: Path) -> dict:
     }
 
 
+def engine(kvsim: Path) -> str:
+    """Whether that side's install runs the compiled engine core (``kvsim.simulator.ENGINE``;
+    code before it had none: "python")."""
+    code = "import kvsim.simulator as s; print(getattr(s, 'ENGINE', 'python'))"
+    p = subprocess.run([str(kvsim.parent / "python"), "-c", code], capture_output=True, text=True)
+    return p.stdout.strip() or "?"
+
+
 def same_bytes(a: Path, b: Path) -> dict[str, bool]:
     """Per output file: whether the two results folders hold identical bytes."""
     return {f: (a / f).read_bytes() == (b / f).read_bytes() for f in OUTPUTS}
@@ -178,6 +186,7 @@ def main() -> None:
     sides = {"B (this)": ROOT / ".venv" / "bin" / "kvsim"}
     if args.base:
         sides = {"A (base)": args.base.resolve() / ".venv" / "bin" / "kvsim", **sides}
+    print("engine core: " + ", ".join(f"{s} {engine(k)}" for s, k in sides.items()))
     with tempfile.TemporaryDirectory(prefix="kvsim-speed-") as tmp_name:
         tmp = Path(tmp_name)
         print(

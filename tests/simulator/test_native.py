@@ -27,66 +27,77 @@ def meta_path(monkeypatch):
     return sys.meta_path
 
 
-def _fake_build(root: Path, compiled: tuple[str, ...] = _native.MODULES) -> None:
+@pytest.fixture
+def pkg(tmp_path) -> Path:
+    """A package folder named as the real one (the digest names files under ``simulator/``)."""
+    (tmp_path / "simulator").mkdir()
+    return tmp_path / "simulator"
+
+
+def _fake_build(root: Path, compiled: tuple[str, ...] = _native.MODULES, group: bool = True):
     """A package folder with every engine module's source, extensions for ``compiled`` (bytes
-    that are no shared object: ``choose`` only looks at names) and the build's digest."""
+    that are no shared object: ``choose`` only looks at names), the group library and, for a
+    complete build, the build's record of its sources."""
     for m in _native.MODULES:
         src = root / f"{m}.py"
         src.parent.mkdir(parents=True, exist_ok=True)
         src.write_text(f"NAME = {m!r}\n")
         if m in compiled:
             src.with_name(src.stem + SUFFIX).write_bytes(b"not an ELF file")
-    (root / _native.DIGEST_FILE).write_text(_native.source_digest(root) + "\n")
+    if group:
+        (root / f"{_native.GROUP_FILE}{SUFFIX}").write_bytes(b"not an ELF file")
+    if compiled == _native.MODULES and group:
+        (root / _native.DIGEST_FILE).write_text(_native.record(root))
 
 
-def test_the_compiled_core_runs_when_its_source_is_what_was_compiled(tmp_path, meta_path, capsys):
-    _fake_build(tmp_path)
+def test_the_compiled_core_runs_when_its_source_is_what_was_compiled(pkg, meta_path, capsys):
+    _fake_build(pkg)
     before = list(meta_path)
-    assert _native.choose(tmp_path, "fakepkg") == "compiled"
+    assert _native.choose(pkg, "fakepkg") == "compiled"
     assert meta_path == before and capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("edited", _native.MODULES)
-def test_an_edited_source_runs_as_python_all_of_it(tmp_path, meta_path, capsys, edited):
-    _fake_build(tmp_path)
-    (tmp_path / f"{edited}.py").write_text("NAME = 'edited'\n")
-    assert _native.choose(tmp_path, "fakepkg") == "python"
+def test_an_edited_source_runs_as_python_all_of_it(pkg, meta_path, capsys, edited):
+    _fake_build(pkg)
+    (pkg / f"{edited}.py").write_text("NAME = 'edited'\n")
+    assert _native.choose(pkg, "fakepkg") == "python"
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "source changed since it was compiled" in err
     finder = meta_path[0]
     for m in _native.MODULES:  # every module, not only the edited one
         spec = finder.find_spec(f"fakepkg.{m.replace('/', '.')}")
-        assert spec.origin == str(tmp_path / f"{m}.py")
+        assert spec.origin == str(pkg / f"{m}.py")
     assert finder.find_spec("fakepkg.cluster") is None  # not an engine module: not its business
 
 
-def test_an_incomplete_build_runs_as_python(tmp_path, meta_path, capsys):
-    _fake_build(tmp_path, compiled=_native.MODULES[:-1])
-    assert _native.choose(tmp_path, "fakepkg") == "python"
+def test_an_incomplete_build_runs_as_python(pkg, meta_path, capsys):
+    _fake_build(pkg, compiled=_native.MODULES[:-1])
+    assert _native.choose(pkg, "fakepkg") == "python"
     assert "incomplete" in capsys.readouterr().err
     assert isinstance(meta_path[0], _native._SourceFinder)
 
 
-def test_a_missing_digest_runs_as_python(tmp_path, meta_path, capsys):
-    _fake_build(tmp_path)
-    (tmp_path / _native.DIGEST_FILE).unlink()
-    assert _native.choose(tmp_path, "fakepkg") == "python"
-    assert "source changed" in capsys.readouterr().err
+def test_a_missing_digest_runs_as_python(pkg, meta_path, capsys):
+    _fake_build(pkg)
+    (pkg / _native.DIGEST_FILE).unlink()
+    assert _native.choose(pkg, "fakepkg") == "python"
+    assert "no record of its sources" in capsys.readouterr().err
 
 
-def test_kvsim_pure_python_asks_for_the_source_quietly(tmp_path, meta_path, capsys, monkeypatch):
-    _fake_build(tmp_path)
+def test_kvsim_pure_python_asks_for_the_source_quietly(pkg, meta_path, capsys, monkeypatch):
+    _fake_build(pkg)
     monkeypatch.setenv(_native.ENV_PURE, "1")
-    assert _native.choose(tmp_path, "fakepkg") == "python"
+    assert _native.choose(pkg, "fakepkg") == "python"
     assert capsys.readouterr().err == "" and isinstance(meta_path[0], _native._SourceFinder)
     monkeypatch.setenv(_native.ENV_PURE, "0")  # "0" is not a request
-    assert _native.choose(tmp_path, "fakepkg2") == "compiled"
+    assert _native.choose(pkg, "fakepkg2") == "compiled"
 
 
-def test_nothing_compiled_is_python_without_a_word(tmp_path, meta_path, capsys):
-    _fake_build(tmp_path, compiled=())
+def test_nothing_compiled_is_python_without_a_word(pkg, meta_path, capsys):
+    _fake_build(pkg, compiled=())
     before = list(meta_path)
-    assert _native.choose(tmp_path, "fakepkg") == "python"
+    assert _native.choose(pkg, "fakepkg") == "python"
     assert meta_path == before and capsys.readouterr().err == ""
 
 
@@ -148,17 +159,57 @@ def test_an_install_with_the_engine_compiled_runs_it():
         assert simulator.ENGINE == "python"
 
 
-def test_a_module_an_older_build_compiled_runs_as_source_too(tmp_path, meta_path, capsys):
+def test_a_module_an_older_build_compiled_runs_as_source_too(pkg, meta_path, capsys):
     """A build that compiled ``pool`` as well, then ``MODULES`` without it: its extension would
     ask the new engine library for a module it does not hold."""
-    _fake_build(tmp_path)
-    (tmp_path / "pool.py").write_text("NAME = 'pool'\n")
-    (tmp_path / f"pool{SUFFIX}").write_bytes(b"not an ELF file")
-    (tmp_path / "notes.py").write_text("")  # no extension beside it: Python finds it itself
-    (tmp_path / "cache" / "kv_cache.py").write_text("NAME = 'edited'\n")
-    assert _native.choose(tmp_path, "fakepkg") == "python"
+    _fake_build(pkg)
+    (pkg / "pool.py").write_text("NAME = 'pool'\n")
+    (pkg / f"pool{SUFFIX}").write_bytes(b"not an ELF file")
+    (pkg / "notes.py").write_text("")  # no extension beside it: Python finds it itself
+    (pkg / "cache" / "kv_cache.py").write_text("NAME = 'edited'\n")
+    assert _native.choose(pkg, "fakepkg") == "python"
     finder = meta_path[0]
-    assert finder.find_spec("fakepkg.pool").origin == str(tmp_path / "pool.py")
+    assert finder.find_spec("fakepkg.pool").origin == str(pkg / "pool.py")
     assert finder.find_spec("fakepkg.notes") is None
-    assert _native.extensions(tmp_path) == sorted(tmp_path.rglob(f"*{SUFFIX}"))
-    assert len(_native.extensions(tmp_path)) == len(_native.MODULES) + 1
+    assert _native.extensions(pkg) == sorted(pkg.rglob(f"*{SUFFIX}"))
+    assert len(_native.extensions(pkg)) == len(_native.MODULES) + 2  # + pool, group
+
+
+def test_a_missing_engine_library_is_an_incomplete_build(pkg, meta_path, capsys):
+    _fake_build(pkg, group=False)
+    assert _native.choose(pkg, "fakepkg") == "python"
+    assert "incomplete" in capsys.readouterr().err
+
+
+def test_a_build_for_another_python_says_so(pkg, meta_path, capsys):
+    _fake_build(pkg)
+    for ext in _native.extensions(pkg):
+        ext.unlink()
+    assert _native.choose(pkg, "fakepkg") == "python"
+    assert "not for this Python" in capsys.readouterr().err
+
+
+def test_an_edit_to_a_module_the_engine_imports_runs_as_python(pkg, meta_path, capsys):
+    """mypyc compiles against the types of every kvsim module the engine imports: an edit there
+    may break what the compiled code trusts, so it counts as an edit of the engine."""
+    (pkg / "errors.py").write_text("class KvsimError(Exception): ...\n")
+    (pkg / "report.py").write_text("")
+    _fake_build(pkg)
+    (pkg / "scheduler.py").write_text("from .errors import KvsimError\n")
+    (pkg / _native.DIGEST_FILE).write_text(_native.record(pkg))
+    assert "simulator/errors.py" in _native.record(pkg).split("\n")
+    (pkg / "report.py").write_text("X = 1\n")  # not imported by the engine: still compiled
+    assert _native.choose(pkg, "fakepkg") == "compiled"
+    (pkg / "errors.py").write_text("class KvsimError(ValueError): ...\n")
+    assert _native.choose(pkg, "fakepkg2") == "python"
+    assert "source changed" in capsys.readouterr().err
+
+
+def test_the_engine_is_compiled_against_what_it_imports():
+    files = _native.compiled_against(Path(simulator.__file__).parent)
+    for m in _native.MODULES:
+        assert f"simulator/{m}.py" in files
+    for f in ("simulator/latency/ops.py", "simulator/latency/roofline.py", "simulator/errors.py",
+              "simulator/cache/__init__.py", "simulator/__init__.py"):  # fmt: skip
+        assert f in files
+    assert "simulator/report.py" not in files and "simulator/cli.py" not in files
