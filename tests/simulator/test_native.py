@@ -130,13 +130,13 @@ def test_compiled_and_python_engines_write_the_same_bytes(tmp_path):
             env[_native.ENV_PURE] = pure
         code = (
             "import sys, kvsim.simulator as s; from kvsim.simulator.cli import main; "
-            "print(s.ENGINE, file=sys.stderr); sys.exit(main())"
+            "print('ENGINE', s.ENGINE, file=sys.stderr); sys.exit(main())"
         )
         cmd = [sys.executable, "-c", code, "run", str(ROOT / "scenarios" / "quickstart.yaml")]
         cmd += ["--out", str(tmp_path / name), "--no-progress"]
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stderr
-        engines[name] = p.stderr.splitlines()[0]
+        engines[name] = next(x for x in p.stderr.splitlines() if x.startswith("ENGINE "))[7:]
     compiled = _native.diagnose(Path(simulator.__file__).parent) is None
     assert engines == {"default": "compiled" if compiled else "python", "python": "python"}
     for f in outputs:
