@@ -131,24 +131,20 @@ class _SourceFinder:
         return importlib.util.spec_from_file_location(fullname, source)
 
 
-def choose(package_dir: Path, package: str) -> str:
-    """Decide, once per process, whether the compiled core or its source runs; returns
-    ``"compiled"`` or ``"python"``. Called by the package's ``__init__`` before any of
-    ``MODULES`` is imported."""
-    sources = {f"{package}.{m.replace('/', '.')}": package_dir / f"{m}.py" for m in MODULES}
-    built = [p for p in sources.values() if _extension(p)]
+def diagnose(package_dir: Path) -> str | None:
+    """Why the compiled core in ``package_dir`` may not run (a line for the user; ``""``: none
+    was built, nothing to say), or None: it may."""
+    built = [m for m in MODULES if _extension(package_dir / f"{m}.py")]
     try:
-        recorded = (package_dir / DIGEST_FILE).read_text().split("\n")
+        recorded: list[str] | None = (package_dir / DIGEST_FILE).read_text().split("\n")
     except OSError:
         recorded = None  # no complete build recorded (no compiler, or KVSIM_NO_COMPILE)
     if not built and recorded is None:
-        return "python"
+        return ""
     reason = None
-    if os.environ.get(ENV_PURE, "") not in ("", "0"):
-        reason = ""
-    elif not built:
+    if not built:
         reason = "the engine core was compiled, but not for this Python"
-    elif len(built) < len(sources) or not _extension(package_dir / (GROUP_FILE + ".py")):
+    elif len(built) < len(MODULES) or not _extension(package_dir / (GROUP_FILE + ".py")):
         reason = "the compiled engine core is incomplete"
     elif recorded is None:
         reason = "the compiled engine core has no record of its sources"
@@ -160,6 +156,19 @@ def choose(package_dir: Path, package: str) -> str:
             current = None
         if recorded[0] != current:
             reason = "the engine core's source changed since it was compiled"
+    return reason
+
+
+def choose(package_dir: Path, package: str) -> str:
+    """Decide, once per process, whether the compiled core or its source runs; returns
+    ``"compiled"`` or ``"python"``. Called by the package's ``__init__`` before any of
+    ``MODULES`` is imported."""
+    sources = {f"{package}.{m.replace('/', '.')}": package_dir / f"{m}.py" for m in MODULES}
+    reason = diagnose(package_dir)
+    if reason == "":
+        return "python"
+    if os.environ.get(ENV_PURE, "") not in ("", "0"):
+        reason = ""
     if reason is None:
         return "compiled"
     # NOTE: also any other module an older build compiled (its extension would load an engine

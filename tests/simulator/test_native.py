@@ -130,28 +130,30 @@ def test_compiled_and_python_engines_write_the_same_bytes(tmp_path):
             env[_native.ENV_PURE] = pure
         code = (
             "import sys, kvsim.simulator as s; from kvsim.simulator.cli import main; "
-            "print(s.ENGINE, file=sys.stderr); sys.exit(main())"
+            "print('ENGINE', s.ENGINE, file=sys.stderr); sys.exit(main())"
         )
         cmd = [sys.executable, "-c", code, "run", str(ROOT / "scenarios" / "quickstart.yaml")]
         cmd += ["--out", str(tmp_path / name), "--no-progress"]
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stderr
-        engines[name] = p.stderr.splitlines()[0]
-    package = Path(simulator.__file__).parent
-    built = any(_native._extension(package / f"{m}.py") for m in _native.MODULES)
-    assert engines == {"default": "compiled" if built else "python", "python": "python"}
+        engines[name] = next(x for x in p.stderr.splitlines() if x.startswith("ENGINE "))[7:]
+    compiled = _native.diagnose(Path(simulator.__file__).parent) is None
+    assert engines == {"default": "compiled" if compiled else "python", "python": "python"}
     for f in outputs:
         assert (tmp_path / "default" / f).read_bytes() == (tmp_path / "python" / f).read_bytes(), f
 
 
 def test_an_install_with_the_engine_compiled_runs_it():
-    """Where the build left the engine's extensions (a compiler was there), this process runs
-    them: a stale digest or a broken finder would quietly fall back to the source."""
+    """Where the build left a complete engine for these sources, this process runs it; CI
+    (``KVSIM_REQUIRE_COMPILED=1``, `.ci/run`) must have one: a stale record or a broken finder
+    would otherwise quietly run the source."""
     package = Path(simulator.__file__).parent
-    built = [m for m in _native.MODULES if _native._extension(package / f"{m}.py")]
+    reason = _native.diagnose(package)
+    if os.environ.get("KVSIM_REQUIRE_COMPILED", "") not in ("", "0"):
+        assert reason is None, reason
     if os.environ.get(_native.ENV_PURE, "") not in ("", "0"):
         assert simulator.ENGINE == "python"  # asked for
-    elif built:
+    elif reason is None:
         assert simulator.ENGINE == "compiled"
         scheduler = importlib.import_module("kvsim.simulator.scheduler")
         assert not scheduler.__file__.endswith(".py")
