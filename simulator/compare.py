@@ -15,7 +15,6 @@ construction.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import yaml
 from .digest import LOG_BINS, cdf_points, log_bin
 from .errors import KvsimError, clip
 from .figures import colorway, figure, scatter
-from .pages import charts, grid_table, page
+from .pages import charts, grid_csv, grid_table, page
 
 FILES = ("compare.csv", "report.html")
 LATENCIES = (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("e2e_s", "E2E latency"),
@@ -202,12 +201,7 @@ def terminal_text(runs: list[Run], folder: Path) -> str:
 
 
 def csv_text(runs: list[Run]) -> str:
-    header, rows = metric_table(runs)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
-    return buf.getvalue()
+    return grid_csv(*metric_table(runs))
 
 
 def latency_histograms(folder: Path) -> dict[str, np.ndarray]:

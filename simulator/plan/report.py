@@ -5,14 +5,12 @@ with its limit and the answer marked, so the page shows *why* the answer is what
 
 from __future__ import annotations
 
-import csv
 import html
-import io
 import json
 import math
 
 from ..figures import figure, scatter
-from ..pages import charts, grid_table, page
+from ..pages import charts, grid_csv, grid_table, page
 from .planner import Plan, _rate_text, answer_lines
 
 FILES = ("plan.csv", "plan.json", "report.html")
@@ -76,12 +74,7 @@ def terminal_text(plan: Plan) -> str:
 
 
 def csv_text(plan: Plan) -> str:
-    header, rows = table(plan)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
-    return buf.getvalue()
+    return grid_csv(*table(plan))
 
 
 def _clean(x):

@@ -17,7 +17,6 @@ anything else text).
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..pages import grid_csv
 from .spec import Point, flow_yaml
 
 FIXED = ("point", "folder")
@@ -146,12 +146,7 @@ def cell_text(value: Any) -> str:
 
 def csv_text(columns: list[str], rows: list[dict]) -> str:
     """The table as CSV text (``\\n`` line ends; a missing value is an empty cell)."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(columns)
-    for row in rows:
-        w.writerow([cell_text(row.get(c)) for c in columns])
-    return buf.getvalue()
+    return grid_csv(columns, [[cell_text(row.get(c)) for c in columns] for row in rows])
 
 
 def column_kind(values: list[Any]) -> str:

@@ -122,3 +122,10 @@ def test_bad_input_is_one_line(runs, capsys, tmp_path, case):
     assert main(["compare", *map(str, argv), "--out", str(out)]) == 2
     assert capsys.readouterr().err == f"kvsim: error: {expected}\n"
     assert not out.exists()
+
+
+def test_the_csv_files_are_the_grid_with_plain_line_ends():
+    """compare.csv, plan.csv and a sweep's results.csv: ``\\n`` line ends, quoting as csv does."""
+    from kvsim.simulator.pages import grid_csv
+
+    assert grid_csv(["run", "note"], [["a", "x,y"], ["b", ""]]) == 'run,note\na,"x,y"\nb,\n'
