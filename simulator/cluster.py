@@ -32,6 +32,7 @@ from .scenario import (
     TraceWorkload,
 )
 from .scheduler import Seq
+from .clock import Clock
 from .timeseries import MAX_TIME_NS, QueueSeries
 from .usage import usage_summary
 from .workload import Workload
@@ -261,7 +262,7 @@ class Cluster:
 
     def __init__(self, scenario: Scenario, on_done: Callable[[int], None] | None = None):
         self.scenario = scenario
-        self.env = simpy.Environment()
+        self.env = Clock()
         specs = scenario.pool_specs()
         disaggregated = scenario.disaggregated
         self.recorder = Recorder(

@@ -23,7 +23,6 @@ import heapq
 from bisect import insort
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from .cache import KVCache
@@ -186,24 +185,48 @@ class Seq:
         """The iteration that samples its last token."""
 
 
-@dataclass(slots=True)
 class Batch:
     """One iteration's work: every decoding sequence plus prefill chunks ``(seq, tokens)``, the
-    aggregate shape attention is priced on, and extra ops priced once (DESIGN §9, S3)."""
+    aggregate shape attention is priced on, and extra ops priced once (DESIGN §9, S3).
 
-    decodes: int
-    prefills: list
-    tokens: int
-    logits: int
-    kv_tokens: int
-    qk_pairs: int
-    segments: int
-    preempted: bool = False
-    extra_ops: tuple = ()
+    NOTE: a plain class with its own ``__init__``, not a dataclass: compiled, a dataclass keeps
+    the ``__init__`` that ``dataclasses`` generates in Python, one interpreted call per
+    iteration."""
+
+    __slots__ = ("decodes", "prefills", "tokens", "logits", "kv_tokens", "qk_pairs", "segments",
+                 "preempted", "extra_ops")  # fmt: skip
+
+    def __init__(
+        self,
+        decodes: int,
+        prefills: list,
+        tokens: int,
+        logits: int,
+        kv_tokens: int,
+        qk_pairs: int,
+        segments: int,
+        preempted: bool = False,
+        extra_ops: tuple = (),
+    ):
+        self.decodes = decodes
+        self.prefills = prefills
+        self.tokens = tokens
+        self.logits = logits
+        self.kv_tokens = kv_tokens
+        self.qk_pairs = qk_pairs
+        self.segments = segments
+        self.preempted = preempted
+        self.extra_ops = extra_ops
 
     @property
     def seqs(self) -> int:
         return self.decodes + len(self.prefills)
+
+
+def _min3(a: int, b: int, c: int) -> int:
+    """``min(a, b, c)``: compiled, a three-argument ``min`` is a call into Python."""
+    m = a if a < b else b
+    return m if m < c else c
 
 
 def _tri(a: int, b: int) -> int:
@@ -502,7 +525,7 @@ class Scheduler:
                 break
             if s.phase != PREFILL:
                 continue  # preempted while making room for an older sequence
-            n = min(s.num_tokens - s.computed - s.ahead, budget, self.chunk)
+            n = _min3(s.num_tokens - s.computed - s.ahead, budget, self.chunk)
             stores = 0
             if s.ckpts:
                 n, stores = self._cut(s, s.computed, n)
@@ -591,7 +614,7 @@ class Scheduler:
         now = self.now_ns
         hit = cache.lookup(s.req, now, s.num_tokens)
         remaining = s.num_tokens - hit.tokens
-        n = min(remaining, budget, self.chunk)
+        n = _min3(remaining, budget, self.chunk)
         if not self.chunked and n < remaining:
             return 0
         stores = 0
@@ -601,13 +624,13 @@ class Scheduler:
             # and the checkpoints that chunk stores (without cuts, every one it passes).
             held = sum(node.blocks for node in hit.nodes) + (2 if hit.resume else 1) * self.sb
             while s.ckpts:
-                n, stores = self._cut(s, hit.tokens, min(remaining, budget, self.chunk))
+                n, stores = self._cut(s, hit.tokens, _min3(remaining, budget, self.chunk))
                 fit = self._fit_stores(s, n, stores, held)
                 if fit == stores or not self.cut_at_checkpoints:
                     stores = fit
                     break
                 stores = 0  # the chunk no longer ends at the skipped one: cut again
-                n = min(remaining, budget, self.chunk)
+                n = _min3(remaining, budget, self.chunk)
         need = cache.blocks_for(n) + self.sb * (1 + stores)
         if hit.cpu_nodes:  # blocks for the units it loads; its chunk's when it runs
             need = hit.cpu_blocks

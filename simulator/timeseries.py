@@ -73,6 +73,7 @@ class QueueSeries:
                     )
                 while self._next_ns < t:
                     self._record(self._next_ns)
+                env.horizon = min(self._next_ns, MAX_TIME_NS - 1)
             step()
 
     def _record(self, at_ns: int) -> None:

@@ -35,6 +35,7 @@ fixed-point rounding), which never mixes with it within one mode.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any
 
 from ..catalog import ModelSpec
@@ -50,6 +51,47 @@ _EAGER = 16  # runs up to this long are materialized at once (cheaper than the f
 _EVERY = 1 << 128
 """``fill``'s bound for all of a run's end times: an int past any of them. An int, not ``math.inf``:
 compiled, ``fill`` takes an int, and a float bound would round a time past 2**53 ns."""
+
+
+class AttentionPrice:
+    """Attention's price for an aggregate batch shape under a roofline: the model's attention op
+    with these four fields priced bit for bit as the model prices it, without building the op
+    (``RooflineModel.attention_pricer`` makes one with the op's constants).
+
+    NOTE: each expression evaluates in the same order as ``Attention.flops``/``bytes`` and the
+    roofline's ``_attention``, so the floats are identical. The KV read rate depends only on the
+    sequences; ``rate`` (the model's) gives it, memoized here (bounded by max_num_seqs)."""
+
+    def __init__(
+        self,
+        heads: int,
+        head_dim: int,
+        kv_dim: int,
+        kv_bytes: float,
+        q_bytes: float,
+        flops_per_s: float,
+        launch_s: float,
+        rate: Callable[[int], float],
+    ):
+        self.heads = heads
+        self.head_dim = head_dim
+        self.kv_dim = kv_dim
+        self.kv_bytes = kv_bytes
+        self.q_bytes = q_bytes
+        self.flops_per_s = flops_per_s
+        self.launch_s = launch_s
+        self._rate = rate
+        self._rates: dict[int, float] = {}
+
+    def price(self, q_tokens: int, kv_tokens: int, qk_pairs: int, seqs: int) -> float:
+        rate = self._rates.get(seqs)
+        if rate is None:
+            rate = self._rates[seqs] = self._rate(seqs)
+        heads, head_dim = self.heads, self.head_dim
+        compute = 4.0 * heads * head_dim * qk_pairs / self.flops_per_s
+        kv = float(kv_tokens * self.kv_dim) * self.kv_bytes
+        memory = (kv + 2.0 * q_tokens * heads * head_dim * self.q_bytes) / rate
+        return (compute if compute > memory else memory) + self.launch_s
 
 
 class IterationPricer:
@@ -72,7 +114,7 @@ class IterationPricer:
         self._attention_terms = getattr(latency, "decode_attention_terms", None)
         self._recompute: dict[tuple[int, int], float] = {}  # by (start token, tokens)
         # Attention priced without an op object where the model can (no range checks to make).
-        self._attention_fast: Any = None
+        self._attention_fast: AttentionPrice | None = None
         make = getattr(latency, "attention_pricer", None)
         if make is not None and self._check is None and self.attention_layers:
             self._attention_fast = make(attention_op(model, tp, 0, 0, 0, 0, 0))
@@ -131,7 +173,7 @@ class IterationPricer:
             return 0.0
         fast = self._attention_fast
         if fast is not None:
-            return self.attention_layers * fast(q_tokens, kv_tokens, qk_pairs, seqs)
+            return self.attention_layers * fast.price(q_tokens, kv_tokens, qk_pairs, seqs)
         op = attention_op(self.model, self.tp, q_tokens, kv_tokens, qk_pairs, seqs, segments)
         if self._check is not None:
             self._check(op)
@@ -284,9 +326,10 @@ class IterationRun:
         self.start, self.k, self.end, self.ends = start, k, end, ends
         self._x, self._step, self._x0, self._p = x, step, x0, p
 
-    @classmethod
-    def single(cls, start: int, end: int) -> IterationRun:
-        return cls(start, 1, end, [end])
+    @staticmethod
+    def single(start: int, end: int) -> IterationRun:
+        # NOTE: not a classmethod: compiled, ``cls(...)`` is a call into Python.
+        return IterationRun(start, 1, end, [end])
 
     def fill(self, until: int) -> None:
         """Materialize end times up to the first at or after ``until`` (at most k of them)."""

@@ -30,6 +30,7 @@ import math
 
 from ..catalog import GpuSpec
 from .ops import AllReduce, Attention, Copy, Gemm, Op, StepOverhead, attention_kv_linear
+from .pricer import AttentionPrice
 
 VERSION = 2
 # cuBLAS's usual bf16 tile shapes on Hopper, largest (most data reuse) first (NVIDIA's matmul
@@ -120,37 +121,32 @@ class RooflineModel:
         memory = op.bytes() / self.decode_bytes_per_s(op)
         return (compute if compute > memory else memory) + self.gpu.launch_s
 
-    def attention_pricer(self, like: Attention):
-        """A function (q_tokens, kv_tokens, qk_pairs, seqs) -> seconds equal, bit for bit, to
-        ``price`` of the attention op ``like`` with those four fields (segments do not enter the
-        roofline), without building the op; None where a subclass prices attention otherwise.
+    def attention_pricer(self, like: Attention) -> AttentionPrice | None:
+        """An :class:`AttentionPrice`: (q_tokens, kv_tokens, qk_pairs, seqs) -> seconds equal, bit
+        for bit, to ``price`` of the attention op ``like`` with those four fields (segments do not
+        enter the roofline), without building the op; None where a subclass prices attention
+        otherwise.
 
-        NOTE: each expression below evaluates in the same order as ``Attention.flops``/``bytes``
-        and ``_attention``, so the floats are identical; the KV read rate depends only on the
-        sequences, so it is memoized by them (bounded by the scheduler's max_num_seqs)."""
+        NOTE: ``rate`` evaluates as ``decode_bytes_per_s`` does, and the price as ``_attention``
+        with ``Attention.flops``/``bytes`` does (in the same order), so the floats are identical."""
         if type(self)._attention is not RooflineModel._attention or (
             type(self).decode_bytes_per_s is not RooflineModel.decode_bytes_per_s
         ):
             return None
-        heads, head_dim, kv_dim = like.heads, like.head_dim, like.kv_dim
-        kv_bytes, q_bytes, kv_heads = like.kv_dtype_bytes, like.dtype_bytes, max(1, like.kv_heads)
+        kv_heads = max(1, like.kv_heads)
         g = self.gpu
-        flops_per_s, launch_s, bytes_per_s = self.prefill_flops_per_s, g.launch_s, self.bytes_per_s
+        bytes_per_s = self.bytes_per_s
         efficiency, half_streams = g.attention_decode_efficiency, g.attention_decode_streams
-        rates: dict[int, float] = {}
 
-        def price(q_tokens: int, kv_tokens: int, qk_pairs: int, seqs: int) -> float:
-            rate = rates.get(seqs)
-            if rate is None:
-                streams = max(1, seqs) * kv_heads
-                eff = efficiency * -math.expm1(-streams / half_streams)
-                rate = rates[seqs] = bytes_per_s * eff
-            compute = 4.0 * heads * head_dim * qk_pairs / flops_per_s
-            kv = float(kv_tokens * kv_dim) * kv_bytes
-            memory = (kv + 2.0 * q_tokens * heads * head_dim * q_bytes) / rate
-            return (compute if compute > memory else memory) + launch_s
+        def rate(seqs: int) -> float:
+            streams = max(1, seqs) * kv_heads
+            eff = efficiency * -math.expm1(-streams / half_streams)
+            return bytes_per_s * eff
 
-        return price
+        return AttentionPrice(
+            like.heads, like.head_dim, like.kv_dim, like.kv_dtype_bytes, like.dtype_bytes,
+            self.prefill_flops_per_s, g.launch_s, rate,
+        )  # fmt: skip
 
     def decode_attention_terms(self, op: Attention) -> tuple[float, float, float, float]:
         """(cf, mb, mc, const) with price = max(cf·x, mb·x + mc) + const for attention ops like
