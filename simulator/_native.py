@@ -1,14 +1,14 @@
 """The engine core compiled with mypyc, or its Python source: which one a process runs.
 
-The simulation loop's modules (``MODULES``: scheduler, replica, pricer, KV cache, prefix tree,
-usage meter, sampled series) are plain typed Python, compiled to C extensions by ``setup.py`` at
-install time when mypyc and a C compiler are there (about 1.7x on the loop, same results to the
-byte); elsewhere the build skips them and Python runs the source. Python prefers an extension
-module to the ``.py`` beside it, so an extension built from older source would silently shadow
-an edit: the build records a digest of the sources it compiled against (``DIGEST_FILE``: the
-engine's modules and every kvsim module they import), and :func:`choose` runs the source, all of
-it, when that digest no longer matches, when the build is incomplete or not for this Python (one
-line on stderr says so) or when ``KVSIM_PURE_PYTHON=1``.
+The simulation loop's modules (``MODULES``: scheduler, replica, pricer, KV cache, prefix tree, usage
+meter, sampled series, request recorder) are plain typed Python, compiled to C extensions by
+``setup.py`` at install time when mypyc and a C compiler are there (about 1.7x on the loop, same
+results to the byte); elsewhere the build skips them and Python runs the source. Python prefers an
+extension module to the ``.py`` beside it, so an extension built from older source would silently
+shadow an edit: the build records a digest of the sources it compiled against (``DIGEST_FILE``: the
+engine's modules and every kvsim module they import), and :func:`choose` runs the source, all of it,
+when that digest no longer matches, when the build is incomplete or not for this Python (one line on
+stderr says so) or when ``KVSIM_PURE_PYTHON=1``.
 All or nothing: compiled code trusts the layout of the compiled classes it calls.
 
 This module is read by ``setup.py`` with ``runpy`` too, so it imports nothing from the package.
@@ -30,6 +30,7 @@ MODULES = (
     "cache/prefix_tree",
     "usage",
     "timeseries",
+    "recorder",
 )
 """The compiled modules, as paths under ``simulator/`` without ``.py``."""
 GROUP = "kvsim.simulator._core"

@@ -17,10 +17,12 @@ from simpy.events import URGENT
 from kvsim.traces import TraceError
 
 from .catalog import GpuSpec, ModelSpec, get_model, with_kv_cache_dtype
+from .clock import Clock
 from .errors import KvsimError
 from .handoff import Handoff, make_codec
-from .metrics import Recorder, RequestRecord, Results
+from .metrics import Results
 from .pool import Pool
+from .recorder import Recorder, RequestRecord
 from .replica import Replica
 from .scenario import (
     AgentWorkload,
@@ -32,7 +34,6 @@ from .scenario import (
     TraceWorkload,
 )
 from .scheduler import Seq
-from .clock import Clock
 from .timeseries import MAX_TIME_NS, QueueSeries
 from .usage import usage_summary
 from .workload import Workload

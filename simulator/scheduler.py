@@ -104,7 +104,7 @@ class Seq:
         self.req = req
         """The request (trace record)."""
         self.rec = rec
-        """Its record across replicas (``metrics.RequestRecord``)."""
+        """Its record across replicas (``recorder.RequestRecord``)."""
         self.external = 0
         """Tokens whose KV it brought from a prefill replica (0 once it computes its own)."""
         self.consumer_ops: Any = ()

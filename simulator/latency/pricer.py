@@ -36,7 +36,6 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable
-from typing import Any
 
 from ..catalog import ModelSpec
 from .ops import StepOverhead, attention_op, lm_head_op, recurrent_ops, sampling_op, token_ops

@@ -287,7 +287,7 @@ def test_a_full_temp_folder_is_one_line(tmp_path, capsys, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("kvsim.simulator.metrics.tempfile.TemporaryFile", full)
+    monkeypatch.setattr("kvsim.simulator.recorder.tempfile.TemporaryFile", full)
     s = _write(tmp_path, _doc())
     err = _error(capsys, ["run", str(s)], tmp_path / "out")
     assert err.startswith(

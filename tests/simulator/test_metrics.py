@@ -11,7 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvsim.simulator import metrics
-from kvsim.simulator.metrics import NS, Recorder, RequestRecord, Results
+from kvsim.simulator.metrics import NS, Recorder, Results
+from kvsim.simulator.recorder import RequestRecord
+from kvsim.simulator.scheduler import Seq
 
 
 def _record(
@@ -19,11 +21,8 @@ def _record(
 ) -> None:
     req = SimpleNamespace(id=rid, output_tokens=out, prompt_tokens=10, lengths_estimated=False,
                           blocks=(), session=None if job < 0 else rid, turn=0)  # fmt: skip
-    seq = SimpleNamespace(
-        req=req, rec=RequestRecord(arrival), arrival_ns=arrival, first_ns=first, hit_tokens=0,
-        hit_units=0, cpu_hit_units=0, preemptions=0, recomputed=0,
-        admitted_ns=arrival + (first - arrival) // 3,
-    )  # fmt: skip
+    seq = Seq(req, arrival, RequestRecord(arrival))
+    seq.first_ns, seq.admitted_ns = first, arrival + (first - arrival) // 3
     rec.finished(seq, 0, finish, job)
 
 

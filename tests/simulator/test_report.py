@@ -15,6 +15,7 @@ from kvsim.simulator import scenario_from_dict, simulate
 from kvsim.simulator.digest import LOG_BINS, TIME_BINS, Digest, edges_s
 from kvsim.simulator.metrics import NS, Recorder, Results
 from kvsim.simulator.report import MAX_LINE_POINTS, report_html, scenario_rows
+from kvsim.simulator.scheduler import Seq
 
 
 def _scenario(tmp_path, rows, **over):
@@ -99,9 +100,9 @@ def test_queue_and_kv_charts_are_the_sampled_series_thinned(run):
 def _record(rec, rid, arrival, first, finish, out):
     req = SimpleNamespace(id=rid, output_tokens=out, prompt_tokens=10, lengths_estimated=False,
                           blocks=(1, 2), session=None, turn=0)  # fmt: skip
-    seq = SimpleNamespace(req=req, rec=None, arrival_ns=arrival, first_ns=first, hit_tokens=0,
-                          hit_units=rid % 3 == 0, cpu_hit_units=0, preemptions=rid % 2,
-                          recomputed=0, admitted_ns=arrival + (first - arrival) // 2)  # fmt: skip
+    seq = Seq(req, arrival)
+    seq.first_ns, seq.admitted_ns = first, arrival + (first - arrival) // 2
+    seq.hit_units, seq.preemptions = int(rid % 3 == 0), rid % 2
     rec.finished(seq, 0, finish, -1)
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from kvsim.simulator import requests_csv as rc
-from kvsim.simulator.metrics import BASE_FIELDS, FIELDS, NS, Results
+from kvsim.simulator.metrics import BASE_FIELDS, NS, Results
+from kvsim.simulator.recorder import FIELDS
 
 F = {name: i for i, name in enumerate(FIELDS)}
 REASONS = ["rejected: queue full", "too long: 9000 > 8192"]

@@ -5,7 +5,8 @@ every kind.
 The readers take fast paths (a scanner call instead of ``json.loads``, exact-type checks, an
 ``array`` range check, ``csv.reader`` instead of ``csv.DictReader``); the references below are the
 plain rules — ``json.loads`` per line, ``csv.DictReader``, explicit checks — so that a change to a
-fast path that accepts, rejects or words anything differently fails here.
+fast path that accepts, rejects or words anything differently fails here. Mooncake rows are
+checked parsed by orjson (as installed) and by the stdlib alone.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ import random
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from kvsim.traces import Request, TraceError, read_trace
+from kvsim.traces import Request, TraceError, read_trace, readers
 
 MAX_TOKENS = 100_000_000
 I64 = 1 << 63
@@ -328,7 +332,17 @@ def mooncake_line(rng: random.Random, t_ms: float) -> str:
     return text
 
 
-def test_mooncake_accepted_shapes_give_the_references_requests(tmp_path):
+@pytest.fixture(params=["orjson", "stdlib"])
+def parser(request, monkeypatch):
+    """Mooncake rows parsed by orjson (installed with kvsim), then by the stdlib alone."""
+    if request.param == "stdlib":
+        monkeypatch.setattr(readers, "_fast_loads", None)
+    else:
+        assert readers._fast_loads is orjson.loads
+    return request.param
+
+
+def test_mooncake_accepted_shapes_give_the_references_requests(tmp_path, parser):
     rng = random.Random(7)
     lines, t_ms = [], 0.0
     for i in range(3000):
@@ -359,9 +373,11 @@ def mooncake_row(timestamp="6", input_length="6", output_length="1", hash_ids="[
 
 BAD_TIMESTAMPS = ["-1", "-1e-300", '"x"', "NaN", "Infinity", "-Infinity", "1e400", "true", "false",
                   "null", "[]", "{}", '"nan"', '"inf"', '"-3"', f'"{"1" * 65}"', "4e12", "-0.0",
-                  str(1 << 1023), str((1 << 1024) - 1), str(1 << 1030), str(1 << 1100)]  # fmt: skip
+                  str(1 << 1023), str((1 << 1024) - 1), str(1 << 1030), str(1 << 1100),
+                  str(-(1 << 64))]  # fmt: skip
 BAD_LENGTHS = ["0", "-1", "12.5", "true", "false", '"12.5"', '"1e3"', "1e21", "100000001", '"x"',
-               "null", "[6]", "NaN", "Infinity", f'"{"0" * 32}6"', str(I64)]  # fmt: skip
+               "null", "[6]", "NaN", "Infinity", f'"{"0" * 32}6"', str(I64), str(1 << 64),
+               str(-(1 << 63) - 1)]  # fmt: skip
 BAD_ID_LISTS = ["null", '"1, 2"', "[1, true]", "[false, 1]", "[1.0, 2]", '[1, "2"]', "[1, null]",
                 f"[1, {I64}]", f"[{-I64 - 1}, 1]", f"[1, {1 << 70}]", "[[1], 2]", "{}", "[1]",
                 "[1, 2, 3]", "[]"]  # fmt: skip
@@ -380,7 +396,7 @@ BAD_ID_LISTS = ["null", '"1, 2"', "[1, true]", "[false, 1]", "[1.0, 2]", '[1, "2
     + [mooncake_row(input_length="600", hash_ids=v) for v in BAD_ID_LISTS],
     ids=lambda line: line[:60],
 )  # fmt: skip
-def test_bad_mooncake_rows_give_the_references_error(tmp_path, line):
+def test_bad_mooncake_rows_give_the_references_error(tmp_path, line, parser):
     """The bad row on line 3, after an accepted row and a blank line, before an accepted one:
     the same requests come first and then the same error."""
     p = tmp_path / "m.jsonl"
@@ -390,7 +406,51 @@ def test_bad_mooncake_rows_give_the_references_error(tmp_path, line):
     assert want[0].count("Request(") == 1 and want[1].startswith(f"{p}:3: ")
 
 
-def test_mooncake_times_backwards_beyond_the_span_and_no_rows(tmp_path):
+def test_mooncake_timestamps_beyond_64_bits_give_the_references_requests(tmp_path, parser):
+    """orjson reads an integer beyond 64 bits as a float: a timestamp takes either alike (its
+    correctly rounded float), so an accepted trace of such times gives the same requests."""
+    p = tmp_path / "m.jsonl"
+    base = (1 << 70) + 12345
+    rows = [mooncake_row(timestamp=str(base + k * 1000), hash_ids="[5]") for k in range(50)]
+    rows += [mooncake_row(timestamp=str(base + 10**7 + k), hash_ids="[5]") for k in range(3)]
+    p.write_text("\n".join(rows) + "\n")
+    got, want = outcomes(p, "mooncake")
+    assert want[1] is None and want[0].count("Request(") == 53
+    assert got == want
+
+
+def test_mooncake_rows_are_parsed_by_orjson_once(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        readers, "_fast_loads", lambda line: calls.append(line) or orjson.loads(line)
+    )
+    p = tmp_path / "m.jsonl"
+    p.write_text(f"{good_mooncake(1)}\n\n{good_mooncake(2)}\n{good_mooncake(3)}\n")
+    assert len(list(read_trace(p, "mooncake"))) == 3
+    assert len(calls) == 3
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.floats(min_value=0.0, allow_nan=False, allow_infinity=False)
+    | st.from_regex(r"\A[0-9]{1,25}(\.[0-9]{1,25})?([eE][-+]?[0-9]{1,3})?\Z", fullmatch=True)
+)
+def test_orjson_reads_numbers_as_the_stdlib_does(value):
+    """The fast path's premise: where orjson reads a number, it is the stdlib's number (floats
+    correctly rounded alike), except integers beyond 64 bits (floats there, checked above)."""
+    text = repr(value) if isinstance(value, float) else value
+    try:
+        fast = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return  # refused: the stdlib parses the line then
+    slow = json.loads(text)
+    if type(slow) is int and not -(1 << 63) <= slow < 1 << 64:
+        assert type(fast) is float and fast == float(slow)
+    else:
+        assert type(fast) is type(slow) and repr(fast) == repr(slow)
+
+
+def test_mooncake_times_backwards_beyond_the_span_and_no_rows(tmp_path, parser):
     p = tmp_path / "m.jsonl"
     row = '{{"timestamp": {}, "input_length": 1, "output_length": 1, "hash_ids": [1]}}'
     for times in ([5, 4], [0, 1e12, 1e12 + 1], [0, 1e12 + 1], [2.5, 2.5, 2.4999]):
