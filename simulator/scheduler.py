@@ -23,7 +23,7 @@ import heapq
 from bisect import insort
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from .cache import KVCache
 from .cache.kv_cache import MSA
@@ -31,7 +31,13 @@ from .cache.prefix_tree import Node
 from .cache.seen import SeenPrefixes
 from .latency.ops import Copy
 
-WAITING, PREFILL, DECODE, DONE, HANDOFF, LOADING = 0, 1, 2, 3, 4, 5
+# NOTE: Final, so the compiled code uses the values (a plain module global is a dict lookup).
+WAITING: Final = 0
+PREFILL: Final = 1
+DECODE: Final = 2
+DONE: Final = 3
+HANDOFF: Final = 4
+LOADING: Final = 5
 
 
 class Seq:

@@ -29,35 +29,54 @@ attention keeps no KV: tokens cost no blocks and the pool's unit is one state.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from typing import Final
 
 from .prefix_tree import KeyedHeap, Node, PrefixTree
 
-CONTIGUOUS, MSA = "contiguous", "msa"
+CONTIGUOUS: Final = "contiguous"
+MSA: Final = "msa"
 
 
-@dataclass(slots=True, frozen=True)
 class Hit:
-    """What a request can reuse from a replica's cache, in prompt order (a value: no side effects).
+    """What a request can reuse from a replica's cache, in prompt order (a value: no side effects,
+    never changed once made).
 
     ``ranges`` are the reused token ranges ``(start, end)`` (merged where adjacent), ``tokens``
     their total, ``nodes`` the nodes behind them, ``units`` the units found resident before the
     last one was given up for its logits (the prefix-hit ratio counts these), ``pinned_blocks``
-    the blocks of hit nodes that are free now and stop being evictable once taken."""
+    the blocks of hit nodes that are free now and stop being evictable once taken.
 
-    nodes: tuple[Node, ...] = ()
-    ranges: tuple[tuple[int, int], ...] = ()
-    tokens: int = 0
-    units: int = 0
-    pinned_blocks: int = 0
-    resume: Node | None = None
-    """Recurrent models: the checkpoint the sequence resumes from (its state is loaded)."""
-    cpu_nodes: tuple[Node, ...] = ()
-    """Units of the CPU tier that continue the GPU prefix (loaded over PCIe before use)."""
-    cpu_blocks: int = 0
-    """GPU blocks those units take once loaded."""
-    cpu_units: int = 0
-    """Units found in the CPU tier (of ``units``)."""
+    NOTE: a plain class, not a dataclass: compiled, a dataclass keeps the ``__init__`` that
+    ``dataclasses`` generates in Python, one interpreted call per lookup."""
+
+    __slots__ = ("nodes", "ranges", "tokens", "units", "pinned_blocks", "resume", "cpu_nodes",
+                 "cpu_blocks", "cpu_units")  # fmt: skip
+
+    def __init__(
+        self,
+        nodes: tuple[Node, ...] = (),
+        ranges: tuple[tuple[int, int], ...] = (),
+        tokens: int = 0,
+        units: int = 0,
+        pinned_blocks: int = 0,
+        resume: Node | None = None,
+        cpu_nodes: tuple[Node, ...] = (),
+        cpu_blocks: int = 0,
+        cpu_units: int = 0,
+    ):
+        self.nodes = nodes
+        self.ranges = ranges
+        self.tokens = tokens
+        self.units = units
+        self.pinned_blocks = pinned_blocks
+        self.resume = resume
+        """Recurrent models: the checkpoint the sequence resumes from (its state is loaded)."""
+        self.cpu_nodes = cpu_nodes
+        """Units of the CPU tier that continue the GPU prefix (loaded over PCIe before use)."""
+        self.cpu_blocks = cpu_blocks
+        """GPU blocks those units take once loaded."""
+        self.cpu_units = cpu_units
+        """Units found in the CPU tier (of ``units``)."""
 
 
 NO_HIT = Hit()
@@ -106,7 +125,6 @@ class KVCache:
         self.tree = PrefixTree(candidates, layout == CONTIGUOUS, getattr(policy, "on_access", None))
         # NOTE: a node's recompute price is recorded at insert for policies that read it only.
         self._recompute_s = recompute_s if getattr(policy, "reads_recompute_cost", False) else None
-        self._match = self.tree.match_prefix if layout == CONTIGUOUS else self.tree.match_all
         self.evictions = 0
         self.evicted_blocks = 0
 
@@ -118,6 +136,13 @@ class KVCache:
         return self.free + self.tree.evictable_blocks
 
     # ---- lookup ----------------------------------------------------------------------------
+    def _match(self, ids, prompt_tokens: int, unit_tokens: int) -> list[Node]:
+        """The resident nodes of a prompt's units this layout reads: the longest cached prefix
+        (contiguous), or every resident unit, holes skipped (msa)."""
+        if self.layout == CONTIGUOUS:
+            return self.tree.match_prefix(ids, prompt_tokens, unit_tokens)
+        return self.tree.match_all(ids, prompt_tokens, unit_tokens)
+
     def lookup(self, req, now_ns: int, tokens: int | None = None) -> Hit:
         """The reusable part of ``req``'s prompt on this replica (DESIGN §9, S1), for a sequence
         of ``tokens`` tokens (default: the prompt; more after a preemption in decode). With prefix
@@ -236,13 +261,13 @@ class KVCache:
         fit with ``reserve`` blocks still available after, change nothing and return False."""
         if blocks + reserve > self.free + self.tree.evictable_blocks - hit.pinned_blocks:
             return False
-        acquire = self.tree.acquire
+        tree = self.tree
         for node in hit.nodes:
-            acquire(node, now_ns)
+            tree.acquire(node, now_ns)
         for node in hit.cpu_nodes:  # held in the CPU tier (not demoted over) until loaded
             self.cpu.tree.acquire(node, now_ns)
         if hit.resume is not None:  # held while the allocation evicts, then only touched
-            acquire(hit.resume, now_ns)
+            tree.acquire(hit.resume, now_ns)
         self.allocate(blocks, now_ns)
         if hit.resume is not None:
             self.tree.release(hit.resume, now_ns)
@@ -268,12 +293,12 @@ class KVCache:
         ``blocks`` private blocks. ``nodes`` are in position order under contiguous; under msa
         (reused units, then the units it computed) they are sorted deepest first. ``pin``: an
         agent's call that a tool call follows gave them back (policies may keep them)."""
-        release = self.tree.release
-        ordered = reversed(nodes) if self.tree.leaf_only else sorted(
+        tree = self.tree
+        ordered = reversed(nodes) if tree.leaf_only else sorted(
             nodes, key=lambda n: n.depth, reverse=True
         )  # fmt: skip
         for node in ordered:
-            release(node, now_ns, pin)
+            tree.release(node, now_ns, pin)
         self.free += blocks
 
     def node_blocks(self) -> int:

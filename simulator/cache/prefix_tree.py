@@ -187,11 +187,11 @@ class PrefixTree:
         (contiguous) after the same parent — a trace that reuses an id elsewhere, or a partial
         unit under a full unit's id, names another content."""
         out = []
-        get = self.nodes.get
+        nodes = self.nodes
         rest = prompt_tokens
         parent = None
         for u, i in enumerate(ids):
-            node = get(i)
+            node = nodes.get(i)
             if (
                 node is None
                 or node.unit_tokens != (unit_tokens if rest > unit_tokens else rest)
@@ -207,11 +207,11 @@ class PrefixTree:
     def match_all(self, ids, prompt_tokens: int, unit_tokens: int) -> list[Node]:
         """Every resident node of a prompt's units, holes skipped (msa)."""
         out = []
-        get = self.nodes.get
+        nodes = self.nodes
         last = len(ids) - 1
         tail = prompt_tokens - last * unit_tokens
         for u, i in enumerate(ids):
-            node = get(i)
+            node = nodes.get(i)
             if (
                 node is not None
                 and node.unit_tokens == (unit_tokens if u < last else tail)

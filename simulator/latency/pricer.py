@@ -36,18 +36,22 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable
+from typing import Final
 
 from ..catalog import ModelSpec
 from .ops import StepOverhead, attention_op, lm_head_op, recurrent_ops, sampling_op, token_ops
 
-NS_PER_S = 1_000_000_000
-_FRAC = 32  # fraction bits of the fixed-point decode price
-_ONE, _HALF = 1 << _FRAC, 1 << (_FRAC - 1)
+# NOTE: Final, so the compiled code uses the values (a plain module global is a dict lookup).
+NS_PER_S: Final = 1_000_000_000
+_FRAC: Final = 32  # fraction bits of the fixed-point decode price
+_ONE: Final = 1 << _FRAC
+_HALF: Final = 1 << (_FRAC - 1)
 # Memory-bound tests: per iteration, and stricter at both ends of a run, which then implies the
 # per-iteration test at every iteration in between (both terms are affine in the context).
-_POINT_MARGIN, _RUN_MARGIN = 1.001, 1.002
-_EAGER = 16  # runs up to this long are materialized at once (cheaper than the floor sum)
-_EVERY = 1 << 128
+_POINT_MARGIN: Final = 1.001
+_RUN_MARGIN: Final = 1.002
+_EAGER: Final = 16  # runs up to this long are materialized at once (cheaper than the floor sum)
+_EVERY: Final = 1 << 128
 """``fill``'s bound for all of a run's end times: an int past any of them. An int, not ``math.inf``:
 compiled, ``fill`` takes an int, and a float bound would round a time past 2**53 ns."""
 
@@ -341,17 +345,16 @@ class IterationRun:
         # same integers as recomputing it).
         a = self._x0 + self._p * self._x
         dp = self._p * self._step
-        append = ends.append
         if have:
             now = ends[-1]
         else:  # at least the first end (an arrival at the start)
             now = self.start + (a >> _FRAC)
-            append(now)
+            ends.append(now)
             a += dp
             left -= 1
         while left and now < until:
             now += a >> _FRAC
-            append(now)
+            ends.append(now)
             a += dp
             left -= 1
         self._x += self._step * (len(ends) - have)

@@ -124,7 +124,6 @@ def test_lookup_with_a_hole():
     assert (hit.tokens, hit.units, hit.pinned_blocks) == (3 * UNIT, 3, 12)
     # The same residents seen through a contiguous match stop at the hole.
     c.layout = "contiguous"
-    c._match = c.tree.match_prefix
     hit = c.lookup(req, 4)
     assert [n.id for n in hit.nodes] == [1] and hit.ranges == ((0, UNIT),)
 
