@@ -1,7 +1,8 @@
 """Speed work keeps outputs byte-identical (issue 17): small slices of the two reference workloads
 and the quickstart, run through `kvsim run`, against the SHA-256 of the files the pre-change code
-(commit 1186477) wrote for the same inputs. (Report charts against plotly's own validated path:
-test_figures.py.)
+(commit 1186477) wrote for the same inputs; and every shipped scenario against what the code
+before the compiled engine (commit 3b50ba7) wrote for it. (Report charts against plotly's own
+validated path: test_figures.py.)
 """
 
 from __future__ import annotations
@@ -33,6 +34,47 @@ EXPECTED = {
         "summary.json": "7d4a512bfc00e1682d53b2274bd57078ab963d07bf1e9651cb14e7d88667470f",
         "requests.csv": "10b18458be6a3af7a46634e09284b5ec69a65f2538dacfc4f80c5d1383187425",
         "timeseries.csv": "4759985a16cdb0edbcba3d4b9c057ff0904c6ded914fcb4860a2e25952b8a427",
+    },
+}
+
+
+# Written by commit 3b50ba7's `kvsim run` (the code before the compiled engine core, in-place
+# boundaries, the compiled recorder and the orjson reader) on each shipped scenario as it is.
+SHIPPED = {
+    "agent_continuum": {
+        "summary.json": "c2c0ae82377de07e28a06792b84f2e6215db5949ed3d257b418c826973b1f921",
+        "requests.csv": "f6e1e2309b1fcfbc9bd9c88b72c3f7a2eeed371ae512e3dcb43c5571081b16ea",
+        "timeseries.csv": "3514ea2e3686320f7d37e22913c8ab6e11c195268d4267edfacf8c79f34c70d0",
+    },
+    "asymcache_longbench": {
+        "summary.json": "f9c7810455b8123e9cd6e17ece5fac614e28c94fa0035039ac3f38e3b7ca3b57",
+        "requests.csv": "3bc8a0fd1545a05df69ebe0fae05e6e32abb9a9a5dec6b9a440d0c413b44cf7c",
+        "timeseries.csv": "d2223f38fc485455e37da89ab5b0724b17d7a6784ee7d5ca08c673642d10d376",
+    },
+    "mooncake_conversation": {
+        "summary.json": "fb954ffce836466d8579f9d7652d32a88d662cc0df2ad70694433c01a2868d3f",
+        "requests.csv": "82a5253fc982edad467b5c66af1fd7f4a81130da5a4cb399ee4336ac73245ed9",
+        "timeseries.csv": "fba0512a5f55429b89e6186dbea66fa2e68a09bb5329a09139b333217efe498d",
+    },
+    "quickstart": {
+        "summary.json": "bb2036e2e302f7bb8e55425fe195555706038cf6e1d3ed14d25ed486674f77e0",
+        "requests.csv": "8b25fa1d263caaadaa5f9bba3c18edf41cf7a58dac47f5bae6fdf35175f314e4",
+        "timeseries.csv": "99d3fc40790a85c3020591a1091231dd07092047ca3ed0afbd5823036378676b",
+    },
+    "scd_bandwidth": {
+        "summary.json": "b310de4e291430a3454a4a94e42356ddc9157a98a6d520f511d788bd09bda4c5",
+        "requests.csv": "0bf945215165453ee1491b06e02e7c9f0ab4c105cb04e9903cf7bed647bf5de5",
+        "timeseries.csv": "40d2e51c4137fa6aafacbe2bd37aa4a7745761c2190e5f88a92ac9ae7ae770d3",
+    },
+    "spc_quality": {
+        "summary.json": "99c3e06f75bb1148ba827fca09ea078d74f48bfe7580caf48c59b403f36885ec",
+        "requests.csv": "089df2b3b45405674044ccf926bd0c5840b1ede7368c98da4b6aea59de4e36aa",
+        "timeseries.csv": "813c5df5b4d4963986a6dd4abe4010130c2df8245de970b7dc6d5fdeb33af4c0",
+    },
+    "spc_system_prompts": {
+        "summary.json": "9dea6db60586bc0163d3f00fbab2be601427906279dae17769696b8c0caddf2b",
+        "requests.csv": "efc7d823d1f35d3a4f59588e67e56710a60a860d869a9ce91de08f3fb46e491c",
+        "timeseries.csv": "fe673373f6b3e2e91b5488df02db3869311211ff01fd46d1d10a0bde36aacdc4",
     },
 }
 
@@ -82,3 +124,12 @@ def test_run_outputs_match_pre_change_bytes(tmp_path, case):
     assert main(["run", *_inputs(tmp_path, case), "--out", str(out), "--no-progress"]) == 0
     got = {f: hashlib.sha256((out / f).read_bytes()).hexdigest() for f in DATA}
     assert got == EXPECTED[case]
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_scenarios_match_pre_change_bytes(tmp_path, name):
+    out = tmp_path / "out"
+    scenario = ROOT / "scenarios" / f"{name}.yaml"
+    assert main(["run", str(scenario), "--out", str(out), "--no-progress"]) == 0
+    got = {f: hashlib.sha256((out / f).read_bytes()).hexdigest() for f in DATA}
+    assert got == SHIPPED[name]
