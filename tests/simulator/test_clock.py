@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from kvsim.simulator import replica as replica_module
 from kvsim.simulator.cli import main
 from kvsim.simulator.clock import Clock
 from kvsim.simulator.timeseries import MAX_TIME_NS, QueueSeries
@@ -103,3 +104,17 @@ def test_in_place_boundaries_give_the_bytes_of_one_event_each(tmp_path, monkeypa
     as_events = _run(args, tmp_path / "events")
     for f in OUTPUTS:
         assert in_place[f] == as_events[f], f
+
+
+def test_the_boundary_hook_sees_every_boundary_in_place_or_not(tmp_path, monkeypatch):
+    """``replica.ON_BOUNDARY`` (what the invariant tests check the scheduler through) is called
+    at a boundary applied in place as at one that is an event: as often either way."""
+    args = [str(ROOT / "scenarios" / "quickstart.yaml"), "--set", "workload.requests=200"]
+    calls = []
+    monkeypatch.setattr(replica_module, "ON_BOUNDARY", lambda r: calls.append(r.env.now))
+    _run(args, tmp_path / "in_place")
+    in_place = list(calls)
+    calls.clear()
+    monkeypatch.setattr(Clock, "advance", lambda self, t: False)
+    _run(args, tmp_path / "events")
+    assert len(in_place) > 100 and in_place == calls
