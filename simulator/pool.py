@@ -132,7 +132,7 @@ class Pool:
         if self.router_prefix_only:
             for r in self.replicas:
                 if r.scheduler.cache.may_reuse(request):
-                    r.sync(now, inclusive)
+                    r.sync_for_prefixes(now, inclusive)
         else:
             for r in self.replicas:
                 r.sync(now, inclusive)

@@ -146,6 +146,18 @@ class Replica:
             ended = run.count_before(now + 1 if inclusive else now)
             self.scheduler_allocate(min(ended + 1, run.k))  # iteration i starts when i - 1 ends
 
+    def sync_for_prefixes(self, now: int, inclusive: bool = False) -> None:
+        """``sync`` before a router reads which prefixes this cache holds, where syncing can
+        change that. Only an eviction takes a node away, and the run's pending decode blocks can
+        evict only if they outnumber the free blocks; otherwise nothing here reads them before
+        this replica's next sync or boundary allocates them, as one allocation that evicts the
+        victims allocating them now would (none), so they are left pending."""
+        run = self._run
+        if run is not None and run.k > 1:
+            s = self.scheduler
+            if s.decode_blocks_between(s.alloc_it, self._it0 + run.k) > s.cache.free:
+                self.sync(now, inclusive)
+
     def cut_after(self, now: int) -> None:
         """Something took blocks from this replica's pool at ``now``, after its boundaries of
         ``now`` (a LATE event): stop the run at the first iteration end after ``now``."""
@@ -296,7 +308,7 @@ def least_prefill_work(replicas: list[Replica], request: Any, now: int, inclusiv
     for i, r in enumerate(replicas):
         cache = r.scheduler.cache
         if cache.may_reuse(request):
-            r.sync(now, inclusive)
+            r.sync_for_prefixes(now, inclusive)
         work = r.scheduler.queued_tokens + prompt - cache.cached_tokens(request)
         flight = r.in_flight
         if i == 0 or work < best_work or (work == best_work and flight < best_flight):

@@ -378,16 +378,17 @@ class IterationRun:
 def floor_sum(n: int, m: int, a: int, b: int) -> int:
     """Σ_{i=0}^{n-1} floor((a·i + b) / m) for n ≥ 0, m ≥ 1, a, b ≥ 0, in O(log m) steps (the
     Euclid-like reduction, e.g. AtCoder Library's floor_sum)."""
+    # NOTE: // and % rather than divmod, which compiled code calls as a Python builtin.
     total = 0
     while True:
         if a >= m:
-            q, a = divmod(a, m)
-            total += n * (n - 1) // 2 * q
+            total += n * (n - 1) // 2 * (a // m)
+            a %= m
         if b >= m:
-            q, b = divmod(b, m)
-            total += n * q
+            total += n * (b // m)
+            b %= m
         y = a * n + b
         if y < m:
             return total
-        n, b = divmod(y, m)
+        n, b = y // m, y % m
         m, a = a, m

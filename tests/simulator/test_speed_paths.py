@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 
 from kvsim.simulator import scenario_from_dict, simulate
 from kvsim.simulator.catalog import get_gpu, get_model, with_kv_cache_dtype
+from kvsim.simulator.cluster import Cluster
 from kvsim.simulator.latency import IterationPricer, RooflineModel
 from kvsim.simulator.latency.ops import attention_op
+from kvsim.traces import Request
 
 CASES = [
     ("llama-3.1-8b", 1, "h100-sxm", "auto"),
@@ -195,3 +197,47 @@ def test_only_prefix_aware_routing_runs_fused(tmp_path, routing, fused):
     doc = scenario_doc(trace, cluster={"replicas": 2, "tensor_parallel": 1}, routing=routing)
     cluster = Cluster(scenario_from_dict(doc, base_dir=tmp_path))
     assert cluster.entry.fused_routing is fused
+
+
+def _decoding_replica(tmp_path, blocks: int):
+    """Replica 0 of two (prefix-aware, ``blocks`` KV blocks each) at t=3 s: A (t=0) left its
+    prompt's units 1, 2 cached there and finished; B (t=0.5) is in a fast-forwarded run of its
+    560-token decode."""
+    rows = [
+        {"arrival_s": 0.0, "prompt_tokens": 128, "output_tokens": 1, "blocks": [1, 2]},
+        {"arrival_s": 0.5, "prompt_tokens": 64, "output_tokens": 560, "blocks": [50]},
+    ]
+    for row in rows:
+        row["unit_tokens"] = 64
+    doc = scenario_doc(
+        write_kvsim_trace(tmp_path / "t.jsonl", rows),
+        cluster={"replicas": 2, "tensor_parallel": 1},
+        cache={"block_size": 16, "num_gpu_blocks": blocks},
+        scheduler={"max_num_batched_tokens": 512, "max_num_seqs": 8},
+        routing="prefix_aware",
+    )
+    c = Cluster(scenario_from_dict(doc, base_dir=tmp_path))
+    c._next_arrival()
+    c.env.run(until=3 * 10**9)
+    r = c.replicas[0]
+    assert r._run is not None and r._run.k > 1
+    return c, r
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("blocks, synced", [(400, False), (40, True)])
+def test_routing_syncs_a_run_only_where_its_pending_blocks_could_evict(
+    tmp_path, blocks, synced, fused
+):
+    """A request sharing A's prefix is routed at t=3 s. With 400 blocks B's pending decode blocks
+    fit in the free ones: nothing can be evicted, so the run's allocations stay pending (the
+    prefix reads the same). With 40 they do not (B's run evicts A's units): synced. Fused and
+    through the policy alike."""
+    c, r = _decoding_replica(tmp_path, blocks)
+    s = r.scheduler
+    pending = s.decode_blocks_between(s.alloc_it, r._it0 + r._run.k)
+    assert (pending > s.cache.free) is synced
+    before = s.alloc_it
+    c.entry.fused_routing = fused
+    c.entry.choose(Request(2, 3.0, 192, 4, (1, 2, 9), 64), c.env.now)
+    assert (s.alloc_it > before) is synced
