@@ -469,7 +469,10 @@ class Scheduler:
 
     # ---- preemption ----------------------------------------------------------------------------
     def _newest_running(self) -> Seq:
-        best = max(self.decoding) if self.decoding else -1
+        best = -1
+        for order in self.decoding:  # NOTE: max() over the keys is a builtin call, compiled
+            if order > best:
+                best = order
         if self.prefilling and self.prefilling[-1].order > best:
             return self.prefilling[-1]
         return self.decoding[best]

@@ -250,9 +250,14 @@ class GpuSpec:
     source: str = ""
 
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's parser where PyYAML has it (the same constructor: the same values; a test compares
+the catalogs both ways), about 8x faster on the catalogs than the pure-Python one."""
+
+
 def _load(name: str) -> dict:
     text = resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
-    return yaml.safe_load(text)
+    return yaml.load(text, Loader=_LOADER)
 
 
 @cache

@@ -34,6 +34,7 @@ fixed-point rounding), which never mixes with it within one mode.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections.abc import Callable
 from typing import Final
@@ -212,7 +213,7 @@ class IterationPricer:
         )
         if extra_ops:
             s += self.extra_s(extra_ops)
-        return max(1, round(s * NS_PER_S))
+        return max(1, _round(s * NS_PER_S))
 
     def recompute_s(self, start_token: int, tokens: int) -> float:
         """Seconds that computing ``tokens`` prompt tokens after ``start_token`` tokens of context
@@ -373,6 +374,17 @@ class IterationRun:
         self.k = j + 1
         self.end = self.ends[j]
         return self.end
+
+
+def _round(x: float) -> int:
+    """``round(x)``: the nearest integer, halves to even, as ``float.__round__`` gives it
+    (``floor`` is exact and so is ``x - floor(x)``), without the builtin call compiled code
+    makes for ``round``. NaN and infinities raise as ``round`` does."""
+    f = math.floor(x)
+    frac = x - f
+    if frac > 0.5 or (frac == 0.5 and f % 2):
+        return f + 1
+    return f
 
 
 def floor_sum(n: int, m: int, a: int, b: int) -> int:

@@ -140,3 +140,16 @@ def test_a_gpu_in_two_files_and_a_missing_file(tmp_path, capsys):
     )
     assert main(["validate", str(QUICKSTART), "--hardware-file", str(tmp_path / "no.yaml")]) == 2
     assert "no.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["models.yaml", "hardware.yaml"])
+def test_the_catalogs_read_the_same_with_libyaml_and_pure_python(name):
+    from importlib import resources
+
+    import yaml
+
+    from kvsim.simulator import catalog
+
+    text = resources.files(catalog).joinpath(name).read_text(encoding="utf-8")
+    assert catalog._LOADER is yaml.CSafeLoader  # libyaml is there, as CI installs PyYAML
+    assert catalog._load(name) == yaml.load(text, Loader=yaml.SafeLoader)

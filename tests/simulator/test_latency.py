@@ -14,7 +14,7 @@ from kvsim.simulator.catalog import get_gpu, get_model
 from kvsim.simulator.errors import KvsimError
 from kvsim.simulator.latency import IterationPricer, RooflineModel
 from kvsim.simulator.latency.ops import AllReduce, Gemm, StepOverhead
-from kvsim.simulator.latency.pricer import floor_sum
+from kvsim.simulator.latency.pricer import _round, floor_sum
 
 
 def test_gemm_tiles_run_in_waves_over_the_sms():
@@ -487,3 +487,22 @@ def test_copies_device_at_the_copy_rate_host_over_pcie():
     assert m.price(Copy(2, gib, "d2d")) == pytest.approx(2 * gib / (3.35e12 * 0.895) + g.launch_s)
     assert m.price(Copy(2, gib, "h2d")) == pytest.approx(gib / (0.8 * 64e9) + g.launch_s)
     assert m.price(Copy(2, gib, "d2h")) == m.price(Copy(2, gib, "h2d"))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.floats(allow_nan=False, allow_infinity=False)
+    | st.integers(-(2**60), 2**60).map(lambda i: i / 2)
+    | st.integers(0, 2**40).map(lambda i: i + 0.5)
+)
+def test_round_is_the_builtin_round(x):
+    assert type(_round(x)) is int and _round(x) == round(x)
+
+
+@pytest.mark.parametrize("x, error", [(math.nan, ValueError), (math.inf, OverflowError),
+                                      (-math.inf, OverflowError)])  # fmt: skip
+def test_round_raises_as_the_builtin_does(x, error):
+    with pytest.raises(error):
+        round(x)
+    with pytest.raises(error):
+        _round(x)
