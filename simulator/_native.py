@@ -2,7 +2,7 @@
 
 The simulation loop's modules (``MODULES``: scheduler, replica, pricer, KV cache, prefix tree, usage
 meter, sampled series, request recorder) are plain typed Python, compiled to C extensions by
-``setup.py`` at install time when mypyc and a C compiler are there (about 1.7x on the loop, same
+``setup.py`` at install time when mypyc and a C compiler are there (about 2.5x on the loop, same
 results to the byte); elsewhere the build skips them and Python runs the source. Python prefers an
 extension module to the ``.py`` beside it, so an extension built from older source would silently
 shadow an edit: the build records a digest of the sources it compiled against (``DIGEST_FILE``: the
