@@ -450,6 +450,41 @@ def test_orjson_reads_numbers_as_the_stdlib_does(value):
         assert type(fast) is type(slow) and repr(fast) == repr(slow)
 
 
+def test_a_mooncake_row_too_deep_for_the_stdlib_gives_the_references_error(tmp_path, parser):
+    """An otherwise good row whose extra field nests 1,020 lists deep: the stdlib's scanner
+    raises RecursionError there (Python's limit is 1,000), so the reference's answer is "not a
+    trace row (JSON nested too deep)" on line 2. orjson reads the row (its limit, where it has
+    one, is 1,024 levels) and the row's checks pass, so nothing hands the line to the stdlib."""
+    p = tmp_path / "m.jsonl"
+    deep = "[" * 1020 + "]" * 1020
+    p.write_text(f'{good_mooncake(1)}\n{GOOD_MOONCAKE[:-1]}, "note": {deep}}}\n')
+    got, want = outcomes(p, "mooncake")
+    assert want[1] == f"{p}:2: not a trace row (JSON nested too deep)"
+    assert got == want
+
+
+def test_a_mooncake_line_nested_300k_deep_is_a_one_line_error_not_a_crash(tmp_path):
+    """A 600 kB line (under the 1 MiB line limit) of 300,000 nested lists: the stdlib path
+    answers "not a trace row (JSON nested too deep)"; the orjson path must not take the process
+    down (run in a child process so that a crash fails this test instead of ending the test run)."""
+    import subprocess
+    import sys
+
+    p = tmp_path / "m.jsonl"
+    p.write_text(f"{good_mooncake(1)}\n" + "[" * 300_000 + "]" * 300_000 + "\n")
+    code = (
+        "import sys\n"
+        "from kvsim.traces import TraceError, read_trace\n"
+        "try:\n"
+        "    list(read_trace(sys.argv[1], 'mooncake'))\n"
+        "except TraceError as e:\n"
+        "    print(e)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True)
+    assert done.returncode == 0, f"exit status {done.returncode}: {done.stderr[-300:]}"
+    assert done.stdout == f"{p}:2: not a trace row (JSON nested too deep)\n"
+
+
 def test_mooncake_times_backwards_beyond_the_span_and_no_rows(tmp_path, parser):
     p = tmp_path / "m.jsonl"
     row = '{{"timestamp": {}, "input_length": 1, "output_length": 1, "hash_ids": [1]}}'
