@@ -29,7 +29,7 @@ TIME_BINS = 120
 LATENCIES = ("ttft_s", "tpot_s", "e2e_s", "queue_s", "job_latency_s", "handoff_s")
 """The hand-off's (prefill done to the decode replica's first token) only with one."""
 
-# Columns of the packed records (metrics.FIELDS).
+# Columns of the packed records (recorder.FIELDS).
 _ARR, _FIRST, _FIN, _OUT, _UNITS, _HIT_UNITS, _PRE, _STATUS, _JOB, _QUEUE = (
     F[name] for name in ("arrival_ns", "first_ns", "finish_ns", "output_tokens", "units",
                          "hit_units", "preemptions", "status", "job_ns", "queue_ns")
