@@ -131,8 +131,7 @@ class Pool:
         those that may hold its prefix, for a ``prefix_only`` router: see policies/routing.py)."""
         if self.router_prefix_only:
             for r in self.replicas:
-                if r.scheduler.cache.may_reuse(request):
-                    r.sync_for_prefixes(now, inclusive)
+                r.sync_for_prefix(request, now, inclusive)
         else:
             for r in self.replicas:
                 r.sync(now, inclusive)

@@ -146,14 +146,15 @@ class Replica:
             ended = run.count_before(now + 1 if inclusive else now)
             self.scheduler_allocate(min(ended + 1, run.k))  # iteration i starts when i - 1 ends
 
-    def sync_for_prefixes(self, now: int, inclusive: bool = False) -> None:
-        """``sync`` before a router reads which prefixes this cache holds, where syncing can
-        change that. Only an eviction takes a node away, and the run's pending decode blocks can
-        evict only if they outnumber the free blocks; otherwise nothing here reads them before
-        this replica's next sync or boundary allocates them, as one allocation that evicts the
-        victims allocating them now would (none), so they are left pending."""
+    def sync_for_prefix(self, request, now: int, inclusive: bool = False) -> None:
+        """``sync`` before a router reads how much of ``request``'s prompt this cache holds,
+        where syncing can change that. Only an eviction takes a node away: it cannot matter
+        where the cache cannot hold the prompt's prefix (``KVCache.may_reuse``), nor where the
+        run's pending decode blocks fit in the free blocks (they evict nothing). There the
+        blocks are left pending: nothing here reads them before this replica's next sync or
+        boundary allocates them, as one allocation that evicts what allocating them now would."""
         run = self._run
-        if run is not None and run.k > 1:
+        if run is not None and run.k > 1 and self.scheduler.cache.may_reuse(request):
             s = self.scheduler
             if s.decode_blocks_between(s.alloc_it, self._it0 + run.k) > s.cache.free:
                 self.sync(now, inclusive)
@@ -306,9 +307,8 @@ def least_prefill_work(replicas: list[Replica], request: Any, now: int, inclusiv
     best_work = best_flight = 0
     prompt: int = request.prompt_tokens
     for i, r in enumerate(replicas):
+        r.sync_for_prefix(request, now, inclusive)
         cache = r.scheduler.cache
-        if cache.may_reuse(request):
-            r.sync_for_prefixes(now, inclusive)
         work = r.scheduler.queued_tokens + prompt - cache.cached_tokens(request)
         flight = r.in_flight
         if i == 0 or work < best_work or (work == best_work and flight < best_flight):

@@ -623,7 +623,7 @@ class Scheduler:
         now = self.now_ns
         hit = cache.lookup(s.req, now, s.num_tokens)
         remaining = s.num_tokens - hit.tokens
-        n = _min3(remaining, budget, self.chunk)
+        n = first = _min3(remaining, budget, self.chunk)
         if not self.chunked and n < remaining:
             return 0
         stores = 0
@@ -633,13 +633,13 @@ class Scheduler:
             # and the checkpoints that chunk stores (without cuts, every one it passes).
             held = sum(node.blocks for node in hit.nodes) + (2 if hit.resume else 1) * self.sb
             while s.ckpts:
-                n, stores = self._cut(s, hit.tokens, _min3(remaining, budget, self.chunk))
+                n, stores = self._cut(s, hit.tokens, first)
                 fit = self._fit_stores(s, n, stores, held)
                 if fit == stores or not self.cut_at_checkpoints:
                     stores = fit
                     break
                 stores = 0  # the chunk no longer ends at the skipped one: cut again
-                n = _min3(remaining, budget, self.chunk)
+                n = first
         need = cache.blocks_for(n) + self.sb * (1 + stores)
         if hit.cpu_nodes:  # blocks for the units it loads; its chunk's when it runs
             need = hit.cpu_blocks

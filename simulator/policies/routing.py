@@ -8,7 +8,7 @@ prefilled), ``in_flight`` (requests waiting or running), ``num_running``, ``num_
 latter sets ``reads_cache = True``. One whose only cache read is ``cached_prefix_tokens`` of the
 request being routed may also set ``prefix_only = True``: the cluster then brings up to date only
 the caches that may hold the prompt's prefix (``KVCache.may_reuse``) and whose pending decode
-blocks outnumber their free blocks (``Replica.sync_for_prefixes``); elsewhere the update cannot
+blocks outnumber their free blocks (``Replica.sync_for_prefix``); elsewhere the update cannot
 change the answer (it evicts nothing, or nothing of that prefix), and it happens at the
 replica's next boundary or sync instead (one allocation of the summed blocks evicts what the
 split ones would: see ``Replica.scheduler_allocate``).

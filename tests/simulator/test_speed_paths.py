@@ -241,3 +241,16 @@ def test_routing_syncs_a_run_only_where_its_pending_blocks_could_evict(
     c.entry.fused_routing = fused
     c.entry.choose(Request(2, 3.0, 192, 4, (1, 2, 9), 64), c.env.now)
     assert (s.alloc_it > before) is synced
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_routing_leaves_a_run_pending_where_the_cache_cannot_hold_the_prefix(tmp_path, fused):
+    """With 40 blocks B's run would evict, but a prompt whose first unit (9) the cache does not
+    hold reads 0 there whatever is evicted: no sync."""
+    c, r = _decoding_replica(tmp_path, 40)
+    s = r.scheduler
+    assert s.decode_blocks_between(s.alloc_it, r._it0 + r._run.k) > s.cache.free
+    before = s.alloc_it
+    c.entry.fused_routing = fused
+    c.entry.choose(Request(2, 3.0, 192, 4, (9, 1, 2), 64), c.env.now)
+    assert s.alloc_it == before
