@@ -79,12 +79,13 @@ _BINS = 4096  # histogram bins per selection pass
 _COLLECT = 1 << 16  # values gathered at most to finish a selection
 
 
-def _records(sink, fields: int):
-    """The records written so far, as int64 arrays of shape (n, fields), chunk by chunk."""
+def _records(sink, fields: int, rows: int = _CHUNK_RECORDS):
+    """The records written so far, as int64 arrays of shape (n, fields), ``rows`` at most at a
+    time."""
     sink.flush()
     sink.seek(0)
     try:
-        while chunk := sink.read(8 * fields * _CHUNK_RECORDS):
+        while chunk := sink.read(8 * fields * rows):
             yield np.frombuffer(chunk, dtype="<i8").reshape(-1, fields)
     finally:
         sink.seek(0, io.SEEK_END)
@@ -359,16 +360,8 @@ class Results:
         from . import requests_csv
 
         out.write(",".join(self.column_names) + "\n")
-        fields = self._record.size // 8
-        sink = self._sink
-        sink.flush()
-        sink.seek(0)
-        try:
-            while chunk := sink.read(8 * fields * requests_csv.CHUNK_ROWS):
-                raw = np.frombuffer(chunk, dtype="<i8").reshape(-1, fields)
-                out.write(requests_csv.rows(raw, self._handoff, self._cpu_tier, self._reasons))
-        finally:
-            sink.seek(0, io.SEEK_END)
+        for raw in _records(self._sink, self._record.size // 8, requests_csv.CHUNK_ROWS):
+            out.write(requests_csv.rows(raw, self._handoff, self._cpu_tier, self._reasons))
 
     def records(self):
         """The per-request records as int64 arrays of shape (rows, fields), a chunk of at most
